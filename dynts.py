@@ -1,0 +1,203 @@
+"""DynTS: Dynamic Thinking-Token Selection (Guo et al., arXiv 2601.18383, ICML 2026).
+
+A reasoning model's final answer attends to only a few "decision-critical" tokens of its
+`<think> ... </think>` trace. DynTS predicts, from each token's final hidden state, how much
+the answer will need it (`ImportancePredictor`), and when the KV cache reaches its budget it
+keeps the recent window plus the highest-scoring older tokens and evicts the rest.
+
+The file has the shape of a scorer:
+- a policy only says how each cache slot is scored (`Policy.score`);
+- one pure function chooses what to keep (`select_keep`);
+- the cache compacts itself with one gather (`model.KVCache.keep`), called by generate.py.
+
+Scores are aligned with the cache slots: `policy.scores[b, s]` belongs to the token in slot s
+of row b, and moves with it when the cache is compacted.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+INF = float("inf")
+
+
+# -----------------------------------------------------------------------------
+# The importance predictor
+
+
+class ImportancePredictor(nn.Module):
+    """The paper's MLP on the final hidden state: Linear(C, 2C) - Softplus - Linear(2C, C/2) -
+    Softplus - Linear(C/2, 1) - Softplus (4096 -> 8192 -> 2048 -> 1 in the paper). Softplus at
+    the end keeps the predicted importance non-negative, like the attention labels."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_embd, 2 * n_embd), nn.Softplus(),
+            nn.Linear(2 * n_embd, n_embd // 2), nn.Softplus(),
+            nn.Linear(n_embd // 2, 1), nn.Softplus(),
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(-1)  # (B, T, C) -> (B, T)
+
+
+# -----------------------------------------------------------------------------
+# Selection: one pure function
+
+
+def select_keep(scores: torch.Tensor, n_keep: int, window: int) -> torch.Tensor:
+    """The slots to keep, (B, n_keep) long, each row sorted ascending.
+
+    Each row keeps its last `window` slots, and of the slots before them the
+    `n_keep - window` highest-scoring ones. +inf always wins, NaN counts as -inf, and among
+    equal scores the later slot wins. Pure and deterministic, on CPU and GPU alike.
+    """
+    if scores.dim() != 2 or not scores.is_floating_point():
+        raise ValueError(f"scores must be a float tensor (B, T), got {tuple(scores.shape)} {scores.dtype}")
+    B, T = scores.shape
+    if not 0 <= window <= n_keep <= T:
+        raise ValueError(f"need 0 <= window <= n_keep <= T, got window={window}, n_keep={n_keep}, T={T}")
+    older = scores[:, :T - window].nan_to_num(nan=-INF)  # (B, T - window)
+    # A stable ascending sort puts equal scores in slot order, so the last k entries are the
+    # k highest, and among equal scores the later slots.
+    order = older.sort(dim=1, stable=True).indices  # (B, T - window)
+    chosen = order[:, order.shape[1] - (n_keep - window):]  # (B, n_keep - window)
+    recent = torch.arange(T - window, T, device=scores.device).expand(B, window)  # (B, window)
+    return torch.cat([chosen.sort(dim=1).values, recent], dim=1)  # (B, n_keep)
+
+
+# -----------------------------------------------------------------------------
+# Policies: each one only says how a slot is scored
+
+
+class Policy:
+    """Evicts when the cache holds `budget` slots: keeps the last `window`, and of the older
+    ones the top `max(protected, floor(ratio * (L - window)))` by score, where `protected`
+    is the number of +inf (never evicted) older slots, the most of any row. All rows keep the
+    same count; each row keeps its own slots.
+
+    Subclasses implement `score` (and may override `observe` to rescore old slots).
+    """
+
+    name = "?"
+    needs_attention = False  # ask the model for the attention each slot receives (slow path)
+
+    def __init__(self, budget: int, window: int, ratio: float = 0.3):
+        if not 0 < ratio <= 1:
+            raise ValueError(f"--ratio must be in (0, 1], got {ratio}")
+        if not 0 <= window < budget:
+            raise ValueError(f"--window must be >= 0 and below --budget, got window={window}, budget={budget}")
+        self.budget, self.window, self.ratio = budget, window, ratio
+
+    def reset(self, batch_size: int, capacity: int, device=None):
+        """Start a generation: one score per cache slot, preallocated like the cache."""
+        self.scores = torch.zeros(batch_size, capacity, device=device)  # (B, capacity)
+        self.length = 0  # live slots, as in the cache
+
+    def score(self, tokens, hidden, positions) -> torch.Tensor:
+        """Scores (B, T) of T new tokens (B, T) at absolute positions (T,), from their final
+        hidden states (B, T, C)."""
+        raise NotImplementedError
+
+    def observe(self, tokens, hidden, positions, attn=None):
+        """Record the scores of the T tokens the model just wrote into the cache. `attn` (B, S)
+        is the attention each live slot received, for policies with needs_attention."""
+        T = tokens.shape[1]
+        self.scores[:, self.length:self.length + T] = self.score(tokens, hidden, positions)
+        self.length += T
+
+    def should_evict(self, cache_length: int) -> bool:
+        return cache_length >= self.budget
+
+    def select(self) -> torch.Tensor:
+        """The slots to keep (B, n_keep): window + max(protected, floor(ratio * (L - window)))."""
+        L, live = self.length, self.scores[:, :self.length]
+        protected = int((live[:, :L - self.window] == INF).sum(dim=1).max())
+        n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
+        if n_keep >= L:
+            raise RuntimeError(f"the budget of {self.budget} slots is full of protected tokens: "
+                               "nothing can be evicted (raise --budget)")
+        return select_keep(live, n_keep, self.window)
+
+    def keep(self, idx: torch.Tensor):
+        """Follow the cache's compaction: the kept slots' scores move with them."""
+        n = idx.shape[1]
+        self.scores[:, :n] = self.scores[:, :self.length].gather(1, idx)
+        self.length = n
+
+
+class Full(Policy):
+    """The full cache: never evicts (the paper's "Transformers" baseline)."""
+
+    name = "full"
+
+    def __init__(self):
+        self.budget, self.window, self.ratio = None, 0, 1.0
+
+    def score(self, tokens, hidden, positions):
+        return torch.zeros(tokens.shape, device=tokens.device)
+
+    def should_evict(self, cache_length):
+        return False
+
+
+class Window(Policy):
+    """Only the most recent tokens: the score is the position, so the newest win."""
+
+    name = "window"
+
+    def score(self, tokens, hidden, positions):
+        return positions.float().expand(tokens.shape)
+
+
+class StreamingLLM(Policy):
+    """Attention sinks + window (Xiao et al., "Efficient Streaming Language Models with
+    Attention Sinks", arXiv 2309.17453): the first `n_sink` tokens are never evicted, the rest
+    are kept newest first."""
+
+    name = "streaming"
+
+    def __init__(self, budget, window, ratio=0.3, n_sink=4):
+        super().__init__(budget, window, ratio)
+        if n_sink + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the {n_sink} sink tokens plus --window {window}")
+        self.n_sink = n_sink
+
+    def score(self, tokens, hidden, positions):
+        s = positions.float().masked_fill(positions < self.n_sink, INF)
+        return s.expand(tokens.shape)
+
+
+class DynTS(Policy):
+    """The predicted importance of each token, computed once, when the token is the model's
+    input. Prompt tokens and answer tokens (after `</think>`) get +inf: never evicted. Tokens
+    after a row's end-of-text are padding and get -inf."""
+
+    name = "dynts"
+
+    def __init__(self, budget, window, ratio, predictor: ImportancePredictor, prompt_len: int,
+                 end_think_id: int, eot_id: int):
+        super().__init__(budget, window, ratio)
+        if prompt_len + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the protected prompt ({prompt_len} tokens) "
+                             f"plus --window {window}")
+        self.predictor, self.prompt_len = predictor, prompt_len
+        self.end_think_id, self.eot_id = end_think_id, eot_id
+
+    def reset(self, batch_size, capacity, device=None):
+        super().reset(batch_size, capacity, device)
+        self.answering = torch.zeros(batch_size, dtype=torch.bool, device=device)  # wrote </think>
+        self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # wrote end-of-text
+
+    def score(self, tokens, hidden, positions):
+        B, T = tokens.shape
+        s = self.predictor(hidden).float()  # (B, T)
+        s = s.masked_fill((positions < self.prompt_len).expand(B, T), INF)
+        s = s.masked_fill(self.answering[:, None], INF)  # strictly after </think>
+        s = s.masked_fill(self.done[:, None], -INF)
+        # Update the row state after scoring: </think> itself is scored, what follows is protected.
+        self.answering |= (tokens == self.end_think_id).any(dim=1)
+        self.done |= (tokens == self.eot_id).any(dim=1)
+        return s

@@ -1,0 +1,253 @@
+"""Generate with a KV-cache policy: `python generate.py --dynts`.
+
+The decode loop is `generate()`: prefill the prompt, then one token at a time: forward ->
+the policy scores the new slot -> when the cache holds `budget` slots, select what to keep and
+compact the cache -> sample the next token. Eviction happens here, in plain sight.
+"""
+
+import argparse
+import codecs
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+import dynts
+from model import END_THINK, EOT, GPT, PRESETS, GPTConfig, KVCache, get_encoding
+
+DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", "tiny-reasoner.pt")
+POLICIES = ["full", "window", "streaming", "dynts"]
+
+
+class UsageError(ValueError):
+    """A user's mistake: reported as one line, without a traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Loading
+
+
+def load_checkpoint(path: str, device="cpu"):
+    """(model, predictor, encoding name) from a checkpoint written by train.py."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--ckpt {path}: no such file (train one with `python train.py`, "
+                         "or use --init random --preset tiny for a mechanics-only run)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        config = GPTConfig(**ckpt["config"])
+        model = GPT(config)
+        model.load_state_dict(ckpt["model"])
+        predictor = dynts.ImportancePredictor(config.n_embd)
+        predictor.load_state_dict(ckpt["predictor"])
+        encoding = ckpt["encoding"]
+    except Exception as e:  # truncated, another format, another config: one line, naming the file
+        raise UsageError(f"--ckpt {path}: not a checkpoint of this project ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
+    return model, predictor, encoding
+
+
+def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None) -> dynts.Policy:
+    if name == "full":
+        return dynts.Full()
+    if name == "window":
+        return dynts.Window(budget, window, ratio)
+    if name == "streaming":
+        return dynts.StreamingLLM(budget, window, ratio)
+    if name == "dynts":
+        return dynts.DynTS(budget, window, ratio, predictor, prompt_len,
+                           end_think_id=enc.encode_single_token(END_THINK), eot_id=enc.eot_token)
+    raise UsageError(f"--policy {name!r}: choose one of {', '.join(POLICIES)}")
+
+
+# -----------------------------------------------------------------------------
+# Decoding
+
+
+def sample(logits, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
+    """Next tokens (B, 1) from logits (B, vocab): greedy when temperature == 0."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens: int,
+             num_samples: int = 1, temperature: float = 0.0, top_k: int | None = None,
+             eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
+             on_token=None, on_evict=None):
+    """Sample `num_samples` continuations of `prompt` under a cache policy.
+
+    Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
+    every row has. `on_token(token_of_row_0)` and `on_evict(before, after)` let a caller show
+    progress. Logits at ids >= vocab_limit (beyond the tokenizer) are never sampled.
+    """
+    device = model.wte.weight.device
+    config = model.config
+    B, P = num_samples, len(prompt)
+    capacity = policy.budget if policy.budget is not None else P + max_new_tokens
+    cache = KVCache(config, B, capacity, device=device, dtype=model.wte.weight.dtype)
+    policy.reset(B, capacity, device)
+    need_attn = policy.needs_attention
+    stats = dict(policy=policy.name, batch=B, prompt_tokens=P, evictions=0, peak_kv_tokens=0,
+                 peak_kv_live_bytes=0, kv_allocated_bytes=cache.allocated_bytes())
+
+    def step(tokens):  # one forward, then the policy's bookkeeping and, when due, an eviction
+        logits, hidden, attn = model(tokens, cache, need_attn=need_attn)
+        positions = torch.arange(cache.seen - tokens.shape[1], cache.seen, device=device)
+        policy.observe(tokens, hidden, positions, attn)
+        stats["peak_kv_tokens"] = max(stats["peak_kv_tokens"], cache.length)
+        stats["peak_kv_live_bytes"] = max(stats["peak_kv_live_bytes"], cache.live_bytes())
+        if policy.should_evict(cache.length):
+            before = cache.length
+            idx = policy.select()  # (B, n_keep)
+            cache.keep(idx)
+            policy.keep(idx)
+            stats["evictions"] += 1
+            if on_evict:
+                on_evict(before, cache.length)
+        if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+            logits[:, vocab_limit:] = float("-inf")
+        return logits
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    logits = step(torch.tensor([prompt], device=device).expand(B, P))  # prefill
+    done = torch.zeros(B, 1, dtype=torch.bool, device=device)
+    out = []
+    for i in range(max_new_tokens):
+        token = sample(logits, temperature, top_k, generator)  # (B, 1)
+        if eot_id is not None:
+            token = token.masked_fill(done, eot_id)  # finished rows pad with end-of-text
+            done |= token == eot_id
+        out.append(token)
+        if on_token:
+            on_token(int(token[0, 0]))
+        if (eot_id is not None and bool(done.all())) or i == max_new_tokens - 1:
+            break
+        logits = step(token)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    tokens = torch.cat(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=device)
+    stats.update(new_tokens=tokens.shape[1], seconds=seconds, tokens_per_s=B * tokens.shape[1] / seconds,
+                 final_kv_tokens=cache.length, tokens_seen=cache.seen)
+    return tokens, stats
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def main(policy="full", budget=None, window=None, ratio=0.3, prompt=None, max_new_tokens=None,
+         num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
+         ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, out=sys.stdout):
+    """Run one generation and print sample 0 as it is written, then a summary. Returns stats."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    torch.manual_seed(seed)
+
+    if init == "random":
+        if preset not in PRESETS:
+            raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        model, predictor, enc_name = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd), "bytes-think"
+        default_prompt = "Question: how far back does the answer look? <think>"
+        defaults = dict(budget=256, window=64, max_new_tokens=512)
+    else:
+        model, predictor, enc_name = load_checkpoint(ckpt)
+        default_prompt = None  # the tiny-reasoner issue adds a held-out problem here
+        defaults = dict(budget=256, window=64, max_new_tokens=1024)
+    budget = defaults["budget"] if budget is None else budget
+    window = defaults["window"] if window is None else window
+    max_new_tokens = defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    prompt = default_prompt if prompt is None else prompt
+    if prompt is None:
+        raise UsageError("--prompt is required with this checkpoint")
+
+    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
+    enc = get_encoding(enc_name)
+    ids = enc.encode(prompt, allowed_special="all")
+    for name, value, low in [("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
+                             ("--top-k", top_k, 1), ("--budget", budget, 1), ("--window", window, 0)]:
+        if value is not None and value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    if temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {temperature}")
+    if not ids:
+        raise UsageError("--prompt is empty")
+    if len(ids) + max_new_tokens > model.config.block_size:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} plus the prompt's {len(ids)} tokens exceeds "
+                         f"the model's block_size {model.config.block_size}")
+    if policy != "full" and len(ids) >= budget:
+        raise UsageError(f"--budget {budget} must exceed the prompt's {len(ids)} tokens")
+    pol = make_policy(policy, budget, window, ratio, predictor, len(ids), enc)
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out.write(prompt)
+    on_token = lambda t: (out.write(decoder.decode(enc.decode_single_token_bytes(t))), out.flush())
+    on_evict = lambda before, after: out.write(f"[evict {before}->{after}]")
+    tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
+                             eot_id=enc.eot_token, vocab_limit=enc.n_vocab, generator=gen,
+                             on_token=on_token, on_evict=on_evict)
+    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=dtype)
+    out.write("\n\n" + summary(stats) + "\n")
+    if stats_json:
+        with open(stats_json, "w") as f:
+            json.dump(stats, f, indent=2)
+    return stats
+
+
+def summary(s: dict) -> str:
+    return (f"policy {s['policy']} (budget {s['budget']}, window {s['window']}, ratio {s['ratio']}) | "
+            f"{s['batch']} x {s['new_tokens']} tokens generated | evictions {s['evictions']} | "
+            f"peak KV {s['peak_kv_tokens']} tokens, {s['peak_kv_live_bytes'] / 2**20:.2f} MiB live, "
+            f"{s['kv_allocated_bytes'] / 2**20:.2f} MiB allocated | {s['tokens_per_s']:.1f} tokens/s "
+            f"on {s['device']} ({s['dtype']})")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--policy", choices=POLICIES, default="full", help="KV-cache policy (default: full)")
+    p.add_argument("--dynts", dest="policy", action="store_const", const="dynts", help="short for --policy dynts")
+    p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens")
+    p.add_argument("--window", type=int, help="the most recent tokens, always kept")
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of the older tokens kept at an eviction, in (0, 1]")
+    p.add_argument("--prompt", help="the prompt text (special tokens such as <think> allowed)")
+    p.add_argument("--max-new-tokens", type=int, help="the most tokens to generate per sample")
+    p.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, decoded as one batch")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (model init and sampling)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint from train.py")
+    p.add_argument("--init", choices=["ckpt", "random"], default="ckpt",
+                   help="load --ckpt, or random weights of --preset (mechanics only)")
+    p.add_argument("--preset", default="tiny", help=f"model shape for --init random: {', '.join(PRESETS)}")
+    p.add_argument("--stats-json", help="also write the summary as JSON to this path")
+    return p.parse_args(argv)
+
+
+def cli(argv=None):
+    try:
+        main(**vars(parse_args(argv)))
+    except ValueError as e:  # UsageError, and the bounds dynts.py and model.py check: one line each
+        sys.exit(f"generate.py: error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,263 @@
+"""A GPT-2-style model with an explicit, preallocated KV cache.
+
+Read it bottom-up: the tokenizer, the config, the KV cache, attention, the MLP, a block, the
+model. It knows nothing of DynTS: dynts.py decides which cache slots to keep and calls
+`KVCache.keep(idx)`; the model only writes, reads and compacts the cache it is given.
+
+Shapes: B batch, T new tokens in this forward, S live cache slots (after writing this
+step's tokens), C n_embd, H n_head, Hkv n_kv_head, D head_dim.
+"""
+
+import math
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer: bytes plus three special tokens, built locally (no download).
+
+THINK, END_THINK, EOT = "<think>", "</think>", "<|endoftext|>"
+
+
+def get_encoding(name: str = "bytes-think") -> tiktoken.Encoding:
+    """The byte-level encoding of the default model: ids 0-255 are the bytes, 256-258 the
+    special tokens. Built from ranks we supply, so it needs no network (tiktoken's named
+    encodings download their files on first use)."""
+    if name != "bytes-think":
+        raise ValueError(f"unknown encoding {name!r}: only 'bytes-think' ships with this repository")
+    return tiktoken.Encoding(
+        name="bytes-think",
+        pat_str=r"[\s\S]",  # one character a piece: nothing to merge anyway
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={EOT: 256, THINK: 257, END_THINK: 258},
+    )
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 4096  # the number of learned absolute positions: the longest sequence
+    vocab_size: int = 259  # token ids; the byte encoding above uses 259
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # query heads per attention layer
+    n_kv_head: int = 4  # key/value heads; < n_head is grouped-query attention (GQA)
+    n_embd: int = 256  # the residual stream's width; head_dim = n_embd // n_head
+    mlp_hidden: int = 1024  # the MLP's hidden width (GPT-2 uses 4 * n_embd)
+    bias: bool = True  # biases in the Linear layers and LayerNorms, as in GPT-2
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+PRESETS = {
+    # A CPU runs it in seconds: for tests and mechanics-only runs.
+    "tiny": GPTConfig(block_size=2048, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=256),
+    # GPT-2 small (124M), vocabulary padded to a multiple of 64 as in nanoGPT.
+    "gpt2": GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_kv_head=12,
+                      n_embd=768, mlp_hidden=3072),
+    # The shape of the paper's DeepSeek-R1-Distill-Llama-8B: 32 layers, 4096 wide, 32 query heads,
+    # 8 KV heads of 128. Its SwiGLU has 3 matrices of 4096 x 14336; two GELU matrices of
+    # 4096 x 21504 hold the same weight bytes.
+    "paper-8b": GPTConfig(block_size=16384, vocab_size=128256, n_layer=32, n_head=32, n_kv_head=8,
+                          n_embd=4096, mlp_hidden=21504, bias=False),
+}
+
+
+# -----------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once and written in place.
+
+    `kv` holds all layers in one buffer so that an eviction is one gather. Only the first
+    `length` slots are live. `pos[b, s]` is the absolute position of the token in slot s of
+    row b: after evictions the slots are no longer their positions. `seen` counts every token
+    ever written, so the next token's position is `seen`, whatever `length` is.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, capacity: int, device=None, dtype=None):
+        self.capacity = capacity
+        shape = (config.n_layer, 2, batch_size, config.n_kv_head, capacity, config.head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, k|v, B, Hkv, capacity, D)
+        self.pos = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # (B, capacity)
+        self.length = 0  # live slots, the same for every row
+        self.seen = 0  # tokens written so far = the next token's position
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's keys and values (B, Hkv, T, D) after the live slots and return the
+        live keys and values including them (B, Hkv, S, D). Does not advance `length`."""
+        end = self.length + k.shape[2]
+        self.kv[layer, 0, :, :, self.length:end] = k
+        self.kv[layer, 1, :, :, self.length:end] = v
+        return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
+
+    def advance(self, n: int):
+        """Make the n slots just written by every layer live; called once per forward."""
+        self.pos[:, self.length:self.length + n] = torch.arange(self.seen, self.seen + n, device=self.pos.device)
+        self.length += n
+        self.seen += n
+
+    def keep(self, idx: torch.Tensor):
+        """Compact every layer to the slots idx (B, n_keep), each row sorted ascending, in place.
+
+        One gather moves the keys, values of all layers and heads; the positions move with them."""
+        n = idx.shape[1]
+        L, _, B, Hkv, _, D = self.kv.shape
+        gather_idx = idx.view(1, 1, B, 1, n, 1).expand(L, 2, B, Hkv, n, D)
+        self.kv[:, :, :, :, :n] = self.kv[:, :, :, :, :self.length].gather(4, gather_idx)
+        self.pos[:, :n] = self.pos[:, :self.length].gather(1, idx)
+        self.length = n
+
+    def live_bytes(self) -> int:
+        """Bytes of keys and values in live slots (what a decode step reads)."""
+        return self.kv[:, :, :, :, :self.length].numel() * self.kv.element_size()
+
+    def allocated_bytes(self) -> int:
+        """Bytes of the whole buffer, live or not."""
+        return self.kv.numel() * self.kv.element_size() + self.pos.numel() * self.pos.element_size()
+
+
+# -----------------------------------------------------------------------------
+# The transformer
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer  # which slice of the KV cache is ours
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        kv_dim = config.n_kv_head * config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)  # q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x, cache: KVCache | None = None, need_attn: bool = False):
+        B, T, C = x.shape
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if cache is not None:
+            k, v = cache.write(self.layer, k, v)  # (B, Hkv, S, D): the live slots, this step's last
+        S = k.shape[2]
+        # Query i (of T) sits at slot S - T + i and sees every slot up to its own: all cached
+        # slots are older than this step's tokens, whatever evictions did to them.
+        causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T) if T > 1 else None
+        if need_attn:  # the slow path: materialize the probabilities for the policy
+            y, probs = attention_with_probs(q, k, v, causal)
+            received = probs.sum(dim=2).mean(dim=1)  # (B, S): summed over queries, mean over heads
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, enable_gqa=True)
+            received = None
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y), received
+
+
+def attention_with_probs(q, k, v, mask=None):
+    """Plain softmax attention that also returns the probabilities (B, H, T, S)."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # (B, H, S, D)
+    v = v.repeat_interleave(group, dim=1)  # (B, H, S, D)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.float().softmax(dim=-1).to(q.dtype)
+    return probs @ v, probs  # (B, H, T, D), (B, H, T, S)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, need_attn=False):
+        a, received = self.attn(self.ln_1(x), cache, need_attn)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, received
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings, tied to the LM head
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned absolute positions
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states (..., C) -> (..., vocab); weights tied to wte."""
+        return hidden @ self.wte.weight.T
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, need_attn: bool = False):
+        """Run T new tokens idx (B, T).
+
+        Without a cache this is the plain causal forward over positions 0..T-1 (training, and
+        the reference the tests compare against). With a cache, the tokens take positions
+        cache.seen.. and attend to every live slot; T > 1 is a prefill, T == 1 a decode step.
+
+        Returns (logits of the last position (B, vocab), final hidden states (B, T, C), and,
+        only when need_attn, the attention each live slot received (B, S): summed over this
+        step's queries, averaged over layers and heads).
+        """
+        B, T = idx.shape
+        start = cache.seen if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        if cache is not None and cache.length + T > cache.capacity:
+            raise ValueError(f"KV cache overflow: {cache.length} live + {T} new > capacity {cache.capacity}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        received = None
+        for block in self.blocks:
+            x, r = block(x, cache, need_attn)
+            if need_attn:
+                received = r if received is None else received + r
+        if cache is not None:
+            cache.advance(T)  # the one place the cache grows
+        hidden = self.ln_f(x)  # (B, T, C): the LM head's input, and the importance predictor's
+        logits = self.lm_head(hidden[:, -1])  # (B, vocab)
+        if need_attn:
+            received = received / self.config.n_layer
+        return logits, hidden, received
