@@ -59,7 +59,8 @@ def select_keep(scores: torch.Tensor, n_keep: int, window: int) -> torch.Tensor:
     B, T = scores.shape
     if not 0 <= window <= n_keep <= T:
         raise ValueError(f"need 0 <= window <= n_keep <= T, got window={window}, n_keep={n_keep}, T={T}")
-    older = scores[:, :T - window].nan_to_num(nan=-INF)  # (B, T - window)
+    older = scores[:, :T - window]
+    older = older.masked_fill(older.isnan(), -INF)  # (B, T - window)
     # A stable ascending sort puts equal scores in slot order, so the last k entries are the
     # k highest, and among equal scores the later slots.
     order = older.sort(dim=1, stable=True).indices  # (B, T - window)
@@ -89,6 +90,9 @@ class Policy:
             raise ValueError(f"--ratio must be in (0, 1], got {ratio}")
         if not 0 <= window < budget:
             raise ValueError(f"--window must be >= 0 and below --budget, got window={window}, budget={budget}")
+        if window + math.floor(ratio * (budget - window)) >= budget:
+            raise ValueError(f"--ratio {ratio} keeps all {budget - window} older tokens of a full cache: "
+                             "nothing would be evicted (lower --ratio)")
         self.budget, self.window, self.ratio = budget, window, ratio
 
     def reset(self, batch_size: int, capacity: int, device=None):
@@ -117,7 +121,7 @@ class Policy:
         protected = int((live[:, :L - self.window] == INF).sum(dim=1).max())
         n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
         if n_keep >= L:
-            raise RuntimeError(f"the budget of {self.budget} slots is full of protected tokens: "
+            raise ValueError(f"the budget of {self.budget} slots is full of protected tokens: "
                                "nothing can be evicted (raise --budget)")
         return select_keep(live, n_keep, self.window)
 
@@ -195,9 +199,15 @@ class DynTS(Policy):
         B, T = tokens.shape
         s = self.predictor(hidden).float()  # (B, T)
         s = s.masked_fill((positions < self.prompt_len).expand(B, T), INF)
-        s = s.masked_fill(self.answering[:, None], INF)  # strictly after </think>
-        s = s.masked_fill(self.done[:, None], -INF)
-        # Update the row state after scoring: </think> itself is scored, what follows is protected.
+        answering = self.answering[:, None] | strictly_after(tokens, self.end_think_id)  # (B, T)
+        done = self.done[:, None] | strictly_after(tokens, self.eot_id)  # (B, T)
+        s = s.masked_fill(answering, INF).masked_fill(done, -INF)
         self.answering |= (tokens == self.end_think_id).any(dim=1)
         self.done |= (tokens == self.eot_id).any(dim=1)
         return s
+
+
+def strictly_after(tokens: torch.Tensor, token_id: int) -> torch.Tensor:
+    """(B, T) bool: the positions after the first `token_id` of each row of tokens (B, T)."""
+    hit = (tokens == token_id).long()
+    return (hit.cumsum(dim=1) - hit) > 0

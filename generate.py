@@ -85,8 +85,8 @@ def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens
     """Sample `num_samples` continuations of `prompt` under a cache policy.
 
     Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
-    every row has. `on_token(token_of_row_0)` and `on_evict(before, after)` let a caller show
-    progress. Logits at ids >= vocab_limit (beyond the tokenizer) are never sampled.
+    every row has. `on_token(token_of_row_0)` and `on_evict(before, cache)` let a caller show
+    progress (and tests look at the cache). Logits at ids >= vocab_limit (beyond the tokenizer) are never sampled.
     """
     device = model.wte.weight.device
     config = model.config
@@ -111,7 +111,7 @@ def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens
             policy.keep(idx)
             stats["evictions"] += 1
             if on_evict:
-                on_evict(before, cache.length)
+                on_evict(before, cache)
         if vocab_limit is not None and vocab_limit < logits.shape[-1]:
             logits[:, vocab_limit:] = float("-inf")
         return logits
@@ -198,7 +198,7 @@ def main(policy="full", budget=None, window=None, ratio=0.3, prompt=None, max_ne
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out.write(prompt)
     on_token = lambda t: (out.write(decoder.decode(enc.decode_single_token_bytes(t))), out.flush())
-    on_evict = lambda before, after: out.write(f"[evict {before}->{after}]")
+    on_evict = lambda before, cache: out.write(f"[evict {before}->{cache.length}]")
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
                              eot_id=enc.eot_token, vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_evict=on_evict)
