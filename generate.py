@@ -78,11 +78,12 @@ def sample(logits, temperature: float, top_k: int | None, generator=None) -> tor
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens: int,
+def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 0.0, top_k: int | None = None,
              eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
              on_token=None, on_evict=None):
-    """Sample `num_samples` continuations of `prompt` under a cache policy.
+    """Sample continuations under a cache policy: `num_samples` of one prompt (a list of ids),
+    or one of each row of prompts (B, P), all of one length.
 
     Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
     every row has. `on_token(token_of_row_0)` and `on_evict(before, cache)` let a caller show
@@ -90,12 +91,14 @@ def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens
     """
     device = model.wte.weight.device
     config = model.config
-    B, P = num_samples, len(prompt)
+    prompt = torch.as_tensor(prompt, device=device)
+    prompt = prompt.expand(num_samples, -1) if prompt.dim() == 1 else prompt  # (B, P): one prompt per row
+    B, P = prompt.shape
     capacity = policy.budget if policy.budget is not None else P + max_new_tokens
     cache = KVCache(config, B, capacity, device=device, dtype=model.wte.weight.dtype)
     policy.reset(B, capacity, device)
     need_attn = policy.needs_attention
-    stats = dict(policy=policy.name, batch=B, prompt_tokens=P, evictions=0, peak_kv_tokens=0,
+    stats = dict(policy=policy.name, batch=B, prompt_tokens=P, evictions=0, peak_kv_tokens=0, kv_token_steps=0,
                  peak_kv_live_bytes=0, kv_allocated_bytes=cache.allocated_bytes())
 
     def step(tokens):  # one forward, then the policy's bookkeeping and, when due, an eviction
@@ -103,6 +106,7 @@ def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens
         positions = torch.arange(cache.seen - tokens.shape[1], cache.seen, device=device)
         policy.observe(tokens, hidden, positions, attn)
         stats["peak_kv_tokens"] = max(stats["peak_kv_tokens"], cache.length)
+        stats["kv_token_steps"] += cache.length  # for the mean cache length over the forwards
         stats["peak_kv_live_bytes"] = max(stats["peak_kv_live_bytes"], cache.live_bytes())
         if policy.should_evict(cache.length):
             before = cache.length
@@ -119,7 +123,7 @@ def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    logits = step(torch.tensor([prompt], device=device).expand(B, P))  # prefill
+    logits = step(prompt)  # prefill
     done = torch.zeros(B, 1, dtype=torch.bool, device=device)
     out = []
     for i in range(max_new_tokens):
@@ -138,6 +142,7 @@ def generate(model: GPT, prompt: list[int], policy: dynts.Policy, max_new_tokens
     seconds = time.perf_counter() - t0
     tokens = torch.cat(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=device)
     stats.update(new_tokens=tokens.shape[1], seconds=seconds, tokens_per_s=B * tokens.shape[1] / seconds,
+                 mean_kv_tokens=stats.pop("kv_token_steps") / max(1, len(out)),
                  final_kv_tokens=cache.length, tokens_seen=cache.seen)
     return tokens, stats
 

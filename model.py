@@ -156,13 +156,17 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.write(self.layer, k, v)  # (B, Hkv, S, D): the live slots, this step's last
         S = k.shape[2]
         # Query i (of T) sits at slot S - T + i and sees every slot up to its own: all cached
-        # slots are older than this step's tokens, whatever evictions did to them.
-        causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T) if T > 1 else None
+        # slots are older than this step's tokens, whatever evictions did to them. A decode step
+        # (T == 1) sees everything; a prefill of an empty cache (S == T) is plain causal.
+        mask = None
+        if T > 1 and (S > T or need_attn):
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
         if need_attn:  # the slow path: materialize the probabilities for the policy
-            y, probs = attention_with_probs(q, k, v, causal)
+            y, probs = attention_with_probs(q, k, v, mask)
             received = probs.sum(dim=2).mean(dim=1)  # (B, S): summed over queries, mean over heads
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, enable_gqa=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(T > 1 and mask is None),
+                                               enable_gqa=True)
             received = None
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y), received
