@@ -16,6 +16,7 @@ import time
 import torch
 
 import dynts
+import task
 from model import END_THINK, EOT, GPT, PRESETS, GPTConfig, KVCache, get_encoding
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", "tiny-reasoner.pt")
@@ -31,7 +32,8 @@ class UsageError(ValueError):
 
 
 def load_checkpoint(path: str, device="cpu"):
-    """(model, predictor, encoding name) from a checkpoint written by train.py."""
+    """(model, predictor, meta) from a checkpoint written by train.py; meta holds the
+    encoding's name, the task's settings, the decoding defaults and the training metrics."""
     if not os.path.isfile(path):
         raise UsageError(f"--ckpt {path}: no such file (train one with `python train.py`, "
                          "or use --init random --preset tiny for a mechanics-only run)")
@@ -42,11 +44,13 @@ def load_checkpoint(path: str, device="cpu"):
         model.load_state_dict(ckpt["model"])
         predictor = dynts.ImportancePredictor(config.n_embd)
         predictor.load_state_dict(ckpt["predictor"])
-        encoding = ckpt["encoding"]
+        meta = dict(encoding=ckpt["encoding"], task=ckpt["task"], decoding=ckpt["decoding"],
+                    metrics=ckpt.get("metrics", {}))
+        get_encoding(meta["encoding"])
     except Exception as e:  # truncated, another format, another config: one line, naming the file
         raise UsageError(f"--ckpt {path}: not a checkpoint of this project ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]})") from None
-    return model, predictor, encoding
+    return model, predictor, meta
 
 
 def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None) -> dynts.Policy:
@@ -81,13 +85,13 @@ def sample(logits, temperature: float, top_k: int | None, generator=None) -> tor
 def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 0.0, top_k: int | None = None,
              eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
-             on_token=None, on_evict=None):
+             on_token=None, on_evict=None, on_step=None):
     """Sample continuations under a cache policy: `num_samples` of one prompt (a list of ids),
     or one of each row of prompts (B, P), all of one length.
 
     Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
-    every row has. `on_token(token_of_row_0)` and `on_evict(before, cache)` let a caller show
-    progress (and tests look at the cache). Logits at ids >= vocab_limit (beyond the tokenizer) are never sampled.
+    every row has. `on_token(token_of_row_0)`, `on_step(cache_length)` after each forward and
+    `on_evict(before, cache)` let a caller show progress (and tests look at the cache). Logits at ids >= vocab_limit (beyond the tokenizer) are never sampled.
     """
     device = model.wte.weight.device
     config = model.config
@@ -107,6 +111,8 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
         policy.observe(tokens, hidden, positions, attn)
         stats["peak_kv_tokens"] = max(stats["peak_kv_tokens"], cache.length)
         stats["kv_token_steps"] += cache.length  # for the mean cache length over the forwards
+        if on_step:
+            on_step(cache.length)
         stats["peak_kv_live_bytes"] = max(stats["peak_kv_live_bytes"], cache.live_bytes())
         if policy.should_evict(cache.length):
             before = cache.length
@@ -151,7 +157,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 # Command line
 
 
-def main(policy="full", budget=None, window=None, ratio=0.3, prompt=None, max_new_tokens=None,
+def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=0, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, out=sys.stdout):
     """Run one generation and print sample 0 as it is written, then a summary. Returns stats."""
@@ -166,32 +172,36 @@ def main(policy="full", budget=None, window=None, ratio=0.3, prompt=None, max_ne
     if init == "random":
         if preset not in PRESETS:
             raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        model, predictor, enc_name = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd), "bytes-think"
-        default_prompt = "Question: how far back does the answer look? <think>"
-        defaults = dict(budget=256, window=64, max_new_tokens=512)
+        model, predictor = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd)
+        meta = dict(encoding="bytes-think", task=None, decoding=dict(budget=256, window=64, ratio=0.3))
     else:
-        model, predictor, enc_name = load_checkpoint(ckpt)
-        default_prompt = None  # the tiny-reasoner issue adds a held-out problem here
-        defaults = dict(budget=256, window=64, max_new_tokens=1024)
-    budget = defaults["budget"] if budget is None else budget
-    window = defaults["window"] if window is None else window
-    max_new_tokens = defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-    prompt = default_prompt if prompt is None else prompt
-    if prompt is None:
-        raise UsageError("--prompt is required with this checkpoint")
+        model, predictor, meta = load_checkpoint(ckpt)
+    the_problem = None
+    if prompt is None and meta["task"] is None:
+        prompt = "Question: how far back does the answer look? <think>"
+    elif prompt is None:  # a held-out problem of the task the checkpoint was trained on
+        if problem < 0:
+            raise UsageError(f"--problem must be >= 0, got {problem}")
+        the_problem = task.problems("eval", problem + 1, **meta["task"])[problem]
+        prompt = the_problem.prompt
+    budget = meta["decoding"]["budget"] if budget is None else budget
+    window = meta["decoding"]["window"] if window is None else window
+    ratio = meta["decoding"]["ratio"] if ratio is None else ratio
 
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
     predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
-    enc = get_encoding(enc_name)
+    enc = get_encoding(meta["encoding"])
     ids = enc.encode(prompt, allowed_special="all")
+    if not ids:
+        raise UsageError("--prompt is empty")
+    if max_new_tokens is None:
+        max_new_tokens = min(512, model.config.block_size - len(ids)) if init == "random" else model.config.block_size - len(ids)
     for name, value, low in [("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
                              ("--top-k", top_k, 1), ("--budget", budget, 1), ("--window", window, 0)]:
         if value is not None and value < low:
             raise UsageError(f"{name} must be >= {low}, got {value}")
     if temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
-    if not ids:
-        raise UsageError("--prompt is empty")
     if len(ids) + max_new_tokens > model.config.block_size:
         raise UsageError(f"--max-new-tokens {max_new_tokens} plus the prompt's {len(ids)} tokens exceeds "
                          f"the model's block_size {model.config.block_size}")
@@ -208,7 +218,13 @@ def main(policy="full", budget=None, window=None, ratio=0.3, prompt=None, max_ne
                              eot_id=enc.eot_token, vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_evict=on_evict)
     stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=dtype)
-    out.write("\n\n" + summary(stats) + "\n")
+    out.write("\n\n")
+    if the_problem is not None:
+        correct = [task.check_answer(the_problem, enc.decode(row)) for row in tokens.tolist()]
+        stats.update(expected_answer=the_problem.answer, correct=sum(correct) / len(correct))
+        out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG'}"
+                  + (f" | {sum(correct)}/{len(correct)} samples correct" if len(correct) > 1 else "") + "\n")
+    out.write(summary(stats) + "\n")
     if stats_json:
         with open(stats_json, "w") as f:
             json.dump(stats, f, indent=2)
@@ -227,11 +243,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policy", choices=POLICIES, default="full", help="KV-cache policy (default: full)")
     p.add_argument("--dynts", dest="policy", action="store_const", const="dynts", help="short for --policy dynts")
-    p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens")
-    p.add_argument("--window", type=int, help="the most recent tokens, always kept")
-    p.add_argument("--ratio", type=float, default=0.3, help="fraction of the older tokens kept at an eviction, in (0, 1]")
-    p.add_argument("--prompt", help="the prompt text (special tokens such as <think> allowed)")
-    p.add_argument("--max-new-tokens", type=int, help="the most tokens to generate per sample")
+    p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens (default: the checkpoint's)")
+    p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the checkpoint's)")
+    p.add_argument("--ratio", type=float, help="fraction of the older tokens kept at an eviction, in (0, 1]")
+    p.add_argument("--prompt", help="the prompt text (special tokens such as <think> allowed); "
+                   "default: a held-out problem of the checkpoint's task")
+    p.add_argument("--problem", type=int, default=0, help="which held-out problem to solve (default: 0)")
+    p.add_argument("--max-new-tokens", type=int, help="the most tokens to generate per sample "
+                   "(default: up to the model's block_size)")
     p.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, decoded as one batch")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")

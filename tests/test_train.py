@@ -1,0 +1,125 @@
+"""train.py and eval.py: labels against their definition, the checkpoint, the whole pipeline
+on a miniature task."""
+
+import math
+
+import pytest
+import torch
+
+import eval as evaluate
+import generate
+import train
+from model import GPT, GPTConfig, attention_with_probs, get_encoding
+
+SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
+SMALL_TASK = dict(n_steps=2, hops=2, n_distractors=2, checks=(0, 1), n_review=2)
+
+
+@pytest.fixture
+def small_setup(monkeypatch):
+    monkeypatch.setattr(train, "CONFIG", SMALL)
+    monkeypatch.setattr(train, "TASK", SMALL_TASK)
+    monkeypatch.setattr(train, "DECODING", dict(budget=120, window=8, ratio=0.5))
+
+
+def labels_by_definition(model: GPT, tokens: torch.Tensor, think_end: int) -> torch.Tensor:
+    """The paper's labels, computed the slow way: the full attention matrices of every layer
+    and head over the whole sequence, then the mean over layers, heads and answer queries of
+    A[l, h, i, j], diagonal zeroed, for every key j."""
+    cfg = model.config
+    T = tokens.shape[0]
+    x = model.wte(tokens[None]) + model.wpe(torch.arange(T))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    A = []
+    for block in model.blocks:
+        h = block.ln_1(x)
+        q, k, v = block.attn.c_attn(h).split([cfg.n_embd, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim], dim=2)
+        q = q.view(1, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
+        k = k.view(1, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        v = v.view(1, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        y, probs = attention_with_probs(q, k, v, causal)  # probs (1, H, T, T)
+        A.append(probs[0])
+        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(1, T, cfg.n_embd))
+        x = x + block.mlp(block.ln_2(x))
+    A = torch.stack(A)  # (L, H, T, T)
+    A = A * (1 - torch.eye(T))  # no self-attention
+    answer = torch.arange(think_end + 1, T)
+    labels = A[:, :, answer, :].mean(dim=(0, 1, 2))  # (T,)
+    labels[think_end + 1:] = 0.0
+    return labels
+
+
+def test_importance_labels_match_the_papers_definition():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    tokens = torch.randint(0, 256, (60,))
+    tokens[50] = get_encoding().encode_single_token("</think>")
+    with torch.no_grad():
+        got = train.importance_labels(model, tokens, think_end=50, length=60)
+        want = labels_by_definition(model, tokens, think_end=50)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert got[:51].sum() > 0 and (got[51:] == 0).all()
+
+
+def test_spearman():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert math.isclose(train.spearman(a, a * 10), 1.0, abs_tol=1e-6)
+    assert math.isclose(train.spearman(a, -a), -1.0, abs_tol=1e-6)
+
+
+def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    metrics = train.main(out=path, device="cpu", steps=3, batch_size=2, predictor_steps=2, eval_traces=2)
+    assert -1 <= metrics["spearman"] <= 1 and 0 <= metrics["decisive_recall_top10"] <= 1
+    model, predictor, meta = generate.load_checkpoint(path)
+    assert model.config == SMALL and meta["task"] == SMALL_TASK and meta["encoding"] == "bytes-think"
+    assert meta["decoding"] == dict(budget=120, window=8, ratio=0.5)
+    ckpt = torch.load(path, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values())
+
+    with pytest.raises(generate.UsageError, match="exists: pass --force"):
+        train.main(out=path, device="cpu")
+
+    stats = generate.main(policy="dynts", ckpt=path, device="cpu", max_new_tokens=60, out=open(tmp_path / "o", "w"))
+    assert "expected_answer" in stats and stats["correct"] in (0.0, 1.0)
+
+    result = evaluate.main(ckpt=path, n=3, policies="full,window,dynts", budgets="100,120", device="cpu",
+                           batch_size=2, ranking_traces=2, json_path=str(tmp_path / "e.json"))
+    rows = result["rows"]
+    assert [(r["policy"], r["budget"]) for r in rows] == [("full", None), ("window", 100), ("window", 120),
+                                                          ("dynts", 100), ("dynts", 120)]
+    for r in rows:
+        assert 0 <= r["pass_at_1"] <= 1 and r["n_problems"] == 3
+        if r["budget"]:
+            assert r["peak_kv_tokens"] <= r["budget"]
+
+
+def corrupt_checkpoints(tmp_path, good: str):
+    raw = open(good, "rb").read()
+    (tmp_path / "truncated.pt").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    other = torch.load(good, weights_only=True)
+    other["config"]["n_embd"] = 64
+    torch.save(other, tmp_path / "other-config.pt")
+    return ["truncated.pt", "text.pt", "list.pt", "other-config.pt"]
+
+
+def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
+    good = str(tmp_path / "good.pt")
+    train.main(out=good, device="cpu", steps=1, batch_size=1, predictor_steps=1, eval_traces=1)
+    for name in corrupt_checkpoints(tmp_path, good) + ["missing.pt"]:
+        with pytest.raises(SystemExit) as e:
+            generate.cli(["--dynts", "--ckpt", str(tmp_path / name), "--device", "cpu"])
+        assert name in e.value.code and "\n" not in e.value.code, e.value.code
+        with pytest.raises(SystemExit) as e:
+            evaluate.cli(["--ckpt", str(tmp_path / name), "--device", "cpu"])
+        assert name in e.value.code and "\n" not in e.value.code, e.value.code
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--n", "0"], "--n"), (["--policies", "full,h2o"], "--policies"), (["--batch-size", "0"], "--batch-size")])
+def test_eval_bad_flags(argv, message):
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(argv + ["--device", "cpu"])
+    assert message in e.value.code and "\n" not in e.value.code

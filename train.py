@@ -1,0 +1,283 @@
+"""Train the tiny reasoner and its importance predictor: `python train.py`.
+
+Three stages, the paper's pipeline in miniature (Guo et al., arXiv 2601.18383, Sec. 3):
+1. the base model: a small GPT learns the synthetic reasoning task of task.py (next-token
+   loss on the thinking and the answer; the prompt's random table is not predicted);
+2. importance labels: for correct traces, the attention that the answer pays to each thinking
+   token, averaged over layers, heads and answer queries (`importance_labels`);
+3. the ImportancePredictor: regression of those labels from each token's final hidden
+   state, with the base model frozen.
+
+Everything lands in one checkpoint (a few MB, float16 weights) with its config, the
+encoding's name, the task's settings and the decoding defaults; generate.py and eval.py
+read it with torch.load(..., weights_only=True).
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+import dynts
+import task
+from generate import DEFAULT_CKPT, UsageError
+from model import GPT, GPTConfig, KVCache, get_encoding
+
+# The task's size: ~2,900 tokens a problem (2,500-3,300), 6 results to carry to the answer.
+TASK = dict(n_steps=6, checks=(8, 12))
+CONFIG = GPTConfig(block_size=3584, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256,
+                   mlp_hidden=1024, bias=True)
+# Decoding defaults stored with the checkpoint: a budget of about a third of a trace. The prompt
+# (~230 tokens) is protected, so ratio * (budget - window) must leave room for thinking tokens.
+DECODING = dict(budget=900, window=128, ratio=0.5)
+LABEL_SCALE = 1e4  # labels are attention probabilities (~1e-4): rescaled for the regression
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+def encode_batch(problems: list[task.Problem], enc, device):
+    """Tokens (B, T) right-padded with end-of-text, and per row: prompt length, the index of
+    `</think>`, and the length without padding."""
+    rows = [enc.encode(p.text(), allowed_special="all") for p in problems]
+    T = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), T), enc.eot_token, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)] = torch.tensor(r)
+    end_think = enc.encode_single_token(task.END_THINK)
+    prompt_len = torch.tensor([len(enc.encode(p.prompt, allowed_special="all")) for p in problems])
+    think_end = torch.tensor([r.index(end_think) for r in rows])
+    lengths = torch.tensor([len(r) for r in rows])
+    return tokens.to(device), prompt_len.to(device), think_end.to(device), lengths.to(device)
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Progress:
+    """Prints `stage step/steps | loss | steps/s | time left` every `every` steps."""
+
+    def __init__(self, stage: str, steps: int, every: int):
+        self.stage, self.steps, self.every, self.t0 = stage, steps, every, time.perf_counter()
+
+    def __call__(self, step: int, loss: torch.Tensor):
+        if (step + 1) % self.every and step + 1 != self.steps:
+            return
+        rate = (step + 1) / (time.perf_counter() - self.t0)
+        print(f"{self.stage} {step + 1:5d}/{self.steps} | loss {loss.item():.4f} | {rate:5.2f} steps/s | "
+              f"{(self.steps - step - 1) / rate / 60:4.1f} min left", flush=True)
+
+
+# -----------------------------------------------------------------------------
+# 1. The base model
+
+
+def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed: int, log_every: int = 50):
+    enc = get_encoding()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    progress = Progress("model", steps, log_every)
+    model.train()
+    for step in range(steps):
+        tokens, prompt_len, _, lengths = encode_batch(task.problems("train", batch_size, seed=seed + step, **TASK),
+                                                      enc, device)
+        # Predict every token after the prompt: the thinking, the answer and the end of text.
+        t = torch.arange(1, tokens.shape[1], device=device)
+        mask = (t >= prompt_len[:, None]) & (t < lengths[:, None])  # (B, T - 1): which targets count
+        with autocast:
+            _, hidden, _ = model(tokens[:, :-1])
+            logits = model.lm_head(hidden)  # (B, T - 1, vocab)
+        loss = F.cross_entropy(logits.float()[mask], tokens[:, 1:][mask])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        progress(step, loss)
+    model.eval()
+
+
+# -----------------------------------------------------------------------------
+# 2. Importance labels
+
+
+@torch.no_grad()
+def importance_labels(model: GPT, tokens: torch.Tensor, think_end: int, length: int) -> torch.Tensor:
+    """The label of every token of one trace (T,): the attention it receives from the answer.
+
+    The paper's definition: the mean of A[l, h, i, j] over layers l, heads h and answer
+    queries i (the tokens after `</think>`). We prefill up to `</think>` into a KV cache, then
+    run the answer as one chunk asking the model for the attention each slot received:
+    summed over the chunk's queries and averaged over layers and heads. Dividing by the number
+    of queries gives the mean. Slots of the answer itself (their diagonal included) are not
+    thinking tokens; they get label 0.
+    """
+    cache = KVCache(model.config, 1, capacity=length, device=tokens.device, dtype=model.wte.weight.dtype)
+    model(tokens[None, :think_end + 1], cache)  # prompt, thinking and </think>
+    n_answer = length - think_end - 1
+    _, _, received = model(tokens[None, think_end + 1:length], cache, need_attn=True)  # (1, length)
+    labels = received[0] / n_answer
+    labels[think_end + 1:] = 0.0
+    return labels
+
+
+# -----------------------------------------------------------------------------
+# 3. The predictor
+
+
+def thinking_mask(T: int, prompt_len, think_end, device):
+    """(B, T) bool: the thinking tokens, from `<think>`'s successor up to and including `</think>`."""
+    t = torch.arange(T, device=device)
+    return (t >= prompt_len[:, None]) & (t <= think_end[:, None])
+
+
+def label_batch(model, problems, enc, device):
+    """Tokens, hidden states (frozen model), labels and the thinking mask for a batch of traces."""
+    tokens, prompt_len, think_end, lengths = encode_batch(problems, enc, device)
+    labels = torch.zeros(tokens.shape, device=device)
+    for b in range(len(problems)):
+        labels[b, :lengths[b]] = importance_labels(model, tokens[b], int(think_end[b]), int(lengths[b]))
+    with torch.no_grad():
+        _, hidden, _ = model(tokens)
+    return hidden.float(), labels, thinking_mask(tokens.shape[1], prompt_len, think_end, device)
+
+
+def train_predictor(model: GPT, predictor: dynts.ImportancePredictor, steps: int, batch_size: int, lr: float,
+                    device, seed: int, log_every: int = 50):
+    """Regression of LABEL_SCALE * label on thinking tokens only (the paper's MSE), base frozen."""
+    enc = get_encoding()
+    opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=0.0)
+    progress = Progress("predictor", steps, log_every)
+    predictor.train()
+    for step in range(steps):
+        hidden, labels, mask = label_batch(model, task.problems("train", batch_size, seed=seed + step, **TASK),
+                                           enc, device)
+        loss = F.mse_loss(predictor(hidden)[mask], LABEL_SCALE * labels[mask])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=min(50, steps // 10 + 1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        progress(step, loss)
+    predictor.eval()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (ties broken by order)."""
+    ra = a.argsort().argsort().float()
+    rb = b.argsort().argsort().float()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+@torch.no_grad()
+def ranking_quality(model, predictor, n: int, device, seed: int = 0) -> dict:
+    """On n held-out traces: Spearman's rho between predicted scores and labels over the
+    thinking tokens (mean over traces), and the recall of the decisive tokens (task.py's
+    `decisive_spans`) among the predictor's top 10% of thinking tokens."""
+    enc = get_encoding()
+    rhos, recalls = [], []
+    for p in task.problems("eval", n, seed=seed, **TASK):
+        hidden, labels, mask = label_batch(model, [p], enc, device)
+        pred = predictor(hidden)[0][mask[0]]
+        rhos.append(spearman(pred, labels[0][mask[0]]))
+        start = int(mask[0].nonzero()[0])  # thinking token index -> trace position
+        top = set((pred.topk(max(1, len(pred) // 10)).indices + start).tolist())
+        text = p.text()
+        to_token = lambda c: len(enc.encode(text[:c], allowed_special="all"))  # character -> token index
+        decisive = {i for s, e in task.decisive_spans(p) for i in range(to_token(s), to_token(e))}
+        recalls.append(len(decisive & top) / len(decisive))
+    return dict(spearman=sum(rhos) / n, decisive_recall_top10=sum(recalls) / n, n_traces=n)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def save_checkpoint(path, model, predictor, metrics):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    half = lambda m: {k: v.detach().to("cpu", torch.float16) for k, v in m.state_dict().items()}
+    torch.save(dict(config=asdict(model.config), encoding="bytes-think", task=TASK, decoding=DECODING,
+                    label_scale=LABEL_SCALE, model=half(model), predictor=half(predictor), metrics=metrics), path)
+
+
+def main(out=DEFAULT_CKPT, force=False, device=None, steps=None, batch_size=None, lr=2e-3,
+         predictor_steps=None, predictor_batch_size=8, predictor_lr=1e-3, seed=0, eval_traces=None):
+    if os.path.exists(out) and not force:
+        raise UsageError(f"--out {out} exists: pass --force to overwrite it")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    cuda = device.startswith("cuda")
+    # The CPU setting is the same code with fewer, smaller steps: it shows the pipeline, it does
+    # not reach the accuracy of the CUDA setting.
+    steps = steps if steps is not None else (4000 if cuda else 60)
+    batch_size = batch_size if batch_size is not None else (32 if cuda else 4)
+    predictor_steps = predictor_steps if predictor_steps is not None else (600 if cuda else 20)
+    eval_traces = eval_traces if eval_traces is not None else (100 if cuda else 4)
+    for name, value in [("--steps", steps), ("--batch-size", batch_size), ("--predictor-steps", predictor_steps),
+                        ("--predictor-batch-size", predictor_batch_size), ("--eval-traces", eval_traces)]:
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model = GPT(CONFIG).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"base model: {n_params / 1e6:.2f}M parameters, {CONFIG}")
+    t0 = time.perf_counter()
+    train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003)
+    for p in model.parameters():
+        p.requires_grad_(False)  # frozen from here on
+    predictor = dynts.ImportancePredictor(CONFIG.n_embd).to(device)
+    train_predictor(model, predictor, predictor_steps, predictor_batch_size, predictor_lr, device,
+                    seed=seed * 1_000_003 + 10 ** 7)
+    metrics = ranking_quality(model, predictor, eval_traces, device)
+    metrics.update(train_seconds=time.perf_counter() - t0, steps=steps, batch_size=batch_size,
+                   predictor_steps=predictor_steps, device=str(device))
+    print(f"held-out ranking quality: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
+          f"{metrics['decisive_recall_top10']:.1%} ({eval_traces} traces)")
+    save_checkpoint(out, model, predictor, metrics)
+    print(f"saved {out} ({os.path.getsize(out) / 2**20:.1f} MiB)")
+    return metrics
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=DEFAULT_CKPT, help="where to write the checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
+    p.add_argument("--steps", type=int, help="base-model steps (default: 4000 on cuda, 60 on cpu)")
+    p.add_argument("--batch-size", type=int, help="problems per base-model step (default: 32 on cuda, 4 on cpu)")
+    p.add_argument("--lr", type=float, default=2e-3, help="base-model peak learning rate")
+    p.add_argument("--predictor-steps", type=int, help="predictor steps (default: 600 on cuda, 20 on cpu)")
+    p.add_argument("--predictor-batch-size", type=int, default=8, help="traces per predictor step")
+    p.add_argument("--predictor-lr", type=float, default=1e-3, help="predictor peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training problems")
+    p.add_argument("--eval-traces", type=int, help="held-out traces for the ranking quality (default: 100 / 4)")
+    return p.parse_args(argv)
+
+
+def cli(argv=None):
+    try:
+        main(**vars(parse_args(argv)))
+    except ValueError as e:
+        sys.exit(f"train.py: error: {e}")
+
+
+if __name__ == "__main__":
+    cli()
