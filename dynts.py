@@ -120,10 +120,9 @@ class Policy:
         L, live = self.length, self.scores[:, :self.length]
         protected = int((live[:, :L - self.window] == INF).sum(dim=1).max())
         n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
-        if n_keep >= L:
-            raise ValueError(f"the budget of {self.budget} slots is full of protected tokens: "
-                               "nothing can be evicted (raise --budget)")
-        return select_keep(live, n_keep, self.window)
+        # The budget is a hard bound: a row whose protected tokens fill the cache (an answer
+        # that never ends) loses its oldest protected tokens, one per step.
+        return select_keep(live, min(n_keep, L - 1), self.window)
 
     def keep(self, idx: torch.Tensor):
         """Follow the cache's compaction: the kept slots' scores move with them."""

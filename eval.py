@@ -87,8 +87,8 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies="full,window,streaming,dynt
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
     cuda = device.startswith("cuda")
-    n = n if n is not None else (500 if cuda else 24)
-    batch_size = batch_size if batch_size is not None else (500 if cuda else 24)
+    n = n if n is not None else (500 if cuda else 10)
+    batch_size = batch_size if batch_size is not None else (500 if cuda else 10)
     ranking_traces = ranking_traces if ranking_traces is not None else (100 if cuda else 8)
     for flag, value in [("--n", n), ("--batch-size", batch_size)]:
         if value < 1:
@@ -128,14 +128,14 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies="full,window,streaming,dynt
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint from train.py")
-    p.add_argument("--n", type=int, help="held-out problems (default: 500 on cuda, 24 on cpu)")
+    p.add_argument("--n", type=int, help="held-out problems (default: 500 on cuda, 10 on cpu)")
     p.add_argument("--seed", type=int, default=0, help="which held-out problems")
     p.add_argument("--policies", default="full,window,streaming,dynts", help="comma-separated policies to compare")
     p.add_argument("--budget", type=int, help="KV budget (default: the checkpoint's)")
     p.add_argument("--window", type=int, help="recent tokens always kept (default: the checkpoint's)")
     p.add_argument("--ratio", type=float, help="fraction of older tokens kept (default: the checkpoint's)")
     p.add_argument("--budgets", help="comma-separated budgets to sweep instead of --budget, e.g. 600,900,1200")
-    p.add_argument("--batch-size", type=int, help="problems decoded together (default: 500 on cuda, 24 on cpu)")
+    p.add_argument("--batch-size", type=int, help="problems decoded together (default: 500 on cuda, 10 on cpu)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and KV cache")
     p.add_argument("--ranking-traces", type=int, help="held-out traces for the predictor's Spearman (default: 100 / 8)")

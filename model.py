@@ -145,7 +145,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)  # q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def forward(self, x, cache: KVCache | None = None, need_attn: bool = False):
+    def forward(self, x, cache: KVCache | None = None, need_attn: bool = False, mask=None):
         B, T, C = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=2)
@@ -158,8 +158,9 @@ class CausalSelfAttention(nn.Module):
         # Query i (of T) sits at slot S - T + i and sees every slot up to its own: all cached
         # slots are older than this step's tokens, whatever evictions did to them. A decode step
         # (T == 1) sees everything; a prefill of an empty cache (S == T) is plain causal.
-        mask = None
-        if T > 1 and (S > T or need_attn):
+        if mask is not None:  # given by the caller (training under simulated eviction)
+            mask = mask[:, None]  # (B, 1, T, S)
+        elif T > 1 and (S > T or need_attn):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
         if need_attn:  # the slow path: materialize the probabilities for the policy
             y, probs = attention_with_probs(q, k, v, mask)
@@ -204,8 +205,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, need_attn=False):
-        a, received = self.attn(self.ln_1(x), cache, need_attn)
+    def forward(self, x, cache=None, need_attn=False, mask=None):
+        a, received = self.attn(self.ln_1(x), cache, need_attn, mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, received
@@ -234,12 +235,15 @@ class GPT(nn.Module):
         """Logits from final hidden states (..., C) -> (..., vocab); weights tied to wte."""
         return hidden @ self.wte.weight.T
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, need_attn: bool = False):
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, need_attn: bool = False,
+                mask: torch.Tensor | None = None):
         """Run T new tokens idx (B, T).
 
         Without a cache this is the plain causal forward over positions 0..T-1 (training, and
         the reference the tests compare against). With a cache, the tokens take positions
         cache.seen.. and attend to every live slot; T > 1 is a prefill, T == 1 a decode step.
+        `mask` (B, T, T) bool, without a cache only, replaces the causal mask: which tokens each
+        query sees (train.py uses it to simulate evictions).
 
         Returns (logits of the last position (B, vocab), final hidden states (B, T, C), and,
         only when need_attn, the attention each live slot received (B, S): summed over this
@@ -255,7 +259,7 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         received = None
         for block in self.blocks:
-            x, r = block(x, cache, need_attn)
+            x, r = block(x, cache, need_attn, mask)
             if need_attn:
                 received = r if received is None else received + r
         if cache is not None:

@@ -14,8 +14,9 @@ A problem, as the model reads it (byte-level: one character is one token):
     </think>A=mn B=gh C=ij D=kl<|endoftext|>
 
 Why it exercises DynTS (Guo et al., arXiv 2601.18383):
-- Few thinking tokens decide the answer: the k results ("A=mn", 4 tokens each) out of
-  about a thousand thinking tokens. The answer copies them, so it attends to them.
+- Few thinking tokens decide the answer: the k result sentences ("mn, so A=mn.", 12 tokens
+  each; `decisive_spans`) out of about a thousand thinking tokens. The answer copies the
+  results from there, so it attends to them.
 - They are far back: each result is written once, then hundreds of filler tokens follow that
   never contain it again; the final review alone is over 300 tokens (with the defaults), so
   a recent window of a few hundred tokens (Window, StreamingLLM) holds no result at all.
@@ -30,7 +31,7 @@ Why it exercises DynTS (Guo et al., arXiv 2601.18383):
 - A greedy decoder knows where it is from local context: filler comes in numbered
   sentences ("check 1", ..., "review 10"), so it can tell when a section ends.
 
-Sizes. With the defaults the thinking is 800-1300 characters (tokens, mean ~1050) and the prompt 185.
+Sizes. With the defaults the thinking is 700-1400 characters (tokens, mean ~1050) and the prompt 185.
 For longer traces raise `checks` (filler sentences per step, ~38 characters each),
 `n_steps` (one step is ~200 characters with the default checks) or `n_review`; for example
 `n_steps=8, checks=(10, 14)` gives ~4000 characters of thinking.
@@ -158,11 +159,13 @@ def check_answer(problem: Problem, generated: str) -> bool:
 
 
 def decisive_spans(problem: Problem) -> list[tuple[int, int]]:
-    """[start, end) character spans, in problem.text(), of the results in the thinking: the
-    two letters of "mn" in "A=mn", one span per step, in step order. These are the tokens
-    the answer copies, so the tokens a good KV policy must keep."""
+    """[start, end) character spans, in problem.text(), of the tokens that decide the answer:
+    each step's result sentence, from the walk's last node to the period ("mn, so A=mn."),
+    one span per step, in step order. The answer copies the result from there (a trained
+    model's answer attends most to the two "mn"s), so a good KV policy must keep them."""
     spans = []
     for item in problem.answer.split():  # "A=mn"
-        start = len(problem.prompt) + problem.thinking.index(item) + 2
-        spans.append((start, start + len(item) - 2))
+        end = problem.thinking.index(item) + len(item) + 1      # just after "A=mn."
+        start = end - len(f"{item[2:]}, so {item}.")            # at "mn, so A=mn."
+        spans.append((len(problem.prompt) + start, len(problem.prompt) + end))
     return spans

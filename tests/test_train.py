@@ -19,6 +19,7 @@ SMALL_TASK = dict(n_steps=2, hops=2, n_distractors=2, checks=(0, 1), n_review=2)
 def small_setup(monkeypatch):
     monkeypatch.setattr(train, "CONFIG", SMALL)
     monkeypatch.setattr(train, "TASK", SMALL_TASK)
+    monkeypatch.setattr(train, "SHORT_TASK", dict(SMALL_TASK, checks=(0, 0)))
     monkeypatch.setattr(train, "DECODING", dict(budget=120, window=8, ratio=0.5))
 
 

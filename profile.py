@@ -1,0 +1,784 @@
+"""Profile decoding: throughput, KV memory and FLOPs against decoding steps, full cache vs DynTS.
+
+The measured version of the efficiency figure of DynTS (Guo et al., arXiv 2601.18383): full-cache
+decoding ("Transformers") and DynTS over 0-15k decoding steps, with the DynTS / full multipliers
+at 2k, 5k, 7k, 10k, 12k and 15k steps. `python profile.py` decodes with random weights (speed does
+not depend on them) and times every decode step on the device's own clock, including what the
+official code leaves out of its timing: the predictor, the selection and the cache compaction.
+
+What it reports at the paper's marks and every `--every` steps, for each policy:
+- throughput: batch x steps / seconds, over the `--tput-window` steps up to the mark;
+- KV memory: the live slots' bytes (analytic), the cache buffers' bytes and
+  torch.cuda.max_memory_allocated (measured);
+- GFLOPs per token, analytic. For one token that attends to S live slots:
+      2 * N_matmul + 4 * n_layer * n_head * head_dim * S  (+ 2 * N_predictor for DynTS)
+  N_matmul counts the weights of every matrix multiply: the blocks' Linear layers and the LM
+  head (tied to the embedding); a multiply-add is 2 FLOPs. The attention term is QK^T (2 FLOPs
+  per head dimension per slot) plus AV (2 more). This is the forward-pass count of Kaplan et al.
+  2020, "Scaling Laws for Neural Language Models", Table 1 (2N + 2 n_layer n_ctx d_attn, with
+  the de-embedding counted and AV added), and of PaLM (Chowdhery et al. 2022), Appendix B
+  (6N + 12 L H Q T for training = 3 x this forward count). Embedding lookups, norms, softmax
+  and biases are left out (well under 1%). Grouped-query attention shares keys and values
+  between heads but not the FLOPs: every query head still does its dot products.
+- the memory roofline of the step: the bytes it must read (every weight once, plus the live
+  keys and values) over the device's copy bandwidth, measured in the same run (a large
+  device-to-device copy, bytes read + bytes written over its time); and the fraction achieved;
+- the share of decode time spent in the policy (predictor, selection, compaction), and the
+  DynTS / full multipliers.
+
+Random-weight trajectories: the prompt is random byte tokens, and the special tokens
+(<think>, </think>, end-of-text) are masked out of sampling, so the think-end never comes, as
+in a long trace: DynTS protects the prompt and scores every generated token with its (random)
+predictor. Tokens are greedy (argmax), so every run decodes the same trajectory.
+
+`--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph, with a split-KV
+attention kernel that reads the live length from the device: see the marked section at the
+bottom. The plain path is GPT.forward, as in generate.py.
+
+This file is named as the issue asks, and shadows the standard library's `profile` module:
+see the shim just below.
+"""
+
+import os
+import sys
+
+if __name__ != "__main__":
+    # A top-level profile.py shadows the standard library's `profile` whenever the repository
+    # root is on sys.path, and cProfile does `import profile` (torch.compile imports cProfile,
+    # through torch._dynamo). So when imported as a module, this file is also the standard
+    # library's profile: load that one from its own file and re-export what it provides.
+    # (This runs before `import torch`, which may itself import cProfile.)
+    import importlib.util as _ilu
+
+    _spec = _ilu.spec_from_file_location("_stdlib_profile", os.path.join(os.path.dirname(os.__file__), "profile.py"))
+    _stdlib_profile = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_stdlib_profile)
+    run, runctx, Profile, _Utils = (_stdlib_profile.run, _stdlib_profile.runctx, _stdlib_profile.Profile,
+                                    _stdlib_profile._Utils)
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import time
+
+import torch
+
+import dynts
+from generate import POLICIES, UsageError, make_policy
+from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding
+
+PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
+PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
+    "throughput": [1.39, None, None, None, None, 3.74],
+    "kv_memory": [0.64, None, None, None, None, 0.20],
+    "gflops": [0.85, None, None, None, None, 0.44],
+}
+# The paper's settings for paper-8b; the small presets get a tenth of them, to fit their block_size.
+DEFAULTS = {
+    "paper-8b": dict(prompt_len=500, steps=15000, budget=5000, window=2000),
+    "gpt2": dict(prompt_len=50, steps=900, budget=500, window=200),
+    "tiny": dict(prompt_len=50, steps=1500, budget=500, window=200),
+}
+
+
+# -----------------------------------------------------------------------------
+# Analytic counts: what one decode step must compute and read
+
+
+def analytic(model: GPT, batch_size: int, predictor=None) -> dict:
+    """Parameter and byte counts for the FLOPs and roofline formulas (see the docstring)."""
+    cfg = model.config
+    elt = model.wte.weight.element_size()
+    linear = sum(p.numel() for p in model.blocks.parameters() if p.dim() == 2)  # the blocks' Linear weights
+    lm_head = model.wte.weight.numel()  # tied: the LM head is a matmul with the embedding
+    pred = sum(p.numel() for p in predictor.parameters() if p.dim() == 2) if predictor is not None else 0
+    # Read per step: every block parameter, the LM head (which covers the embedding rows looked
+    # up), the final norm, one learned-position row.
+    read = sum(p.numel() for p in model.blocks.parameters()) + lm_head + sum(p.numel() for p in model.ln_f.parameters())
+    return dict(
+        matmul_params=linear + lm_head,
+        predictor_matmul_params=pred,
+        weight_bytes=(read + cfg.n_embd) * elt,
+        predictor_bytes=sum(p.numel() for p in predictor.parameters()) * elt if predictor is not None else 0,
+        kv_slot_bytes=cfg.n_layer * 2 * batch_size * cfg.n_kv_head * cfg.head_dim * elt,  # one slot, all rows
+        attn_flops_per_slot=4 * cfg.n_layer * cfg.n_head * cfg.head_dim,  # QK^T + AV, one token, one slot
+    )
+
+
+def flops_per_token(a: dict, live: int, with_predictor: bool) -> float:
+    """2 N_matmul + 4 n_layer n_head head_dim S (+ 2 N_predictor): Kaplan et al. 2020 Table 1, PaLM App. B."""
+    predictor = 2 * a["predictor_matmul_params"] if with_predictor else 0
+    return 2 * a["matmul_params"] + a["attn_flops_per_slot"] * live + predictor
+
+
+def bytes_per_step(a: dict, live: int, with_predictor: bool) -> int:
+    """Bytes a decode step must read at least: every weight once, and the live keys and values."""
+    return a["weight_bytes"] + (a["predictor_bytes"] if with_predictor else 0) + live * a["kv_slot_bytes"]
+
+
+# -----------------------------------------------------------------------------
+# Measuring
+
+
+class Clock:
+    """Timestamps on the device's own timeline: CUDA events on a GPU (recording one does not wait
+    for the GPU), time.perf_counter on a CPU (which runs each op before returning)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def stamp(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        """Rounded to 0.1 us, finer than either clock resolves (keeps the JSON small)."""
+        return round(start.elapsed_time(end) / 1e3 if self.cuda else end - start, 7)
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written (median of 10)."""
+    src = torch.randn(nbytes // 4, device=device)  # random, not zeros: zeros can run faster
+    dst = torch.empty_like(src)
+    clock, times = Clock(device), []
+    for i in range(13):
+        t0 = clock.stamp()
+        dst.copy_(src)
+        t1 = clock.stamp()
+        clock.sync()
+        if i >= 3:  # warm-up
+            times.append(clock.seconds(t0, t1))
+    del src, dst
+    return 2 * nbytes / sorted(times)[len(times) // 2]
+
+
+# -----------------------------------------------------------------------------
+# The decode loop, timed step by step
+
+
+@torch.no_grad()
+def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps: int, special_ids: torch.Tensor,
+                   marks: list[int], on_mark=None, cuda_graphs: bool = False) -> dict:
+    """Prefill `prompt` (B, P), then decode `steps` tokens greedily under `policy`, as generate.py does.
+
+    Each decode step is timed from the start of its forward to the start of the next one: the
+    forward, the policy's scoring (the predictor, for DynTS), the selection and compaction when
+    the cache is full, and the sampling. Returns per-step arrays and, at each mark, the peak
+    memory allocated so far (since just before the cache was allocated: the prefill's
+    activations and any compaction's gathered copy count). `on_mark(step, record)` is called
+    at each mark (after a sync).
+    """
+    device = prompt.device
+    B, P = prompt.shape
+    capacity = policy.budget if policy.budget is not None else P + steps
+    warm_up_eviction(policy, model, B)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base_alloc = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    cache = KVCache(model.config, B, capacity, device=device, dtype=model.wte.weight.dtype)
+    policy.reset(B, capacity, device)
+    clock = Clock(device)
+    rec = dict(policy=policy.name, budget=policy.budget, window=policy.window, ratio=policy.ratio,
+               kv_buffer_bytes=cache.kv.numel() * cache.kv.element_size(), cache_buffer_bytes=cache.allocated_bytes(),
+               evictions=0, kv_read=[], kv_held=[],
+               step_s=[], policy_s=[], peak_alloc_bytes={},
+               base_alloc_bytes=base_alloc if device.type == "cuda" else None)
+    forward, observe = model, policy.observe
+    fwd_end, pol_end = [], []
+
+    def step(tokens):  # as in generate.py: forward, the policy's bookkeeping, an eviction when due
+        logits, hidden, attn = forward(tokens, cache, need_attn=policy.needs_attention)
+        fwd_end.append(clock.stamp())
+        positions = torch.arange(cache.seen - tokens.shape[1], cache.seen, device=device)
+        observe(tokens, hidden, positions, attn)
+        rec["kv_read"].append(cache.length)
+        if policy.should_evict(cache.length):
+            idx = policy.select()  # (B, n_keep)
+            cache.keep(idx)
+            policy.keep(idx)
+            rec["evictions"] += 1
+        rec["kv_held"].append(cache.length)
+        pol_end.append(clock.stamp())
+        return logits
+
+    def sample(logits):  # greedy, never a special token: the trace never ends its thinking
+        return logits.index_fill_(1, special_ids, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
+
+    clock.sync()
+    t0 = time.perf_counter()
+    token = sample(step(prompt))  # prefill
+    clock.sync()
+    rec["prefill_s"] = time.perf_counter() - t0
+    fwd_end.clear(), pol_end.clear(), rec["kv_read"].clear(), rec["kv_held"].clear()
+    if cuda_graphs:  # the fast path: capture the decode step and the scoring once the cache holds the prompt
+        t0 = time.perf_counter()
+        forward = GraphedDecode(model, cache)
+        observe = GraphedObserve(policy, forward)
+        rec["capture_s"] = time.perf_counter() - t0
+    starts = [clock.stamp()]
+    t0 = time.perf_counter()
+    for i in range(1, steps + 1):
+        token = sample(step(token))
+        starts.append(clock.stamp())
+        if i in marks:
+            if device.type == "cuda":
+                rec["peak_alloc_bytes"][i] = torch.cuda.max_memory_allocated()
+            if on_mark:
+                clock.sync()
+                n = len(rec["step_s"])
+                rec["step_s"] += [clock.seconds(a, b) for a, b in zip(starts[n:i], starts[n + 1:i + 1])]
+                rec["policy_s"] += [clock.seconds(a, b) for a, b in zip(fwd_end[n:i], pol_end[n:i])]
+                on_mark(i, rec)
+    clock.sync()
+    rec["wall_s"] = time.perf_counter() - t0
+    n = len(rec["step_s"])
+    rec["step_s"] += [clock.seconds(a, b) for a, b in zip(starts[n:-1], starts[n + 1:])]
+    rec["policy_s"] += [clock.seconds(a, b) for a, b in zip(fwd_end[n:], pol_end[n:])]
+    del forward, observe, cache
+    return rec
+
+
+def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int):
+    """One selection and one compaction on scratch data of the real sizes, so that loading their
+    kernels (a one-time cost, like the forward's warm-up) stays out of the timed steps."""
+    if policy.budget is None:
+        return
+    device, dtype = model.wte.weight.device, model.wte.weight.dtype
+    scratch = copy.copy(policy)  # the real policy's scores stay untouched
+    scratch.scores, scratch.length = torch.rand(batch_size, policy.budget, device=device), policy.budget
+    idx = scratch.select()
+    cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
+    cache.length = policy.budget
+    cache.keep(idx)
+    scratch.keep(idx)
+
+
+# -----------------------------------------------------------------------------
+# Reporting
+
+
+def mark_row(rec: dict, a: dict, step: int, batch: int, bandwidth: float, window: int) -> dict:
+    """The numbers at one mark: throughput and roofline over the `window` steps up to `step`."""
+    with_pred = rec["policy"] == "dynts"
+    lo = max(0, step - window)
+    seconds = sum(rec["step_s"][lo:step])
+    roof = sum(bytes_per_step(a, s, with_pred) for s in rec["kv_read"][lo:step]) / bandwidth
+    peak = rec["peak_alloc_bytes"].get(step)
+    return dict(
+        step=step,
+        tokens_per_s=batch * (step - lo) / seconds,
+        roofline_tokens_per_s=batch * (step - lo) / roof,
+        roofline_fraction=roof / seconds,
+        bytes_per_step=sum(bytes_per_step(a, s, with_pred) for s in rec["kv_read"][lo:step]) / (step - lo),
+        kv_read=rec["kv_read"][step - 1],
+        kv_held=rec["kv_held"][step - 1],
+        kv_live_gb=rec["kv_held"][step - 1] * a["kv_slot_bytes"] / 1e9,
+        kv_buffer_gb=rec["kv_buffer_bytes"] / 1e9,
+        peak_alloc_gb=peak / 1e9 if peak is not None else None,
+        peak_above_weights_gb=(peak - rec["base_alloc_bytes"]) / 1e9 if peak is not None else None,
+        gflops_per_token=flops_per_token(a, rec["kv_read"][step - 1], with_pred) / 1e9,
+        policy_share=sum(rec["policy_s"][lo:step]) / seconds,
+    )
+
+
+ROW_FMT = "{step:>6} {tokens_per_s:>9.1f} {roofline_tokens_per_s:>9.1f} {roof_pct:>6.1f}% {kv_held:>7} {kv_live_gb:>8.4g} " \
+          "{kv_buffer_gb:>8.4g} {peak:>9} {gflops_per_token:>8.4g} {pol_pct:>7.2f}%"
+ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7} {'KV GB':>8} " \
+           f"{'buf GB':>8} {'peak GB':>9} {'GFLOP/t':>8} {'policy':>8}"
+
+
+def format_row(r: dict) -> str:
+    peak = f"{r['peak_alloc_gb']:.2f}" if r["peak_alloc_gb"] is not None else "-"
+    return ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"], peak=peak)
+
+
+def multipliers(rows: dict, base: str = "full") -> dict:
+    """policy / base at each common mark: throughput, live KV, buffers, GFLOPs, and how much of the
+    speed-up that the ratio of bytes read allows is achieved."""
+    out = {}
+    for name, rs in rows.items():
+        if name == base:
+            continue
+        by_step = {r["step"]: r for r in rows[base]}
+        out[name] = []
+        for r in rs:
+            f = by_step.get(r["step"])
+            if f is None:
+                continue
+            speedup, allowed = r["tokens_per_s"] / f["tokens_per_s"], f["bytes_per_step"] / r["bytes_per_step"]
+            out[name].append(dict(step=r["step"], throughput=speedup, kv_live=r["kv_live_gb"] / f["kv_live_gb"],
+                                  kv_buffer=r["kv_buffer_gb"] / f["kv_buffer_gb"],
+                                  gflops=r["gflops_per_token"] / f["gflops_per_token"],
+                                  bytes_allowed_speedup=allowed, speedup_efficiency=speedup / allowed))
+    return out
+
+
+def format_multipliers(name: str, ms: list[dict], base: str = "full") -> str:
+    paper = name == "dynts"
+    lines = [f"{name} / {base}:",
+             f"{'step':>6} {'tput':>7} {'KV live':>8} {'KV buf':>7} {'GFLOPs':>7} {'bytes ratio':>11} {'of allowed':>10}"
+             + ("   paper: tput  KV  GFLOPs" if paper else "")]
+    for m in ms:
+        line = (f"{m['step']:>6} {m['throughput']:>6.2f}x {m['kv_live']:>7.2f}x {m['kv_buffer']:>6.2f}x "
+                f"{m['gflops']:>6.2f}x {m['bytes_allowed_speedup']:>10.2f}x {100 * m['speedup_efficiency']:>9.1f}%")
+        if paper and m["step"] in PAPER_MARKS:
+            j = PAPER_MARKS.index(m["step"])
+            line += "   " + "  ".join(f"{PAPER_MULTIPLIERS[k][j]:.2f}x" if PAPER_MULTIPLIERS[k][j] else "-"
+                                      for k in ("throughput", "kv_memory", "gflops"))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str):
+    """Three panels against decoding steps, like the paper's figure: throughput, KV memory, GFLOPs
+    per token, with the DynTS / full multipliers written at the marks."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, batch, w = result["analytic"], result["config"]["batch_size"], result["config"]["tput_window"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for name, rec in result["records"].items():
+        with_pred = name == "dynts"
+        steps = list(range(1, len(rec["step_s"]) + 1))
+        csum = [0.0]
+        for s in rec["step_s"]:
+            csum.append(csum[-1] + s)
+        tput = [batch * (i - max(0, i - w)) / (csum[i] - csum[max(0, i - w)]) for i in steps]
+        label = {"full": "full cache (Transformers)", "dynts": "DynTS"}.get(name, name)
+        line, = axes[0].plot(steps, tput, label=label, lw=1.2)
+        roof = [batch * result["copy_bandwidth_Bps"] / bytes_per_step(a, k, with_pred) for k in rec["kv_read"]]
+        axes[0].plot(steps, roof, color=line.get_color(), ls=":", lw=1, label=f"{label}, memory roofline")
+        axes[1].plot(steps, [k * a["kv_slot_bytes"] / 1e9 for k in rec["kv_held"]], color=line.get_color(), lw=1.2,
+                     label=f"{label}, live")
+        axes[1].axhline(rec["kv_buffer_bytes"] / 1e9, color=line.get_color(), ls="--", lw=0.8, label=f"{label}, buffers")
+        axes[2].plot(steps, [flops_per_token(a, k, with_pred) / 1e9 for k in rec["kv_read"]], color=line.get_color(),
+                     lw=1.2, label=label)
+    rows = {r["step"]: r for r in result["marks"].get("dynts", [])}
+    shown = [m for m in result["multipliers"].get("dynts", []) if m["step"] in PAPER_MARKS] \
+        or result["multipliers"].get("dynts", [])  # a short run: at its own marks
+    for m in shown:
+        r = rows[m["step"]]
+        for ax, y, v in [(axes[0], r["tokens_per_s"], m["throughput"]), (axes[1], r["kv_live_gb"], m["kv_live"]),
+                         (axes[2], r["gflops_per_token"], m["gflops"])]:
+            ax.annotate(f"{v:.2f}x", (m["step"], y), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=8, color="C1")
+    for ax, title in zip(axes, ["throughput (tokens/s)", "KV memory (GB)", "GFLOPs per token"]):
+        ax.set_ylim(bottom=0)
+        ax.set_title(title + (": DynTS / full at the marks" if ax is axes[0] else ""))
+        ax.set_xlabel("decoding steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    c = result["config"]
+    fig.suptitle(f"{c['preset']}, batch {c['batch_size']}, prompt {c['prompt_len']}, {c['dtype']}, "
+                 f"{result['device_name']}{', CUDA graphs' if c['cuda_graphs'] else ''} | DynTS budget {c['budget']}, "
+                 f"window {c['window']}, ratio {c['ratio']} | {result['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
+         window=None, ratio=0.3, device=None, dtype="auto", cuda_graphs=False, every=1000, tput_window=100,
+         seed=1337, json_path=None, plot_path=None, out=sys.stdout) -> dict:
+    """Profile each policy on the same random prompt; print the tables; return everything."""
+    if preset not in PRESETS:
+        raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    d = DEFAULTS.get(preset, DEFAULTS["tiny"])
+    prompt_len = d["prompt_len"] if prompt_len is None else prompt_len
+    steps = d["steps"] if steps is None else steps
+    budget = d["budget"] if budget is None else budget
+    window = d["window"] if window is None else window
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    for name in names:
+        if name not in POLICIES:
+            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    if not names or len(set(names)) != len(names):
+        raise UsageError(f"--policies {policies!r}: name each policy once")
+    for flag, value in [("--batch-size", batch_size), ("--prompt-len", prompt_len), ("--steps", steps),
+                        ("--every", every), ("--tput-window", tput_window)]:
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if prompt_len + steps > cfg.block_size:
+        raise UsageError(f"--prompt-len {prompt_len} plus --steps {steps} exceeds the block_size {cfg.block_size} "
+                         f"of --preset {preset}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if cuda_graphs and not device.startswith("cuda"):
+        raise UsageError("--cuda-graphs needs a CUDA device")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401  (checked now, not after the whole run)
+        except ImportError:
+            raise UsageError("--plot needs matplotlib, which is not installed") from None
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    enc = get_encoding()
+    special_ids = torch.tensor([enc.encode_single_token(t) for t in (EOT, THINK, END_THINK)], device=device)
+    prompt = torch.randint(0, 256, (batch_size, prompt_len)).to(device)  # random bytes: no special token
+
+    # Validate the policies' settings before spending time on the model.
+    for name in names:
+        make_policy(name, budget, window, ratio, None, prompt_len, enc)
+    with torch.device(device):
+        model = GPT(cfg).to(getattr(torch, dtype)).eval()
+        predictor = dynts.ImportancePredictor(cfg.n_embd).to(getattr(torch, dtype)).eval() if "dynts" in names else None
+    a = analytic(model, batch_size, predictor)
+    bandwidth = copy_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    marks = sorted({m for m in PAPER_MARKS if m <= steps} | set(range(every, steps + 1, every)) | {steps})
+    result = dict(
+        command="python profile.py " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("profile.py") else None,
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), device_name=device_name,
+        torch=torch.__version__,
+        config=dict(preset=preset, policies=names, batch_size=batch_size, prompt_len=prompt_len, steps=steps,
+                    budget=budget, window=window, ratio=ratio, device=str(device), dtype=dtype,
+                    cuda_graphs=cuda_graphs, every=every, tput_window=tput_window, seed=seed),
+        analytic=a, copy_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
+    print(f"profile.py: {preset} ({a['matmul_params'] / 1e6:.1f} M matmul params), batch {batch_size}, prompt "
+          f"{prompt_len}, {steps} steps, {dtype} on {device_name}{' with CUDA graphs' if cuda_graphs else ''}\n"
+          f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write) | weights read per step "
+          f"{a['weight_bytes'] / 1e9:.4g} GB | KV per slot {a['kv_slot_bytes'] / 2**20:.3f} MiB (all {batch_size} rows)",
+          file=out, flush=True)
+
+    def write_json():
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(result, f)
+
+    for name in names:
+        policy = make_policy(name, budget, window, ratio, predictor, prompt_len, enc)
+        print(f"\n{name}" + (f" (budget {budget}, window {window}, ratio {ratio})" if name != "full" else "")
+              + "\n" + ROW_HEAD, file=out, flush=True)
+        rows = result["marks"][name] = []
+
+        def on_mark(step, rec):
+            rows.append(mark_row(rec, a, step, batch_size, bandwidth, tput_window))
+            print(format_row(rows[-1]), file=out, flush=True)
+
+        rec = profile_policy(model, policy, prompt, steps, special_ids, marks, on_mark, cuda_graphs)
+        share = sum(rec["policy_s"]) / sum(rec["step_s"])
+        print(f"prefill {rec['prefill_s']:.3f} s | {steps} steps in {rec['wall_s']:.2f} s "
+              f"({batch_size * steps / rec['wall_s']:.1f} tokens/s) | evictions {rec['evictions']} | "
+              f"policy (predictor, selection, compaction) {100 * share:.2f}% of decode time", file=out, flush=True)
+        rec["policy_share"] = share
+        result["records"][name] = rec
+        write_json()
+    if "full" in names and len(names) > 1:
+        result["multipliers"] = multipliers(result["marks"])
+        for name, ms in result["multipliers"].items():
+            print("\n" + format_multipliers(name, ms), file=out, flush=True)
+    write_json()
+    if plot_path:
+        plot(result, plot_path)
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="paper-8b", help=f"model shape, random weights: {', '.join(PRESETS)} "
+                   "(default: paper-8b, the shape of R1-Distill-Llama-8B)")
+    p.add_argument("--policies", default="full,dynts", help=f"comma-separated, from {', '.join(POLICIES)} "
+                   "(default: full,dynts; multipliers are against full)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together (default: 8)")
+    p.add_argument("--prompt-len", type=int, help="random prompt tokens, protected by DynTS "
+                   "(default: 500 for paper-8b, 50 for the small presets)")
+    p.add_argument("--steps", type=int, help="decode steps (default: 15000 for paper-8b, 1500 for tiny)")
+    p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens (default: the paper's 5000 "
+                   "for paper-8b, 500 for the small presets)")
+    p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the paper's 2000 for "
+                   "paper-8b, 200 for the small presets)")
+    p.add_argument("--ratio", type=float, default=0.3,
+                   help="fraction of the older tokens kept at an eviction (default: 0.3)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph with a "
+                   "split-KV attention kernel (CUDA and Triton only; the plain path is GPT.forward)")
+    p.add_argument("--every", type=int, default=1000, help="report every this many steps, besides the paper's "
+                   "marks 2k, 5k, 7k, 10k, 12k, 15k (default: 1000)")
+    p.add_argument("--tput-window", type=int, default=100, help="throughput at a mark is over this many steps up "
+                   "to it (default: 100)")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (weights and prompt)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="write everything measured, per step, as JSON")
+    p.add_argument("--plot", dest="plot_path", metavar="PATH",
+                   help="write the three-panel figure as a PNG (needs matplotlib)")
+    return p.parse_args(argv)
+
+
+def cli(argv=None):
+    try:
+        main(**vars(parse_args(argv)))
+    except ValueError as e:  # UsageError, and the bounds dynts.py and model.py check: one line each
+        sys.exit(f"profile.py: error: {e}")
+    except torch.OutOfMemoryError as e:
+        sys.exit(f"profile.py: error: out of device memory ({str(e).splitlines()[0][:200]}): "
+                 "try a smaller --batch-size or --steps")
+
+
+# -----------------------------------------------------------------------------
+# Fast path (--cuda-graphs): one CUDA graph per decode step
+#
+# Why: GPT.forward launches ~14 kernels a layer from Python, ~450 a step. At batch 8 most of
+# them are tiny, and Python launches them slower than the GPU runs them: eager decoding of
+# paper-8b reached 11-23% of the memory roofline on an H100 (PERF_NOTES.md). A CUDA graph
+# launches a whole recorded step at once (78-87% there).
+# A graph replays fixed arguments, so what changes from step to step lives in device tensors:
+# the new token, its position and its cache slot; the cache is written with index_copy_; and
+# attention is a split-KV ("flash-decoding") kernel that reads the live length from the device,
+# so one graph serves every cache length and reads only the live slots. Each residual add is
+# fused with the LayerNorm after it (fewer tiny kernels). Everything else is the model's own
+# modules, in GPT.forward's order. Evictions compact the cache in place (KVCache.keep), so the
+# captured buffers stay valid.
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+BLOCK_N = 64  # slots per iteration of the attention kernel
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """The kernels below run on CUDA, or on the CPU in Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
+    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+class GraphedDecode:
+    """Callable like the model for one decode token: (idx (B, 1), cache) -> (logits, hidden, None).
+
+    `capture=False` runs the same step eagerly (for tests on machines without CUDA)."""
+
+    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int = 512):
+        self.model, self.cache, self.chunk = model, cache, chunk
+        cfg, dev = model.config, cache.kv.device
+        B = cache.kv.shape[2]
+        self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the step's input
+        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # where its K, V go: cache.length
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its absolute position: cache.seen
+        n_splits = -(-cache.capacity // chunk)
+        self.partial = (torch.empty(B * cfg.n_head * n_splits, cfg.head_dim, dtype=torch.float32, device=dev),  # outputs
+                        torch.empty(B * cfg.n_head * n_splits, 2, dtype=torch.float32, device=dev))  # max, sum of exp
+        self.graph = None
+        if capture:
+            self.token.fill_(0), self.slot.fill_(cache.length), self.pos.fill_(cache.seen)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: compiles the kernels, writes only the free slot
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits, self.hidden = self._step()
+
+    def __call__(self, idx: torch.Tensor, cache: KVCache, need_attn: bool = False):
+        if cache is not self.cache or idx.shape != self.token.shape or need_attn:
+            raise ValueError("GraphedDecode runs one token per row, without attention weights, on its own cache")
+        if cache.seen + 1 > self.model.config.block_size or cache.length + 1 > cache.capacity:
+            raise ValueError(f"no room for another token: {cache.seen} seen, {cache.length} of {cache.capacity} live")
+        self.token.copy_(idx)
+        self.slot.fill_(cache.length)
+        self.pos.fill_(cache.seen)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.logits, self.hidden = self._step()
+        cache.advance(1)
+        return self.logits, self.hidden, None
+
+    def _step(self):
+        """GPT.forward for one token, with the slot and position read from device tensors, and
+        each residual add fused with the LayerNorm that follows it."""
+        m, kv = self.model, self.cache.kv
+        cfg = m.config
+        B, C, H, Hkv, D = self.token.shape[0], cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        x = m.wte(self.token) + m.wpe(self.pos)  # (B, 1, C): the residual stream, updated in place below
+        n_live = self.slot + 1  # (1,): the live slots, this token's included
+        h = m.blocks[0].ln_1(x)
+        norms_after = [b.ln_1 for b in m.blocks[1:]] + [m.ln_f]  # the LayerNorm after each block
+        for block, next_norm in zip(m.blocks, norms_after):
+            layer = block.attn.layer
+            qkv = block.attn.c_attn(h)  # (B, 1, C + 2 Hkv D)
+            new_kv = qkv[:, 0, C:].view(B, 2, Hkv, 1, D).transpose(0, 1)  # (k|v, B, Hkv, 1, D)
+            kv[layer].index_copy_(3, self.slot, new_kv)  # into (k|v, B, Hkv, cap, D) at the slot
+            y = decode_attention(qkv[:, 0, :C].view(B, H, D), kv[layer, 0], kv[layer, 1], n_live, self.partial,
+                                 self.chunk)  # (B, H, D)
+            h = add_layer_norm(x, block.attn.c_proj(y.view(B, 1, C)), block.ln_2)  # x += attn; h = ln_2(x)
+            h = add_layer_norm(x, block.mlp(h), next_norm)  # x += mlp; h = the next LayerNorm of x
+        hidden = h  # (B, 1, C): ln_f of the residual stream
+        return m.lm_head(hidden[:, -1]), hidden
+
+
+class GraphedObserve:
+    """Policy.observe for the token GraphedDecode just ran: the policy's `score` (the predictor,
+    for DynTS) captured as a second graph, replayed right after the step's, and written into the
+    policy's scores at the token's slot. Only for policies that keep dynts.Policy.observe.
+    `capture=False` runs the same eagerly (for tests)."""
+
+    def __init__(self, policy: dynts.Policy, decode: GraphedDecode, capture: bool = True):
+        if type(policy).observe is not dynts.Policy.observe:
+            raise ValueError(f"--cuda-graphs: policy {policy.name!r} has its own observe(); run it without graphs")
+        self.policy, self.decode, self.graph = policy, decode, None
+        if not capture:
+            return
+        state = {k: v.clone() for k, v in vars(policy).items() if torch.is_tensor(v)}  # warm-up must not change it
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._observe()
+        torch.cuda.current_stream().wait_stream(side)
+        for k, v in state.items():
+            getattr(policy, k).copy_(v)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._observe()
+
+    def _observe(self):
+        d = self.decode  # its token, hidden state and position (the slot's absolute position)
+        self.policy.scores.index_copy_(1, d.slot, self.policy.score(d.token, d.hidden, d.pos).float())
+
+    def __call__(self, tokens, hidden, positions, attn=None):
+        if hidden is not self.decode.hidden:
+            raise ValueError("GraphedObserve scores the token that its GraphedDecode just ran")
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._observe()
+        self.policy.length += 1
+
+
+def add_layer_norm(x, a, norm: torch.nn.LayerNorm):
+    """x += a in place (the residual stream), then return norm(x): one kernel on CUDA with Triton."""
+    if not use_triton(x):
+        x += a
+        return norm(x)
+    C = x.shape[-1]
+    h = torch.empty_like(x)
+    bias = norm.bias if norm.bias is not None else norm.weight  # (not read without a bias)
+    _add_layer_norm_kernel[(x.numel() // C,)](x, a, norm.weight, bias, h, C, norm.eps, HAS_BIAS=norm.bias is not None,
+                                              BLOCK_C=triton.next_power_of_2(C), num_warps=8)
+    return h
+
+
+def decode_attention(q, k, v, n_live, partial, chunk=512):
+    """Attention of one query per head q (B, H, D) to the first n_live slots of k, v (B, Hkv, cap, D),
+    n_live a (1,) device tensor; query head h reads kv head h // (H / Hkv), as SDPA's enable_gqa.
+    `partial` holds the splits' results: (outputs (B * H * n_splits, D), (max, sum) (B * H * n_splits, 2)).
+    Returns (B, H, D). On CUDA with Triton: split-KV kernels that read only the live slots;
+    otherwise plain masked SDPA over the whole buffer (a reference, for tests)."""
+    B, H, D = q.shape
+    Hkv, cap = k.shape[1], k.shape[2]
+    if use_triton(q):
+        assert q.stride(2) == 1 and q.stride(1) == D and k.stride() == v.stride() and k.stride(3) == 1
+        n_splits = triton.cdiv(cap, chunk)
+        out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+        _attn_split_kernel[(B * Hkv, n_splits)](
+            q, k, v, n_live, *partial, q.stride(0), k.stride(0), k.stride(1), k.stride(2), n_splits, 1 / math.sqrt(D),
+            HKV=Hkv, G=H // Hkv, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)), D=D, CHUNK=chunk,
+            BLOCK_N=min(BLOCK_N, chunk))
+        _attn_combine_kernel[(B * H,)](*partial, n_live, out, n_splits, CHUNK=chunk,
+                                       BLOCK_S=triton.next_power_of_2(n_splits), D=D)
+        return out
+    live = (torch.arange(cap, device=q.device) < n_live).view(1, 1, 1, cap)  # (1, 1, 1, cap)
+    y = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=live, enable_gqa=True)
+    return y.squeeze(2)  # (B, H, D)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _attn_split_kernel(q_ptr, k_ptr, v_ptr, n_live_ptr, o_ptr, ml_ptr, stride_qb, stride_kb, stride_kh, stride_ks,
+                           n_splits, scale, HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                           CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One program: the G query heads of one kv head of one row, over CHUNK slots. Writes the
+        unnormalized output, the running max and the sum of exponentials (online softmax)."""
+        bh, split = tl.program_id(0), tl.program_id(1)  # bh = row * HKV + kv head
+        n_live = tl.load(n_live_ptr)
+        start = split * CHUNK
+        if start < n_live:  # programs past the live slots do nothing
+            g, d = tl.arange(0, BLOCK_G), tl.arange(0, D)
+            rows = bh * G + g  # (row, query head) of the G heads, as row * H + head: H = HKV * G
+            q_offs = (bh // HKV) * stride_qb + ((bh % HKV) * G + g[:, None]) * D + d[None, :]
+            q = tl.load(q_ptr + q_offs, mask=g[:, None] < G, other=0.0)  # (BLOCK_G, D)
+            m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_G], tl.float32)
+            acc = tl.zeros([BLOCK_G, D], tl.float32)
+            base = (bh // HKV) * stride_kb + (bh % HKV) * stride_kh
+            for n0 in range(0, CHUNK, BLOCK_N):
+                s_idx = start + n0 + tl.arange(0, BLOCK_N)
+                valid = s_idx < n_live
+                offs = base + s_idx[:, None] * stride_ks + d[None, :]
+                k = tl.load(k_ptr + offs, mask=valid[:, None], other=0.0)  # (BLOCK_N, D)
+                s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_G, BLOCK_N)
+                s = tl.where(valid[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                v = tl.load(v_ptr + offs, mask=valid[:, None], other=0.0)  # (BLOCK_N, D)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            out = rows * n_splits + split  # the partial buffers' row
+            tl.store(o_ptr + out[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
+            tl.store(ml_ptr + out * 2, m_i, mask=g < G)
+            tl.store(ml_ptr + out * 2 + 1, l_i, mask=g < G)
+
+    @triton.jit
+    def _add_layer_norm_kernel(x_ptr, a_ptr, w_ptr, b_ptr, h_ptr, C, eps, HAS_BIAS: tl.constexpr,
+                               BLOCK_C: tl.constexpr):
+        """One program per row of C: x += a, rounded to x's dtype as the eager add is; h = LayerNorm(x)."""
+        row = tl.program_id(0)
+        c = tl.arange(0, BLOCK_C)
+        mask = c < C
+        x = tl.load(x_ptr + row * C + c, mask=mask, other=0.0).to(tl.float32)
+        x = (x + tl.load(a_ptr + row * C + c, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(x_ptr + row * C + c, x, mask=mask)
+        x = x.to(tl.float32)
+        mean = tl.sum(x, 0) / C
+        xc = tl.where(mask, x - mean, 0.0)
+        h = xc * tl.rsqrt(tl.sum(xc * xc, 0) / C + eps) * tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            h += tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        tl.store(h_ptr + row * C + c, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _attn_combine_kernel(o_ptr, ml_ptr, n_live_ptr, out_ptr, n_splits, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr,
+                             D: tl.constexpr):
+        """One program per (row, query head): merge the live splits' partial softmaxes."""
+        row = tl.program_id(0)
+        n_used = tl.cdiv(tl.load(n_live_ptr), CHUNK)
+        s, d = tl.arange(0, BLOCK_S), tl.arange(0, D)
+        used = s < n_used
+        split_row = row * n_splits + s
+        m = tl.load(ml_ptr + split_row * 2, mask=used, other=float("-inf"))
+        l = tl.load(ml_ptr + split_row * 2 + 1, mask=used, other=0.0)
+        w = tl.exp(m - tl.max(m, 0))  # unused splits weigh 0
+        o = tl.load(o_ptr + split_row[:, None] * D + d[None, :], mask=used[:, None], other=0.0)  # (BLOCK_S, D)
+        y = tl.sum(o * w[:, None], 0) / tl.sum(l * w, 0)
+        tl.store(out_ptr + row * D + d, y.to(out_ptr.dtype.element_ty))
+
+
+if __name__ == "__main__":
+    cli()
