@@ -70,7 +70,8 @@ def test_spearman():
 
 def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    metrics = train.main(out=path, device="cpu", steps=3, batch_size=2, predictor_steps=2, eval_traces=2)
+    metrics = train.main(out=path, device="cpu", steps=3, batch_size=2, predictor_traces=2, predictor_steps=2,
+                         eval_traces=2)
     assert -1 <= metrics["spearman"] <= 1 and 0 <= metrics["decisive_recall_top10"] <= 1
     model, predictor, meta = generate.load_checkpoint(path)
     assert model.config == SMALL and meta["task"] == SMALL_TASK and meta["encoding"] == "bytes-think"
@@ -108,7 +109,7 @@ def corrupt_checkpoints(tmp_path, good: str):
 
 def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
     good = str(tmp_path / "good.pt")
-    train.main(out=good, device="cpu", steps=1, batch_size=1, predictor_steps=1, eval_traces=1)
+    train.main(out=good, device="cpu", steps=1, batch_size=1, predictor_traces=1, predictor_steps=1, eval_traces=1)
     for name in corrupt_checkpoints(tmp_path, good) + ["missing.pt"]:
         with pytest.raises(SystemExit) as e:
             generate.cli(["--dynts", "--ckpt", str(tmp_path / name), "--device", "cpu"])
