@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 INF = float("inf")
 
@@ -115,14 +116,19 @@ class Policy:
     def should_evict(self, cache_length: int) -> bool:
         return cache_length >= self.budget
 
-    def select(self) -> torch.Tensor:
+    def select(self, cache=None) -> torch.Tensor:
         """The slots to keep (B, n_keep): window + max(protected, floor(ratio * (L - window)))."""
-        L, live = self.length, self.scores[:, :self.length]
+        L, live = self.length, self.selection_scores(cache)
         protected = int((live[:, :L - self.window] == INF).sum(dim=1).max())
         n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
         # The budget is a hard bound: a row whose protected tokens fill the cache (an answer
         # that never ends) loses its oldest protected tokens, one per step.
         return select_keep(live, min(n_keep, L - 1), self.window)
+
+    def selection_scores(self, cache) -> torch.Tensor:
+        """What select() ranks the live slots by (B, L): the recorded scores. R-KV adds the keys'
+        redundancy here, read from the cache."""
+        return self.scores[:, :self.length]
 
     def keep(self, idx: torch.Tensor):
         """Follow the cache's compaction: the kept slots' scores move with them."""
@@ -194,9 +200,13 @@ class DynTS(Policy):
         self.answering = torch.zeros(batch_size, dtype=torch.bool, device=device)  # wrote </think>
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # wrote end-of-text
 
+    def predict(self, hidden) -> torch.Tensor:
+        """The predicted importance (B, T) of tokens from their hidden states (B, T, C)."""
+        return self.predictor(hidden).float()
+
     def score(self, tokens, hidden, positions):
         B, T = tokens.shape
-        s = self.predictor(hidden).float()  # (B, T)
+        s = self.predict(hidden)  # (B, T)
         s = s.masked_fill((positions < self.prompt_len).expand(B, T), INF)
         answering = self.answering[:, None] | strictly_after(tokens, self.end_think_id)  # (B, T)
         done = self.done[:, None] | strictly_after(tokens, self.eot_id)  # (B, T)
@@ -204,6 +214,135 @@ class DynTS(Policy):
         self.answering |= (tokens == self.end_think_id).any(dim=1)
         self.done |= (tokens == self.eot_id).any(dim=1)
         return s
+
+
+
+# -----------------------------------------------------------------------------
+# Ablations of DynTS (Sec. 5 of the paper): the same protection, other thinking-token scores
+
+
+class RandomThinking(DynTS):
+    """Ablation: random thinking tokens instead of the predicted ones."""
+
+    name = "dynts-random"
+
+    def reset(self, batch_size, capacity, device=None):
+        super().reset(batch_size, capacity, device)
+        self.generator = torch.Generator(device=device).manual_seed(0)
+
+    def predict(self, hidden):
+        return torch.rand(hidden.shape[:2], device=hidden.device, generator=self.generator)
+
+
+class BottomK(DynTS):
+    """Ablation: the least important thinking tokens by the predictor."""
+
+    name = "dynts-bottom"
+
+    def predict(self, hidden):
+        return -super().predict(hidden)
+
+
+class NoProtectedPrompt(DynTS):
+    """Ablation: the prompt competes with the thinking tokens instead of being kept."""
+
+    name = "dynts-noprompt"
+
+    def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+
+
+# -----------------------------------------------------------------------------
+# The paper's other baselines: attention-based scores, and separators
+
+
+class H2O(Policy):
+    """Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023, arXiv 2306.14048): a slot's score is
+    the attention it has received, summed over every step since its token was written. (The
+    official DynTS baseline code overwrites the sum with the last step's attention; this one
+    accumulates, as H2O defines it.)"""
+
+    name = "h2o"
+    needs_attention = True
+
+    def observe(self, tokens, hidden, positions, attn=None):
+        T = tokens.shape[1]
+        self.scores[:, self.length:self.length + T] = 0.0
+        self.length += T
+        self.scores[:, :self.length] += attn
+
+
+class SnapKV(Policy):
+    """SnapKV (Li et al., 2024, arXiv 2404.14469): a slot's score is the attention it received
+    from the last `obs_window` queries before an eviction, max-pooled over `kernel` neighbouring
+    slots so that a kept token keeps its context."""
+
+    name = "snapkv"
+    needs_attention = True
+
+    def __init__(self, budget, window, ratio=0.3, obs_window=32, kernel=7):
+        super().__init__(budget, window, ratio)
+        self.obs_window, self.kernel = obs_window, kernel
+
+    def observe(self, tokens, hidden, positions, attn=None):
+        T = tokens.shape[1]
+        self.scores[:, self.length:self.length + T] = 0.0
+        self.length += T
+        if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
+            self.scores[:, :self.length] += attn
+
+    def selection_scores(self, cache):
+        s = self.scores[:, None, :self.length]  # (B, 1, L)
+        return F.max_pool1d(s, self.kernel, stride=1, padding=self.kernel // 2)[:, 0]
+
+    def keep(self, idx):
+        super().keep(idx)
+        self.scores.zero_()  # the next eviction observes its own window
+
+
+class RKV(SnapKV):
+    """R-KV (Cai et al., 2025, arXiv 2505.24133), redundancy-aware compression for reasoning
+    traces: score = lam * importance - (1 - lam) * redundancy. Importance is SnapKV's pooled
+    attention of the last `obs_window` queries; the redundancy of a slot is the mean cosine
+    similarity of its key to the other live keys, averaged over layers and KV heads. Each is
+    normalized over the slots of a row (importance to sum 1, redundancy by softmax)."""
+
+    name = "rkv"
+
+    def __init__(self, budget, window, ratio=0.3, obs_window=8, kernel=7, lam=0.1):
+        super().__init__(budget, window, ratio, obs_window, kernel)
+        self.lam = lam
+
+    def selection_scores(self, cache):
+        importance = super().selection_scores(cache)  # (B, L)
+        importance = importance / importance.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        L = self.length
+        k = F.normalize(cache.kv[:, 0, :, :, :L].float(), dim=-1)  # (n_layer, B, Hkv, L, D)
+        # mean_i cos(k_i, k_j) over the other keys i = (k_j . sum_i k_i - 1) / (L - 1): O(L), not O(L^2)
+        similarity = ((k * k.sum(dim=3, keepdim=True)).sum(dim=-1) - 1) / max(L - 1, 1)  # (n_layer, B, Hkv, L)
+        redundancy = similarity.mean(dim=(0, 2)).softmax(dim=1)  # (B, L)
+        return self.lam * importance - (1 - self.lam) * redundancy
+
+
+class SepLLM(Policy):
+    """SepLLM (Chen et al., 2024, arXiv 2412.12094): separators (punctuation, newline, space)
+    stand for the segments they close. The first `n_sink` tokens are never evicted; of the
+    other older tokens the separators come first, newest first, then the newest of the rest,
+    up to the ratio."""
+
+    name = "sepllm"
+    SEPARATORS = ".,;:!?\n "
+
+    def __init__(self, budget, window, ratio, separator_ids, n_sink=4):
+        super().__init__(budget, window, ratio)
+        if n_sink + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the {n_sink} sink tokens plus --window {window}")
+        self.separator_ids, self.n_sink = torch.tensor(separator_ids), n_sink
+
+    def score(self, tokens, hidden, positions):
+        is_sep = torch.isin(tokens, self.separator_ids.to(tokens.device))  # (B, T)
+        s = positions.float() + is_sep * float(2 ** 20)  # separators rank above any position
+        return s.masked_fill((positions < self.n_sink).expand_as(s), INF)
 
 
 def strictly_after(tokens: torch.Tensor, token_id: int) -> torch.Tensor:

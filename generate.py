@@ -20,7 +20,8 @@ import task
 from model import END_THINK, EOT, GPT, PRESETS, GPTConfig, KVCache, get_encoding
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", "tiny-reasoner.pt")
-POLICIES = ["full", "window", "streaming", "dynts"]
+POLICIES = ["full", "window", "streaming", "dynts", "h2o", "snapkv", "rkv", "sepllm",
+            "dynts-random", "dynts-bottom", "dynts-noprompt"]
 
 
 class UsageError(ValueError):
@@ -60,9 +61,15 @@ def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=N
         return dynts.Window(budget, window, ratio)
     if name == "streaming":
         return dynts.StreamingLLM(budget, window, ratio)
-    if name == "dynts":
-        return dynts.DynTS(budget, window, ratio, predictor, prompt_len,
-                           end_think_id=enc.encode_single_token(END_THINK), eot_id=enc.eot_token)
+    if name in ("h2o", "snapkv", "rkv"):
+        return {"h2o": dynts.H2O, "snapkv": dynts.SnapKV, "rkv": dynts.RKV}[name](budget, window, ratio)
+    if name == "sepllm":
+        return dynts.SepLLM(budget, window, ratio, [enc.encode_single_token(c) for c in dynts.SepLLM.SEPARATORS])
+    if name.startswith("dynts"):
+        kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
+                "dynts-noprompt": dynts.NoProtectedPrompt}[name]
+        return kind(budget, window, ratio, predictor, prompt_len,
+                    end_think_id=enc.encode_single_token(END_THINK), eot_id=enc.eot_token)
     raise UsageError(f"--policy {name!r}: choose one of {', '.join(POLICIES)}")
 
 
@@ -116,7 +123,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
         stats["peak_kv_live_bytes"] = max(stats["peak_kv_live_bytes"], cache.live_bytes())
         if policy.should_evict(cache.length):
             before = cache.length
-            idx = policy.select()  # (B, n_keep)
+            idx = policy.select(cache)  # (B, n_keep)
             cache.keep(idx)
             policy.keep(idx)
             stats["evictions"] += 1

@@ -204,7 +204,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
         observe(tokens, hidden, positions, attn)
         rec["kv_read"].append(cache.length)
         if policy.should_evict(cache.length):
-            idx = policy.select()  # (B, n_keep)
+            idx = policy.select(cache)  # (B, n_keep)
             cache.keep(idx)
             policy.keep(idx)
             rec["evictions"] += 1
@@ -257,9 +257,9 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int):
     device, dtype = model.wte.weight.device, model.wte.weight.dtype
     scratch = copy.copy(policy)  # the real policy's scores stay untouched
     scratch.scores, scratch.length = torch.rand(batch_size, policy.budget, device=device), policy.budget
-    idx = scratch.select()
     cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
     cache.length = policy.budget
+    idx = scratch.select(cache)
     cache.keep(idx)
     scratch.keep(idx)
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dynts
+from model import GPTConfig, KVCache
 
 INF, NAN = float("inf"), float("nan")
 SCORE = st.one_of(st.floats(-3, 3, width=32), st.sampled_from([INF, -INF, NAN, 0.0, 1.0]))
@@ -106,56 +107,73 @@ def policy_run(draw):
     return B, budget, window, ratio, prompt_len, steps, end_think, seed
 
 
-POLICY_NAMES = ["window", "streaming", "dynts"]
+POLICY_NAMES = ["window", "streaming", "dynts", "h2o", "snapkv", "rkv", "sepllm",
+                "dynts-random", "dynts-bottom", "dynts-noprompt"]
+SEPARATORS = [ord(c) for c in dynts.SepLLM.SEPARATORS]
+KV_CONFIG = GPTConfig(block_size=512, n_layer=2, n_head=2, n_kv_head=1, n_embd=8, mlp_hidden=8)
 
 
 def build(name, budget, window, ratio, prompt_len):
-    if name == "window":
-        return dynts.Window(budget, window, ratio)
-    if name == "streaming":
-        return dynts.StreamingLLM(budget, window, ratio, n_sink=min(4, budget - window - 1))
-    return dynts.DynTS(budget, window, ratio, ScoreIsHidden(), prompt_len, END_THINK, EOT)
+    n_sink = min(4, budget - window - 1)
+    simple = {"window": lambda: dynts.Window(budget, window, ratio),
+              "streaming": lambda: dynts.StreamingLLM(budget, window, ratio, n_sink=n_sink),
+              "h2o": lambda: dynts.H2O(budget, window, ratio),
+              "snapkv": lambda: dynts.SnapKV(budget, window, ratio),
+              "rkv": lambda: dynts.RKV(budget, window, ratio),
+              "sepllm": lambda: dynts.SepLLM(budget, window, ratio, SEPARATORS, n_sink=n_sink)}
+    if name in simple:
+        return simple[name]()
+    kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
+            "dynts-noprompt": dynts.NoProtectedPrompt}[name]
+    return kind(budget, window, ratio, ScoreIsHidden(), prompt_len, END_THINK, EOT)
 
 
 def protected_positions(name, policy, prompt_len, end_think_b, seen):
-    if name == "streaming":
+    if name in ("streaming", "sepllm"):
         return set(range(min(policy.n_sink, seen)))
-    if name == "dynts":
-        return set(range(prompt_len)) | set(range(end_think_b + 1, seen))
+    answer = set(range(end_think_b + 1, seen))
+    if name == "dynts-noprompt":
+        return answer
+    if name.startswith("dynts"):
+        return set(range(prompt_len)) | answer
     return set()
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(run=policy_run())
 def test_policy_invariants_over_a_generation(name, run):
-    """Drive a policy as generate.py does, mirroring the cache's positions, and check every
-    eviction: the budget, the window, the protected tokens, sorted and unique, the count."""
+    """Drive a policy as generate.py does, with a real KVCache holding random keys (for R-KV)
+    and random attention (for the attention-based policies), and check every eviction: the
+    budget, the window, the protected tokens, sorted and unique, the count."""
     B, budget, window, ratio, prompt_len, steps, end_think, seed = run
-    if name == "dynts" and any(e < prompt_len + steps for e in end_think):
+    if name.startswith("dynts") and any(e < prompt_len + steps for e in end_think):
         # answer tokens are protected: leave room for them, as a real budget must
         budget = max(budget, prompt_len + window + (prompt_len + steps - min(end_think)) + 2)
     policy = build(name, budget, window, ratio, prompt_len)
     g = torch.Generator().manual_seed(seed)
     policy.reset(B, budget)
-    pos = torch.empty(B, 0, dtype=torch.long)  # what the cache's positions would be
-    seen, evictions = 0, 0
+    cache = KVCache(KV_CONFIG, B, budget)
+    evictions = 0
     for T in [prompt_len] + [1] * steps:
-        positions = torch.arange(seen, seen + T)
+        positions = torch.arange(cache.seen, cache.seen + T)
         tokens = torch.randint(0, 250, (B, T), generator=g)
+        tokens[torch.rand(B, T, generator=g) < 0.1] = ord(".")  # separators
         for b in range(B):  # each row's </think>
             tokens[b, (positions == end_think[b])] = END_THINK
         hidden = torch.randn(B, T, 2, generator=g)
         hidden[..., 0] = hidden[..., 0].round()  # ties
         hidden[..., 0][torch.rand(B, T, generator=g) < 0.05] = NAN
-        policy.observe(tokens, hidden, positions)
-        pos, seen = torch.cat([pos, positions.expand(B, T)], dim=1), seen + T
-        assert policy.length == pos.shape[1] <= budget
-        if policy.should_evict(policy.length):
-            L = policy.length
-            idx = policy.select()
+        cache.kv[:, :, :, :, cache.length:cache.length + T] = torch.randn(2, 2, B, 1, T, 4, generator=g)
+        cache.advance(T)
+        attn = torch.rand(B, cache.length, generator=g) if policy.needs_attention else None
+        policy.observe(tokens, hidden, positions, attn)
+        assert policy.length == cache.length <= budget
+        if policy.should_evict(cache.length):
+            L, pos = cache.length, cache.pos
+            idx = policy.select(cache)
             n = idx.shape[1]
-            protected = [protected_positions(name, policy, prompt_len, end_think[b], seen) for b in range(B)]
+            protected = [protected_positions(name, policy, prompt_len, end_think[b], cache.seen) for b in range(B)]
             n_protected_older = max(len([p for p in pos[b, :L - window].tolist() if p in protected[b]])
                                     for b in range(B))
             assert n == min(L - 1, window + max(n_protected_older, math.floor(ratio * (L - window))))
@@ -164,12 +182,13 @@ def test_policy_invariants_over_a_generation(name, run):
                 assert row == sorted(set(row))
                 assert row[-window:] == list(range(L - window, L)) if window else True
                 kept = set(pos[b, idx[b]].tolist())
-                if n < L - 1 or name != "dynts":
-                    assert protected[b] & set(pos[b].tolist()) <= kept
+                if n < L - 1 or not name.startswith("dynts"):
+                    assert protected[b] & set(pos[b, :L].tolist()) <= kept
                 if name == "window":  # only the newest
-                    assert kept == set(pos[b, L - n:].tolist())
+                    assert kept == set(pos[b, L - n:L].tolist())
+            assert torch.equal(idx, policy.select(cache))  # deterministic
+            cache.keep(idx)
             policy.keep(idx)
-            pos = pos.gather(1, idx)
             evictions += 1
             assert policy.length == n < budget
     assert evictions >= (prompt_len + steps - budget >= 0)  # the budget was hit: at least one eviction
@@ -224,3 +243,80 @@ def test_predictor_has_the_papers_shape_and_is_non_negative():
     assert sizes == [(64, 128), (128, 32), (32, 1)]
     out = p(torch.randn(3, 7, 64) * 10)
     assert out.shape == (3, 7) and (out >= 0).all()
+
+
+# -----------------------------------------------------------------------------
+# What makes each baseline and ablation itself
+
+
+def drive(policy, B, L, attn_steps=(), tokens=None, hidden=None, cache=None):
+    """Observe a prefill of L tokens, then one decode step per attention row in attn_steps."""
+    policy.reset(B, L + len(attn_steps))
+    tokens = torch.zeros(B, L, dtype=torch.long) if tokens is None else tokens
+    hidden = torch.zeros(B, L, 2) if hidden is None else hidden
+    policy.observe(tokens, hidden, torch.arange(L), torch.zeros(B, L) if policy.needs_attention else None)
+    for i, a in enumerate(attn_steps):
+        policy.observe(torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, 1, 2), torch.tensor([L + i]), a)
+    return policy.select(cache)
+
+
+def test_h2o_keeps_the_most_attention_accumulated_over_all_steps():
+    # slot 1 gets a lot once, early; slot 2 a little, at every step: 2 wins over the sum
+    steps = [torch.tensor([[0.0, 5.0 if i == 0 else 0.0, 1.0, 0.0, 0.0] + [0.0] * i + [1.0]]) for i in range(3)]
+    steps += [torch.tensor([[0.0, 0.0, 2.0, 0.0, 0.0] + [0.0] * (i + 3) + [1.0]]) for i in range(2)]
+    idx = drive(dynts.H2O(budget=10, window=2, ratio=0.2), 1, 5, steps)  # floor(0.2 * 8) = 1 older slot
+    assert idx.tolist() == [[2, 8, 9]]  # 2 accumulated 1+1+1+2+2 = 7 > slot 1's 5
+
+
+def test_snapkv_counts_only_the_last_queries_before_the_eviction():
+    policy = dynts.SnapKV(budget=12, window=2, ratio=0.1, obs_window=2, kernel=1)
+    early = [torch.tensor([[9.0, 0, 0, 0, 0] + [0.0] * i + [1.0]]) for i in range(5)]  # slot 0, long ago
+    late = [torch.tensor([[0.0, 0, 0, 1.0, 0] + [0.0] * (i + 5) + [1.0]]) for i in range(2)]  # slot 3, just now
+    idx = drive(policy, 1, 5, early + late)  # 12 slots; floor(0.1 * 10) = 1 older slot
+    assert idx.tolist() == [[3, 10, 11]]
+
+
+def test_rkv_evicts_the_redundant_key_among_equally_attended_ones():
+    policy = dynts.RKV(budget=6, window=1, ratio=0.25, obs_window=6, kernel=1, lam=0.5)
+    cache = KVCache(KV_CONFIG, 1, 6)
+    keys = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.01, 0, 0], [1.0, 0, 0.01, 0], [0, 0, 0, 1.0], [0, 1.0, 0, 0], [0, 0, 1, 0]])
+    cache.kv[:, 0, 0, 0, :6] = keys
+    cache.length = 6
+    # equal attention everywhere: only redundancy decides; slots 0-2 are near-copies of each other
+    idx = drive(policy, 1, 6, [], cache=cache)
+    assert idx.tolist() == [[3, 5]]  # floor(0.25 * 5) = 1 older slot: the one unlike the others
+
+
+def test_sepllm_keeps_separators_before_newer_words():
+    policy = dynts.SepLLM(budget=12, window=2, ratio=0.3, separator_ids=SEPARATORS, n_sink=1)
+    tokens = torch.tensor([[ord(c) for c in "ab. cd,efgh"]])  # 11 tokens; '.', ' ', ',' are separators
+    idx = drive(policy, 1, 11, [], tokens=tokens)  # floor(0.3 * 9) = 2 older: sink 0, then the newest separator
+    assert idx.tolist() == [[0, 6, 9, 10]]
+
+
+def ablation(kind, scores, prompt_len=2):
+    policy = kind(budget=10, window=2, ratio=0.5, predictor=ScoreIsHidden(), prompt_len=prompt_len,
+                  end_think_id=END_THINK, eot_id=EOT)
+    hidden = torch.stack([scores, torch.zeros(10)], dim=-1)[None]
+    return drive(policy, 1, 10, [], hidden=hidden)
+
+
+SCORES = torch.tensor([0.0, 0.0, 5.0, 1.0, 7.0, 2.0, 6.0, 0.5, 3.0, 3.0])
+
+
+def test_bottom_k_keeps_the_least_important_thinking_tokens():
+    assert ablation(dynts.DynTS, SCORES).tolist() == [[0, 1, 4, 6, 8, 9]]
+    assert ablation(dynts.BottomK, SCORES).tolist() == [[0, 1, 3, 7, 8, 9]]
+
+
+def test_random_thinking_ignores_the_predictor_but_keeps_the_prompt():
+    idx = ablation(dynts.RandomThinking, SCORES)
+    assert idx[0, :2].tolist() == [0, 1] and idx.shape == (1, 6)
+    assert ablation(dynts.RandomThinking, -SCORES).tolist() == idx.tolist()  # the predictor plays no part
+
+
+def test_no_protected_prompt_lets_the_prompt_go():
+    scores = SCORES.clone()
+    scores[:2] = -1.0  # the prompt looks unimportant to the predictor
+    assert 0 not in ablation(dynts.NoProtectedPrompt, scores)[0].tolist()
+    assert ablation(dynts.DynTS, scores)[0, :2].tolist() == [0, 1]

@@ -154,3 +154,15 @@ def test_cli_bad_input_in_a_real_process_has_no_traceback():
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert p.stderr.strip().count("\n") == 0 and "--ratio" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("name", generate.POLICIES)
+def test_only_attention_based_policies_make_the_model_compute_attention(name, monkeypatch):
+    import model as model_module
+    calls = []
+    real = model_module.attention_with_probs
+    monkeypatch.setattr(model_module, "attention_with_probs", lambda *a: calls.append(1) or real(*a))
+    tokens, stats, _ = run(name, None if name == "full" else 48, 8, n=60)
+    policy = generate.make_policy(name, 48, 8, 0.3, dynts.ImportancePredictor(CFG.n_embd), 12, ENC)
+    assert bool(calls) == policy.needs_attention == (name in ("h2o", "snapkv", "rkv"))
+    assert stats["peak_kv_tokens"] <= (48 if name != "full" else 72)
