@@ -201,8 +201,10 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     ids = enc.encode(prompt, allowed_special="all")
     if not ids:
         raise UsageError("--prompt is empty")
-    if max_new_tokens is None:
-        max_new_tokens = min(512, model.config.block_size - len(ids)) if init == "random" else model.config.block_size - len(ids)
+    if max_new_tokens is None:  # up to the model's last position (a random model: 512 tokens at most)
+        max_new_tokens = model.config.block_size - len(ids)
+        if init == "random":
+            max_new_tokens = min(512, max_new_tokens)
     for name, value, low in [("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
                              ("--top-k", top_k, 1), ("--budget", budget, 1), ("--window", window, 0)]:
         if value is not None and value < low:
