@@ -12,6 +12,10 @@ The file has the shape of a scorer:
 
 Scores are aligned with the cache slots: `policy.scores[b, s]` belongs to the token in slot s
 of row b, and moves with it when the cache is compacted.
+
+The policies: Full (never evicts), Window, StreamingLLM, DynTS; the paper's other baselines
+H2O, SnapKV, R-KV (attention-based: only they make the model return attention) and SepLLM;
+and DynTS's ablations: random or bottom-k thinking tokens, no protected prompt.
 """
 
 import math
@@ -214,7 +218,6 @@ class DynTS(Policy):
         self.answering |= (tokens == self.end_think_id).any(dim=1)
         self.done |= (tokens == self.eot_id).any(dim=1)
         return s
-
 
 
 # -----------------------------------------------------------------------------
