@@ -49,10 +49,10 @@ def run_policy(name, model, predictor, problems, budget, window, ratio, batch_si
 
 def table(rows: list[dict]) -> str:
     full = next((r for r in rows if r["policy"] == "full"), None)
-    lines = [f"{'policy':<10} {'budget':>6} {'Pass@1':>7} {'peak KV':>8} {'mean KV':>8} {'compression':>11} {'tokens/s':>9}"]
+    lines = [f"{'policy':<14} {'budget':>6} {'Pass@1':>7} {'peak KV':>8} {'mean KV':>8} {'compression':>11} {'tokens/s':>9}"]
     for r in rows:
         comp = f"{full['peak_kv_tokens'] / r['peak_kv_tokens']:.2f}x" if full else "-"
-        lines.append(f"{r['policy']:<10} {str(r['budget'] or '-'):>6} {r['pass_at_1']:>7.1%} {r['peak_kv_tokens']:>8.0f} "
+        lines.append(f"{r['policy']:<14} {str(r['budget'] or '-'):>6} {r['pass_at_1']:>7.1%} {r['peak_kv_tokens']:>8.0f} "
                      f"{r['mean_kv_tokens']:>8.0f} {comp:>11} {r['tokens_per_s']:>9.0f}")
     return "\n".join(lines)
 
@@ -65,15 +65,24 @@ def plot(rows: list[dict], path: str):
     except ImportError:
         print(f"--plot {path}: matplotlib is not installed; skipped (pip install matplotlib)", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["policy"] for r in rows):
-        pts = sorted((r["peak_kv_tokens"], 100 * r["pass_at_1"]) for r in rows if r["policy"] == name)
-        ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set_xlabel("peak KV cache (tokens per problem)")
-    ax.set_ylabel("Pass@1 (%)")
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    names = list(dict.fromkeys(r["policy"] for r in rows))
+    if len(rows) == len(names):  # one budget: a bar per policy, like the paper's summary figure
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+        labels = [f"{r['policy']} ({r['peak_kv_tokens']:.0f} KV tokens)" for r in rows]
+        ax.barh(labels[::-1], [100 * r["pass_at_1"] for r in rows[::-1]], color="tab:blue")
+        ax.set_xlabel("Pass@1 (%)")
+        ax.set_xlim(0, 100)
+        ax.grid(alpha=0.3, axis="x")
+    else:  # a budget sweep: accuracy against the peak KV cache, a line per policy
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in names:
+            pts = sorted((r["peak_kv_tokens"], 100 * r["pass_at_1"]) for r in rows if r["policy"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("peak KV cache (tokens per problem)")
+        ax.set_ylabel("Pass@1 (%)")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
