@@ -250,6 +250,8 @@ class GPT(nn.Module):
         step's queries, averaged over layers and heads).
         """
         B, T = idx.shape
+        if mask is not None and cache is not None:
+            raise ValueError("a custom attention mask is for the uncached forward only")
         start = cache.seen if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
