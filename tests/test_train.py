@@ -125,3 +125,31 @@ def test_eval_bad_flags(argv, message):
     with pytest.raises(SystemExit) as e:
         evaluate.cli(argv + ["--device", "cpu"])
     assert message in e.value.code and "\n" not in e.value.code
+
+
+def test_simulated_eviction_mask_is_causal_and_keeps_prompt_window_and_most_decisive_tokens():
+    import task
+    problems = task.problems("train", 4, **SMALL_TASK)
+    enc = get_encoding()
+    tokens, prompt_len, _, _ = train.encode_batch(problems, enc, "cpu")
+    T = tokens.shape[1]
+    mask = train.simulated_eviction_mask(problems, prompt_len, T, torch.Generator().manual_seed(0))
+    assert mask.shape == (4, T, T)
+    assert not (mask & ~torch.ones(T, T, dtype=torch.bool).tril()).any()  # never the future
+    i = torch.arange(T)
+    assert mask[:, i, i].all()  # every token sees itself
+    for b, p in enumerate(problems):
+        assert mask[b, -1, :prompt_len[b]].all()  # the prompt, from the last query
+        assert mask[b, -1, T - 64:].all()  # the smallest window
+    decisive = [mask[b, -1, train.decisive_tokens(p, enc)].float().mean() for b, p in enumerate(problems)]
+    assert sum(decisive) / 4 > 0.7
+
+
+def test_base_flag_trains_only_the_predictor(small_setup, tmp_path):
+    first, second = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
+    train.main(out=first, device="cpu", steps=1, batch_size=1, predictor_traces=1, predictor_steps=1, eval_traces=1)
+    train.main(out=second, base=first, device="cpu", predictor_traces=2, predictor_steps=3, eval_traces=1)
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the base model is kept
+    assert not all(torch.equal(a["predictor"][k], b["predictor"][k]) for k in a["predictor"])
+    assert b["metrics"]["predictor_traces"] == 2
