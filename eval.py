@@ -15,7 +15,8 @@ import torch
 
 import task
 import train
-from generate import DEFAULT_CKPT, POLICIES, UsageError, generate, load_checkpoint, make_policy
+from generate import (DEFAULT_CKPT, POLICIES, UsageError, generate, load_checkpoint, make_policy,
+                      resolve_device)
 from model import get_encoding
 
 
@@ -91,10 +92,7 @@ def plot(rows: list[dict], path: str):
 def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies="full,window,streaming,dynts", budget=None, window=None,
          ratio=None, budgets=None, batch_size=None, device=None, dtype="float32", ranking_traces=None,
          json_path=None, plot_path=None):
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    device = resolve_device(device)
     cuda = device.startswith("cuda")
     n = n if n is not None else (500 if cuda else 10)
     batch_size = batch_size if batch_size is not None else (500 if cuda else 10)
@@ -111,9 +109,18 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies="full,window,streaming,dynt
     predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
     enc = get_encoding(meta["encoding"])
     d = meta["decoding"]
-    budget, window, ratio = budget or d["budget"], d["window"] if window is None else window, ratio or d["ratio"]
-    sweep = [int(b) for b in budgets.split(",")] if budgets else [budget]
+    budget = d["budget"] if budget is None else budget
+    window = d["window"] if window is None else window
+    ratio = d["ratio"] if ratio is None else ratio
+    try:
+        sweep = [int(b) for b in budgets.split(",")] if budgets else [budget]
+    except ValueError:
+        raise UsageError(f"--budgets {budgets!r}: give comma-separated integers, e.g. 600,900,1200") from None
     problems = task.problems("eval", n, seed=seed, **meta["task"])
+    prompt_len = len(enc.encode(problems[0].prompt, allowed_special="all"))
+    for name in names:  # bad settings fail now, not after an hour of decoding
+        for b in ([None] if name == "full" else sweep):
+            make_policy(name, b, window, ratio, predictor, prompt_len, enc)
     print(f"{n} held-out problems (seed {seed}), window {window}, ratio {ratio}, on {device} ({dtype})", flush=True)
 
     rows = []

@@ -164,14 +164,20 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 # Command line
 
 
-def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=0, max_new_tokens=None,
-         num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
-         ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, out=sys.stdout):
-    """Run one generation and print sample 0 as it is written, then a summary. Returns stats."""
+def resolve_device(device: str | None) -> str:
+    """--device as given, or cuda where there is one; a clear error for cuda without one."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=0, max_new_tokens=None,
+         num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
+         ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, out=sys.stdout):
+    """Run one generation and print sample 0 as it is written, then a summary. Returns stats."""
+    device = resolve_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     torch.manual_seed(seed)

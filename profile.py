@@ -67,7 +67,7 @@ import time
 import torch
 
 import dynts
-from generate import POLICIES, UsageError, make_policy
+from generate import POLICIES, UsageError, make_policy, resolve_device
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
@@ -418,10 +418,7 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     if prompt_len + steps > cfg.block_size:
         raise UsageError(f"--prompt-len {prompt_len} plus --steps {steps} exceeds the block_size {cfg.block_size} "
                          f"of --preset {preset}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    device = resolve_device(device)
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
     if dtype == "auto":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import dynts
 import task
-from generate import DEFAULT_CKPT, UsageError, load_checkpoint
+from generate import DEFAULT_CKPT, UsageError, load_checkpoint, resolve_device
 from model import GPT, GPTConfig, KVCache, get_encoding
 
 # The task's size: ~2,900 tokens a problem (2,500-3,300), 6 results to carry to the answer.
@@ -273,10 +273,7 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
          eval_traces=None):
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    device = resolve_device(device)
     cuda = device.startswith("cuda")
     # The CPU setting is the same code with fewer, smaller steps. For the base model it shows
     # the pipeline, not the accuracy of the CUDA setting; the predictor trains fine on a CPU.

@@ -120,7 +120,8 @@ def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--n", "0"], "--n"), (["--policies", "full,bogus"], "--policies"), (["--batch-size", "0"], "--batch-size")])
+    (["--n", "0"], "--n"), (["--policies", "full,bogus"], "--policies"), (["--batch-size", "0"], "--batch-size"),
+    (["--budget", "0"], "--budget"), (["--ratio", "0"], "--ratio"), (["--budgets", "600,x"], "--budgets")])
 def test_eval_bad_flags(argv, message):
     with pytest.raises(SystemExit) as e:
         evaluate.cli(argv + ["--device", "cpu"])
