@@ -156,8 +156,9 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
 
 
 @torch.no_grad()
-def importance_labels(model: GPT, tokens: torch.Tensor, think_end: int, length: int) -> torch.Tensor:
-    """The label of every token of one trace (T,): the attention it receives from the answer.
+def importance_labels(model: GPT, tokens: torch.Tensor, think_end: int, length: int):
+    """The label of every token of one trace (T,): the attention it receives from the answer;
+    and, as they come for free, the final hidden states of the trace (T, C).
 
     The paper's definition: the mean of A[l, h, i, j] over layers l, heads h and answer
     queries i (the tokens after `</think>`). We prefill up to `</think>` into a KV cache, then
@@ -167,33 +168,26 @@ def importance_labels(model: GPT, tokens: torch.Tensor, think_end: int, length: 
     thinking tokens; they get label 0.
     """
     cache = KVCache(model.config, 1, capacity=length, device=tokens.device, dtype=model.wte.weight.dtype)
-    model(tokens[None, :think_end + 1], cache)  # prompt, thinking and </think>
+    _, thinking, _ = model(tokens[None, :think_end + 1], cache)  # prompt, thinking and </think>
     n_answer = length - think_end - 1
-    _, _, received = model(tokens[None, think_end + 1:length], cache, need_attn=True)  # (1, length)
+    _, answer, received = model(tokens[None, think_end + 1:length], cache, need_attn=True)  # (1, length)
     labels = received[0] / n_answer
     labels[think_end + 1:] = 0.0
-    return labels
+    return labels, torch.cat([thinking, answer], dim=1)[0]
 
 
 # -----------------------------------------------------------------------------
 # 3. The predictor
 
 
-def thinking_mask(T: int, prompt_len, think_end, device):
-    """(B, T) bool: the thinking tokens, from `<think>`'s successor up to and including `</think>`."""
-    t = torch.arange(T, device=device)
-    return (t >= prompt_len[:, None]) & (t <= think_end[:, None])
-
-
-def label_batch(model, problems, enc, device):
-    """Tokens, hidden states (frozen model), labels and the thinking mask for a batch of traces."""
-    tokens, prompt_len, think_end, lengths = encode_batch(problems, enc, device)
-    labels = torch.zeros(tokens.shape, device=device)
-    for b in range(len(problems)):
-        labels[b, :lengths[b]] = importance_labels(model, tokens[b], int(think_end[b]), int(lengths[b]))
+def thinking_features(model: GPT, problem: task.Problem, enc, device):
+    """The thinking tokens of one correct trace (from `<think>`'s successor up to and including
+    `</think>`): their final hidden states (N, C), their labels (N,), and the first one's index."""
+    tokens, prompt_len, think_end, length = encode_batch([problem], enc, device)
     with torch.no_grad():
-        _, hidden, _ = model(tokens)
-    return hidden.float(), labels, thinking_mask(tokens.shape[1], prompt_len, think_end, device)
+        labels, hidden = importance_labels(model, tokens[0], int(think_end[0]), int(length[0]))
+    thinking = slice(int(prompt_len[0]), int(think_end[0]) + 1)
+    return hidden[thinking].float(), labels[thinking], thinking.start
 
 
 def train_predictor(model: GPT, predictor: dynts.ImportancePredictor, n_traces: int, steps: int, batch_tokens: int,
@@ -210,9 +204,9 @@ def train_predictor(model: GPT, predictor: dynts.ImportancePredictor, n_traces: 
     enc = get_encoding()
     hidden, targets = [], []
     for p in task.problems("train", n_traces, seed=seed, **TASK):  # one trace at a time: labels need their own cache
-        h, labels, mask = label_batch(model, [p], enc, device)
-        hidden.append(h[0][mask[0]])
-        targets.append(LABEL_SCALE * labels[0][mask[0]])
+        h, labels, _ = thinking_features(model, p, enc, device)
+        hidden.append(h)
+        targets.append(LABEL_SCALE * labels)
     X, Y = torch.cat(hidden), torch.cat(targets)  # (N, C), (N,): every thinking token
     print(f"predictor data: {len(X)} thinking tokens of {n_traces} traces", flush=True)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -247,11 +241,10 @@ def ranking_quality(model, predictor, n: int, device, seed: int = 0) -> dict:
     enc = get_encoding()
     rhos, recalls = [], []
     for p in task.problems("eval", n, seed=seed, **TASK):
-        hidden, labels, mask = label_batch(model, [p], enc, device)
-        pred = predictor(hidden)[0][mask[0]]
-        rhos.append(spearman(pred, labels[0][mask[0]]))
-        start = int(mask[0].nonzero()[0])  # thinking token index -> trace position
-        top = set((pred.topk(max(1, len(pred) // 10)).indices + start).tolist())
+        hidden, labels, start = thinking_features(model, p, enc, device)
+        pred = predictor(hidden)
+        rhos.append(spearman(pred, labels))
+        top = set((pred.topk(max(1, len(pred) // 10)).indices + start).tolist())  # as trace positions
         decisive = set(decisive_tokens(p, enc))
         recalls.append(len(decisive & top) / len(decisive))
     return dict(spearman=sum(rhos) / n, decisive_recall_top10=sum(recalls) / n, n_traces=n)

@@ -56,10 +56,12 @@ def test_importance_labels_match_the_papers_definition():
     tokens = torch.randint(0, 256, (60,))
     tokens[50] = get_encoding().encode_single_token("</think>")
     with torch.no_grad():
-        got = train.importance_labels(model, tokens, think_end=50, length=60)
+        got, hidden = train.importance_labels(model, tokens, think_end=50, length=60)
+        _, reference_hidden, _ = model(tokens[None])
         want = labels_by_definition(model, tokens, think_end=50)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     assert got[:51].sum() > 0 and (got[51:] == 0).all()
+    torch.testing.assert_close(hidden, reference_hidden[0], rtol=1e-5, atol=1e-5)
 
 
 def test_spearman():
