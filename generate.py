@@ -98,7 +98,8 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 
     Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
     every row has. `on_token(token_of_row_0)`, `on_step(cache_length)` after each forward and
-    `on_evict(before, cache)` let a caller show progress (and tests look at the cache). Logits at ids >= vocab_limit (beyond the tokenizer) are never sampled.
+    `on_evict(before, cache)` let a caller show progress (and tests look at the cache). Logits
+    at ids >= vocab_limit (beyond the tokenizer) are never sampled.
     """
     device = model.wte.weight.device
     config = model.config
@@ -110,7 +111,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     policy.reset(B, capacity, device)
     need_attn = policy.needs_attention
     stats = dict(policy=policy.name, batch=B, prompt_tokens=P, evictions=0, peak_kv_tokens=0, kv_token_steps=0,
-                 peak_kv_live_bytes=0, kv_allocated_bytes=cache.allocated_bytes())
+                 kv_allocated_bytes=cache.allocated_bytes())
 
     def step(tokens):  # one forward, then the policy's bookkeeping and, when due, an eviction
         logits, hidden, attn = model(tokens, cache, need_attn=need_attn)
@@ -120,7 +121,6 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
         stats["kv_token_steps"] += cache.length  # for the mean cache length over the forwards
         if on_step:
             on_step(cache.length)
-        stats["peak_kv_live_bytes"] = max(stats["peak_kv_live_bytes"], cache.live_bytes())
         if policy.should_evict(cache.length):
             before = cache.length
             idx = policy.select(cache)  # (B, n_keep)
@@ -156,6 +156,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     tokens = torch.cat(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=device)
     stats.update(new_tokens=tokens.shape[1], seconds=seconds, tokens_per_s=B * tokens.shape[1] / seconds,
                  mean_kv_tokens=stats.pop("kv_token_steps") / max(1, len(out)),
+                 peak_kv_live_bytes=cache.live_bytes(stats["peak_kv_tokens"]),
                  final_kv_tokens=cache.length, tokens_seen=cache.seen)
     return tokens, stats
 

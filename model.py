@@ -123,9 +123,10 @@ class KVCache:
         self.pos[:, :n] = self.pos[:, :self.length].gather(1, idx)
         self.length = n
 
-    def live_bytes(self) -> int:
-        """Bytes of keys and values in live slots (what a decode step reads)."""
-        return self.kv[:, :, :, :, :self.length].numel() * self.kv.element_size()
+    def live_bytes(self, n: int | None = None) -> int:
+        """Bytes of keys and values in n live slots (default: the live ones), what a decode step reads."""
+        n = self.length if n is None else n
+        return self.kv[:, :, :, :, :n].numel() * self.kv.element_size()
 
     def allocated_bytes(self) -> int:
         """Bytes of the whole buffer, live or not."""
