@@ -84,7 +84,7 @@ class Policy:
     is the number of +inf (never evicted) older slots, the most of any row. All rows keep the
     same count; each row keeps its own slots.
 
-    Subclasses implement `score` (and may override `observe` to rescore old slots).
+    Subclasses implement `score`; attention-based ones also `add_attention`, to rescore old slots.
     """
 
     name = "?"
@@ -107,15 +107,20 @@ class Policy:
 
     def score(self, tokens, hidden, positions) -> torch.Tensor:
         """Scores (B, T) of T new tokens (B, T) at absolute positions (T,), from their final
-        hidden states (B, T, C)."""
-        raise NotImplementedError
+        hidden states (B, T, C). The default, 0, suits policies that score by attention later."""
+        return torch.zeros(tokens.shape, device=tokens.device)
 
     def observe(self, tokens, hidden, positions, attn=None):
-        """Record the scores of the T tokens the model just wrote into the cache. `attn` (B, S)
-        is the attention each live slot received, for policies with needs_attention."""
+        """Record the scores of the T tokens the model just wrote into the cache. `attn` (B, S),
+        the attention each live slot received, comes only for policies with needs_attention."""
         T = tokens.shape[1]
         self.scores[:, self.length:self.length + T] = self.score(tokens, hidden, positions)
         self.length += T
+        if attn is not None:
+            self.add_attention(attn)
+
+    def add_attention(self, attn: torch.Tensor):
+        """Attention-based policies fold this step's attention (B, S) into the live scores."""
 
     def should_evict(self, cache_length: int) -> bool:
         return cache_length >= self.budget
@@ -148,9 +153,6 @@ class Full(Policy):
 
     def __init__(self):
         self.budget, self.window, self.ratio = None, 0, 1.0
-
-    def score(self, tokens, hidden, positions):
-        return torch.zeros(tokens.shape, device=tokens.device)
 
     def should_evict(self, cache_length):
         return False
@@ -268,10 +270,7 @@ class H2O(Policy):
     name = "h2o"
     needs_attention = True
 
-    def observe(self, tokens, hidden, positions, attn=None):
-        T = tokens.shape[1]
-        self.scores[:, self.length:self.length + T] = 0.0
-        self.length += T
+    def add_attention(self, attn):
         self.scores[:, :self.length] += attn
 
 
@@ -287,10 +286,7 @@ class SnapKV(Policy):
         super().__init__(budget, window, ratio)
         self.obs_window, self.kernel = obs_window, kernel
 
-    def observe(self, tokens, hidden, positions, attn=None):
-        T = tokens.shape[1]
-        self.scores[:, self.length:self.length + T] = 0.0
-        self.length += T
+    def add_attention(self, attn):
         if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
             self.scores[:, :self.length] += attn
 
