@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model import GPT, PRESETS, GPTConfig, KVCache, get_encoding
 
@@ -114,6 +116,30 @@ def test_keep_compacts_bit_identically_and_moves_positions():
     with torch.no_grad():  # the next token takes position 10 (tokens seen), not 4 (cache length)
         model(torch.zeros(2, 1, dtype=torch.long), cache)
     assert cache.pos[:, 4].tolist() == [10, 10] and cache.length == 5 and cache.seen == 11
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_keep_in_chunks_equals_one_gather(data):
+    """keep moves the slots a chunk at a time, in place: any chunk size gives what one gather of
+    the whole buffer gives (the slow, obviously-correct reference)."""
+    B, cap = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40))
+    length = data.draw(st.integers(1, cap))
+    n = data.draw(st.integers(1, length))
+    rows = [sorted(data.draw(st.lists(st.integers(0, length - 1), min_size=n, max_size=n, unique=True)))
+            for _ in range(B)]
+    idx, chunk = torch.tensor(rows), data.draw(st.integers(1, n + 2))
+    cache = KVCache(GQA, batch_size=B, capacity=cap)
+    cache.kv.normal_()
+    cache.pos.copy_(torch.randperm(1000)[:B * cap].view(B, cap))
+    cache.length = length
+    kv, pos = cache.kv.clone(), cache.pos.clone()
+    cache.keep(idx, chunk=chunk)
+    L, _, _, Hkv, _, D = kv.shape
+    expected = kv.gather(4, idx.view(1, 1, B, 1, n, 1).expand(L, 2, B, Hkv, n, D))
+    assert cache.length == n
+    assert torch.equal(cache.kv[:, :, :, :, :n], expected)
+    assert torch.equal(cache.pos[:, :n], pos.gather(1, idx))
 
 
 def test_need_attn_gives_the_same_output_and_attention_that_sums_to_one_per_query():
