@@ -8,8 +8,10 @@ official code leaves out of its timing: the predictor, the selection and the cac
 
 What it reports at the paper's marks and every `--every` steps, for each policy:
 - throughput: batch x steps / seconds, over the `--tput-window` steps up to the mark;
-- KV memory: the live slots' bytes (analytic), the cache buffers' bytes and
-  torch.cuda.max_memory_allocated (measured);
+- KV memory: the live slots' bytes (analytic), the cache buffers' bytes and, as "alloc",
+  torch.cuda.max_memory_allocated while decoding, less what was allocated before the cache
+  (the weights): the buffers plus each step's activations and each compaction's copy in flight
+  (measured);
 - GFLOPs per token, analytic. For one token that attends to S live slots:
       2 * N_matmul + 4 * n_layer * n_head * head_dim * S  (+ 2 * N_predictor for DynTS)
   N_matmul counts the weights of every matrix multiply: the blocks' Linear layers and the LM
@@ -174,9 +176,10 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
     Each decode step is timed from the start of its forward to the start of the next one: the
     forward, the policy's scoring (the predictor, for DynTS), the selection and compaction when
     the cache is full, and the sampling. Returns per-step arrays and, at each mark, the peak
-    memory allocated so far (since just before the cache was allocated: the prefill's
-    activations and any compaction's gathered copy count). `on_mark(step, record)` is called
-    at each mark (after a sync).
+    memory allocated while decoding so far: the peak is reset after the prefill, so it holds the
+    cache, each step's activations and each compaction's copy in flight; `base_alloc_bytes`
+    (allocated before the cache: the weights) is subtracted in the reports. `on_mark(step,
+    record)` is called at each mark (after a sync).
     """
     device = prompt.device
     B, P = prompt.shape
@@ -226,6 +229,9 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
         forward = GraphedDecode(model, cache)
         observe = GraphedObserve(policy, forward)
         rec["capture_s"] = time.perf_counter() - t0
+    if device.type == "cuda":  # the prefill's activations are gone: from here on, decoding's peak
+        rec["prefill_peak_alloc_bytes"] = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     starts = [clock.stamp()]
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
@@ -295,11 +301,11 @@ def mark_row(rec: dict, a: dict, step: int, batch: int, bandwidth: float, window
 ROW_FMT = "{step:>6} {tokens_per_s:>9.1f} {roofline_tokens_per_s:>9.1f} {roof_pct:>6.1f}% {kv_held:>7} {kv_live_gb:>8.4g} " \
           "{kv_buffer_gb:>8.4g} {peak:>9} {gflops_per_token:>8.4g} {pol_pct:>7.2f}%"
 ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7} {'KV GB':>8} " \
-           f"{'buf GB':>8} {'peak GB':>9} {'GFLOP/t':>8} {'policy':>8}"
+           f"{'buf GB':>8} {'alloc GB':>9} {'GFLOP/t':>8} {'policy':>8}"
 
 
 def format_row(r: dict) -> str:
-    peak = f"{r['peak_alloc_gb']:.2f}" if r["peak_alloc_gb"] is not None else "-"
+    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"  # KV, measured
     return ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"], peak=peak)
 
 
@@ -541,11 +547,12 @@ def cli(argv=None):
 # paper-8b reached 11-23% of the memory roofline on an H100 (PERF_NOTES.md). A CUDA graph
 # launches a whole recorded step at once (78-87% there).
 # A graph replays fixed arguments, so what changes from step to step lives in device tensors:
-# the new token, its position and its cache slot; the cache is written with index_copy_; and
-# attention is a split-KV ("flash-decoding") kernel that reads the live length from the device,
-# so one graph serves every cache length and reads only the live slots. Each residual add is
-# fused with the LayerNorm after it (fewer tiny kernels). Everything else is the model's own
-# modules, in GPT.forward's order. Evictions compact the cache in place (KVCache.keep), so the
+# the new token, its position and its cache slot. Attention is a split-KV ("flash-decoding")
+# kernel that reads the live length from the device, so one graph serves every cache length
+# and reads only the live slots; it also writes the token's K and V into the cache. At batch 8
+# each small kernel costs ~2-3 us whatever its size, so three more fusions: that K/V write,
+# each residual add with the LayerNorm after it, the GELU with its GEMM. Everything else is
+# the model's own modules, in GPT.forward's order. Evictions compact the cache in place (KVCache.keep), so the
 # captured buffers stay valid.
 
 try:
@@ -553,7 +560,9 @@ try:
     import triton.language as tl
 except ImportError:
     triton = None
-BLOCK_N = 64  # slots per iteration of the attention kernel
+CHUNK = 128  # slots per program of the attention kernel (a split of the split-KV scheme)
+BLOCK_N = 128  # slots per iteration inside a program
+NUM_WARPS = 4  # warps per program
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -566,7 +575,8 @@ class GraphedDecode:
 
     `capture=False` runs the same step eagerly (for tests on machines without CUDA)."""
 
-    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int = 512):
+    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int | None = None):
+        chunk = CHUNK if chunk is None else chunk
         self.model, self.cache, self.chunk = model, cache, chunk
         cfg, dev = model.config, cache.kv.device
         B = cache.kv.shape[2]
@@ -576,6 +586,8 @@ class GraphedDecode:
         n_splits = -(-cache.capacity // chunk)
         self.partial = (torch.empty(B * cfg.n_head * n_splits, cfg.head_dim, dtype=torch.float32, device=dev),  # outputs
                         torch.empty(B * cfg.n_head * n_splits, 2, dtype=torch.float32, device=dev))  # max, sum of exp
+        self.fc_bias = [b.mlp.c_fc.bias if b.mlp.c_fc.bias is not None else  # the GELU epilogue needs a bias
+                        torch.zeros(cfg.mlp_hidden, dtype=model.wte.weight.dtype, device=dev) for b in model.blocks]
         self.graph = None
         if capture:
             self.token.fill_(0), self.slot.fill_(cache.length), self.pos.fill_(cache.seen)
@@ -605,8 +617,9 @@ class GraphedDecode:
         return self.logits, self.hidden, None
 
     def _step(self):
-        """GPT.forward for one token, with the slot and position read from device tensors, and
-        each residual add fused with the LayerNorm that follows it."""
+        """GPT.forward for one token, with the slot and position read from device tensors. Fewer,
+        larger kernels: the attention kernel writes the token's K and V, each residual add is fused
+        with the LayerNorm that follows it, and the GELU with the GEMM before it."""
         m, kv = self.model, self.cache.kv
         cfg = m.config
         B, C, H, Hkv, D = self.token.shape[0], cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -616,13 +629,12 @@ class GraphedDecode:
         norms_after = [b.ln_1 for b in m.blocks[1:]] + [m.ln_f]  # the LayerNorm after each block
         for block, next_norm in zip(m.blocks, norms_after):
             layer = block.attn.layer
-            qkv = block.attn.c_attn(h)  # (B, 1, C + 2 Hkv D)
-            new_kv = qkv[:, 0, C:].view(B, 2, Hkv, 1, D).transpose(0, 1)  # (k|v, B, Hkv, 1, D)
-            kv[layer].index_copy_(3, self.slot, new_kv)  # into (k|v, B, Hkv, cap, D) at the slot
-            y = decode_attention(qkv[:, 0, :C].view(B, H, D), kv[layer, 0], kv[layer, 1], n_live, self.partial,
-                                 self.chunk)  # (B, H, D)
+            qkv = block.attn.c_attn(h)[:, 0]  # (B, C + 2 Hkv D): q, then the new token's k and v
+            q, k_new, v_new = qkv[:, :C].view(B, H, D), qkv[:, C:C + Hkv * D], qkv[:, C + Hkv * D:]
+            y = decode_attention(q, k_new.view(B, Hkv, D), v_new.view(B, Hkv, D), kv[layer, 0], kv[layer, 1], n_live,
+                                 self.partial, self.chunk)  # (B, H, D); writes k_new, v_new at slot n_live - 1
             h = add_layer_norm(x, block.attn.c_proj(y.view(B, 1, C)), block.ln_2)  # x += attn; h = ln_2(x)
-            h = add_layer_norm(x, block.mlp(h), next_norm)  # x += mlp; h = the next LayerNorm of x
+            h = add_layer_norm(x, mlp_forward(block.mlp, h, self.fc_bias[layer]), next_norm)  # x += mlp; h = ln(x)
         hidden = h  # (B, 1, C): ln_f of the residual stream
         return m.lm_head(hidden[:, -1]), hidden
 
@@ -679,25 +691,38 @@ def add_layer_norm(x, a, norm: torch.nn.LayerNorm):
     return h
 
 
-def decode_attention(q, k, v, n_live, partial, chunk=512):
-    """Attention of one query per head q (B, H, D) to the first n_live slots of k, v (B, Hkv, cap, D),
-    n_live a (1,) device tensor; query head h reads kv head h // (H / Hkv), as SDPA's enable_gqa.
+def mlp_forward(mlp, h, fc_bias):
+    """MLP.forward; on CUDA with the GELU in the first GEMM's epilogue (cuBLASLt's GELU is the
+    tanh approximation, as the model's): one kernel fewer a layer. fc_bias: c_fc's bias, or zeros."""
+    if not h.is_cuda:
+        return mlp(h)
+    a = torch._addmm_activation(fc_bias, h.view(-1, h.shape[-1]), mlp.c_fc.weight.t(), use_gelu=True)
+    return mlp.c_proj(a).view(h.shape)
+
+
+def decode_attention(q, k_new, v_new, k, v, n_live, partial, chunk=CHUNK):
+    """Write the new token's k_new, v_new (B, Hkv, D) at slot n_live - 1 of k, v (B, Hkv, cap, D),
+    then attend with one query per head q (B, H, D) to the first n_live slots; n_live is a (1,)
+    device tensor; query head h reads kv head h // (H / Hkv), as SDPA's enable_gqa.
     `partial` holds the splits' results: (outputs (B * H * n_splits, D), (max, sum) (B * H * n_splits, 2)).
     Returns (B, H, D). On CUDA with Triton: split-KV kernels that read only the live slots;
-    otherwise plain masked SDPA over the whole buffer (a reference, for tests)."""
+    otherwise index_copy_ and plain masked SDPA over the whole buffer (a reference, for tests)."""
     B, H, D = q.shape
     Hkv, cap = k.shape[1], k.shape[2]
     if use_triton(q):
         assert q.stride(2) == 1 and q.stride(1) == D and k.stride() == v.stride() and k.stride(3) == 1
+        assert k_new.stride() == v_new.stride() and k_new.stride(1) == D and k_new.stride(2) == 1
         n_splits = triton.cdiv(cap, chunk)
         out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
         _attn_split_kernel[(B * Hkv, n_splits)](
-            q, k, v, n_live, *partial, q.stride(0), k.stride(0), k.stride(1), k.stride(2), n_splits, 1 / math.sqrt(D),
+            q, k_new, v_new, k, v, n_live, *partial, q.stride(0), k_new.stride(0), k.stride(0), k.stride(1),
+            k.stride(2), n_splits, 1 / math.sqrt(D),
             HKV=Hkv, G=H // Hkv, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)), D=D, CHUNK=chunk,
-            BLOCK_N=min(BLOCK_N, chunk))
+            BLOCK_N=min(BLOCK_N, chunk), num_warps=NUM_WARPS)
         _attn_combine_kernel[(B * H,)](*partial, n_live, out, n_splits, CHUNK=chunk,
                                        BLOCK_S=triton.next_power_of_2(n_splits), D=D)
         return out
+    k.index_copy_(2, n_live - 1, k_new.unsqueeze(2)), v.index_copy_(2, n_live - 1, v_new.unsqueeze(2))
     live = (torch.arange(cap, device=q.device) < n_live).view(1, 1, 1, cap)  # (1, 1, 1, cap)
     y = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=live, enable_gqa=True)
     return y.squeeze(2)  # (B, H, D)
@@ -706,23 +731,30 @@ def decode_attention(q, k, v, n_live, partial, chunk=512):
 if triton is not None:
 
     @triton.jit
-    def _attn_split_kernel(q_ptr, k_ptr, v_ptr, n_live_ptr, o_ptr, ml_ptr, stride_qb, stride_kb, stride_kh, stride_ks,
-                           n_splits, scale, HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                           CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _attn_split_kernel(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, n_live_ptr, o_ptr, ml_ptr, stride_qb, stride_nb,
+                           stride_kb, stride_kh, stride_ks, n_splits, scale, HKV: tl.constexpr, G: tl.constexpr,
+                           BLOCK_G: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
         """One program: the G query heads of one kv head of one row, over CHUNK slots. Writes the
-        unnormalized output, the running max and the sum of exponentials (online softmax)."""
+        unnormalized output, the running max and the sum of exponentials (online softmax). The
+        program whose chunk holds the new token's slot first writes its K and V there."""
         bh, split = tl.program_id(0), tl.program_id(1)  # bh = row * HKV + kv head
         n_live = tl.load(n_live_ptr)
         start = split * CHUNK
+        d = tl.arange(0, D)
+        base = (bh // HKV) * stride_kb + (bh % HKV) * stride_kh
+        if (start < n_live) & (n_live <= start + CHUNK):  # the new token's slot, n_live - 1, is in this chunk
+            new = (bh // HKV) * stride_nb + (bh % HKV) * D + d
+            tl.store(k_ptr + base + (n_live - 1) * stride_ks + d, tl.load(k_new_ptr + new))
+            tl.store(v_ptr + base + (n_live - 1) * stride_ks + d, tl.load(v_new_ptr + new))
+            tl.debug_barrier()  # the whole program sees them before reading the chunk
         if start < n_live:  # programs past the live slots do nothing
-            g, d = tl.arange(0, BLOCK_G), tl.arange(0, D)
+            g = tl.arange(0, BLOCK_G)
             rows = bh * G + g  # (row, query head) of the G heads, as row * H + head: H = HKV * G
             q_offs = (bh // HKV) * stride_qb + ((bh % HKV) * G + g[:, None]) * D + d[None, :]
             q = tl.load(q_ptr + q_offs, mask=g[:, None] < G, other=0.0)  # (BLOCK_G, D)
             m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, D], tl.float32)
-            base = (bh // HKV) * stride_kb + (bh % HKV) * stride_kh
             for n0 in range(0, CHUNK, BLOCK_N):
                 s_idx = start + n0 + tl.arange(0, BLOCK_N)
                 valid = s_idx < n_live

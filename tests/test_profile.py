@@ -193,11 +193,15 @@ B, H, Hkv, D, cap, chunk = 2, 8, 2, 32, 300, 64
 kv = torch.randn(2, 2, B, Hkv, cap, D)  # (layer, k|v, B, Hkv, cap, D), as in the cache
 n_splits = math.ceil(cap / chunk)
 partial = (torch.empty(B * H * n_splits, D), torch.empty(B * H * n_splits, 2))
-for n in [1, 63, 64, 200, 300]:
-    q = torch.randn(B, 1, H * D + 7)[:, 0, :H * D].view(B, H, D)  # rows apart, as q sliced from c_attn's output
-    y = P.decode_attention(q, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, chunk)
+for n in [1, 63, 64, 65, 200, 300]:
+    qkv = torch.randn(B, (H + 2 * Hkv) * D + 7)  # rows apart, as q, k, v sliced from c_attn's output
+    q, k_new, v_new = (qkv[:, a * D:b * D].view(B, -1, D) for a, b in [(0, H), (H, H + Hkv), (H + Hkv, H + 2 * Hkv)])
+    expected = kv.clone()
+    expected[1, 0, :, :, n - 1], expected[1, 1, :, :, n - 1] = k_new, v_new
+    y = P.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, chunk)
+    assert torch.equal(kv, expected)  # the new K and V at slot n - 1, nothing else written
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q.unsqueeze(2), kv[1, 0, :, :, :n], kv[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
+        q.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 check_graphed_step(P, steps=12, evict_at=6, chunk=16)  # both kernels inside the whole step
 print("ok")
