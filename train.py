@@ -6,7 +6,9 @@ Three stages, the paper's pipeline in miniature (Guo et al., arXiv 2601.18383, S
 2. importance labels: for correct traces, the attention that the answer pays to each thinking
    token, averaged over layers, heads and answer queries (`importance_labels`);
 3. the ImportancePredictor: regression of those labels from each token's final hidden
-   state, with the base model frozen.
+   state, with the base model frozen;
+4. (ours, not the paper's) the base model fine-tuned on the caches that DynTS, with that
+   predictor, actually leaves (`dynts_eviction_mask`), then stage 3 again on the fine-tuned model.
 
 Everything lands in one checkpoint (a few MB, float16 weights) with its config, the
 encoding's name, the task's settings and the decoding defaults; generate.py and eval.py
@@ -40,6 +42,9 @@ CONFIG = GPTConfig(block_size=3584, vocab_size=259, n_layer=4, n_head=8, n_kv_he
 # (~230 tokens) is protected, so ratio * (budget - window) must leave room for thinking tokens.
 DECODING = dict(budget=900, window=128, ratio=0.5)
 LABEL_SCALE = 1e4  # labels are attention probabilities (~1e-4): rescaled for the regression
+# Stage 4 draws each row's DynTS setting from these ranges (budget, window: ints; ratio: float),
+# so the model learns the caches of a range of settings, not those of DECODING alone.
+FINETUNE_SETTINGS = dict(budget=(600, 1400), window=(64, 256), ratio=(0.3, 0.7))
 
 
 # -----------------------------------------------------------------------------
@@ -119,22 +124,28 @@ class Progress:
 # 1. The base model
 
 
-def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed: int, log_every: int = 50):
+def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed: int, log_every: int = 50,
+                eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model"):
+    """Next-token training on the task. Half the rows see full causal attention, half the holes
+    of an eviction: `eviction_mask(problems, tokens, prompt_len, T, generator)` -> (B, T, T) bool
+    (default: simulated_eviction_mask). The first `curriculum` fraction of steps are short traces."""
     enc = get_encoding()
+    if eviction_mask is None:
+        eviction_mask = lambda problems, tokens, prompt_len, T, gen: simulated_eviction_mask(problems, prompt_len, T,
+                                                                                              gen)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    progress = Progress("model", steps, log_every)
+    progress = Progress(stage, steps, log_every)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(steps):
-        knobs = SHORT_TASK if step < CURRICULUM * steps else TASK
+        knobs = SHORT_TASK if step < curriculum * steps else TASK
         problems = task.problems("train", batch_size, seed=seed + step, **knobs)
         tokens, prompt_len, _, lengths = encode_batch(problems, enc, device)
         # Predict every token after the prompt: the thinking, the answer and the end of text.
         t = torch.arange(1, tokens.shape[1], device=device)
         mask = (t >= prompt_len[:, None]) & (t < lengths[:, None])  # (B, T - 1): which targets count
-        # Half the rows see full causal attention, half a simulated eviction.
-        attend = simulated_eviction_mask(problems, prompt_len, tokens.shape[1] - 1, generator)
+        attend = eviction_mask(problems, tokens[:, :-1], prompt_len, tokens.shape[1] - 1, generator)
         causal = torch.ones(tokens.shape[1] - 1, tokens.shape[1] - 1, dtype=torch.bool, device=device).tril()
         attend[::2] = causal
         with autocast:
@@ -251,6 +262,60 @@ def ranking_quality(model, predictor, n: int, device, seed: int = 0) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# 4. Fine-tuning on the caches DynTS leaves
+
+
+@torch.no_grad()
+def dynts_eviction_mask(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """(T, T) bool: the keys each query sees when `policy` decodes this trace, teacher-forced:
+    tokens (T,) with their final hidden states (T, C), the prompt prefilled, then one token
+    per step. The policy's own observe, select and keep, replayed: between two evictions the
+    visible keys are the kept slots plus every token since, so it runs one segment at a time.
+    Query i sees the slots live right after token i was written (before any eviction it triggers)."""
+    T, device = tokens.shape[0], tokens.device
+    visible = torch.zeros(T, T, dtype=torch.bool, device=device)
+    policy.reset(1, policy.budget, device)
+    live = torch.empty(0, dtype=torch.long, device=device)  # the cache: its slots' positions, in order
+    start = 0
+    while start < T:
+        end = start + min(T - start, policy.budget - policy.length)  # until the cache is full or the trace ends
+        new = torch.arange(start, end, device=device)
+        visible[start:end, live] = True
+        visible[start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool, device=device).tril()
+        policy.observe(tokens[None, start:end], hidden[None, start:end], new)
+        live = torch.cat([live, new])
+        if policy.should_evict(policy.length):
+            idx = policy.select()  # (1, n_keep)
+            policy.keep(idx)
+            live = live[idx[0]]
+        start = end
+    return visible
+
+
+class DynTSMasks:
+    """eviction_mask for train_model: for each row, a DynTS setting drawn from `settings`
+    (FINETUNE_SETTINGS) and the mask of that policy with `predictor`, scored on the hidden
+    states of a no-grad forward of the model being trained."""
+
+    def __init__(self, model: GPT, predictor: dynts.ImportancePredictor, settings: dict):
+        self.model, self.predictor, self.settings = model, predictor, settings
+
+    @torch.no_grad()
+    def __call__(self, problems, tokens, prompt_len, T, generator):
+        enc, device = get_encoding(), tokens.device
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            _, hidden, _ = self.model(tokens)  # (B, T, C)
+        masks = torch.zeros(len(problems), T, T, dtype=torch.bool, device=device)
+        for b in range(1, len(problems), 2):  # the odd rows; the even ones see full attention
+            draw = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=generator).item()
+            (b0, b1), (w0, w1), (r0, r1) = (self.settings[k] for k in ("budget", "window", "ratio"))
+            policy = dynts.DynTS(int(draw(b0, b1 + 1)), int(draw(w0, w1 + 1)), round(draw(r0, r1), 3), self.predictor,
+                                 int(prompt_len[b]), enc.encode_single_token(task.END_THINK), enc.eot_token)
+            masks[b] = dynts_eviction_mask(policy, tokens[b], hidden[b].float())
+        return masks
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -263,7 +328,7 @@ def save_checkpoint(path, model, predictor, metrics):
 
 def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batch_size=None, lr=2e-3,
          predictor_traces=None, predictor_steps=None, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
-         eval_traces=None):
+         eval_traces=None, finetune_steps=None, finetune_lr=3e-4):
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
     device = resolve_device(device)
@@ -275,11 +340,14 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     predictor_traces = predictor_traces if predictor_traces is not None else (500 if cuda else 60)
     predictor_steps = predictor_steps if predictor_steps is not None else 1500
     eval_traces = eval_traces if eval_traces is not None else (100 if cuda else 20)
+    finetune_steps = finetune_steps if finetune_steps is not None else (1200 if cuda else 0)
     for name, value in [("--steps", steps), ("--batch-size", batch_size), ("--predictor-traces", predictor_traces),
                         ("--predictor-steps", predictor_steps), ("--predictor-batch-tokens", predictor_batch_tokens),
                         ("--eval-traces", eval_traces)]:
         if value < 1:
             raise UsageError(f"{name} must be >= 1, got {value}")
+    if finetune_steps < 0:
+        raise UsageError(f"--finetune-steps must be >= 0, got {finetune_steps}")
     device = torch.device(device)
     torch.manual_seed(seed)
     if cuda:
@@ -296,13 +364,19 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         if asdict(model.config) != asdict(CONFIG) or meta["task"] != TASK:
             raise UsageError(f"--base {base}: its config or task differs from train.py's")
         model.to(device).eval()
-        metrics = {k: v for k, v in meta["metrics"].items() if k in ("steps", "batch_size", "base_device")}
+        metrics = {k: v for k, v in meta["metrics"].items() if k in ("steps", "batch_size", "base_device",
+                                                                     "finetune_steps")}
         print(f"base model from {base}")
-    for p in model.parameters():
-        p.requires_grad_(False)  # frozen from here on
     predictor = dynts.ImportancePredictor(CONFIG.n_embd).to(device)
     train_predictor(model, predictor, predictor_traces, predictor_steps, predictor_batch_tokens, predictor_lr,
                     device, seed=seed * 1_000_003 + 10 ** 7)
+    if finetune_steps:  # stage 4: the caches this predictor leaves, then a predictor for the fine-tuned model
+        train_model(model, finetune_steps, batch_size, finetune_lr, device, seed=seed * 1_000_003 + 2 * 10 ** 7,
+                    eviction_mask=DynTSMasks(model, predictor, FINETUNE_SETTINGS), curriculum=0, stage="fine-tune")
+        predictor = dynts.ImportancePredictor(CONFIG.n_embd).to(device)
+        train_predictor(model, predictor, predictor_traces, predictor_steps, predictor_batch_tokens, predictor_lr,
+                        device, seed=seed * 1_000_003 + 3 * 10 ** 7)
+        metrics.update(finetune_steps=finetune_steps + metrics.get("finetune_steps", 0))
     metrics.update(ranking_quality(model, predictor, eval_traces, device))
     metrics.update(seconds=time.perf_counter() - t0, predictor_traces=predictor_traces,
                    predictor_steps=predictor_steps, predictor_device=str(device))
@@ -317,7 +391,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_CKPT, help="where to write the checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.add_argument("--base", help="take the base model from this checkpoint and train only the predictor")
+    p.add_argument("--base", help="take the base model from this checkpoint: train the predictor (and fine-tune, "
+                   "with --finetune-steps)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--steps", type=int, help="base-model steps (default: 4500 on cuda, 60 on cpu)")
     p.add_argument("--batch-size", type=int, help="problems per base-model step (default: 32 on cuda, 4 on cpu)")
@@ -327,6 +402,9 @@ def parse_args(argv=None):
     p.add_argument("--predictor-batch-tokens", type=int, default=4096, help="thinking tokens per predictor step")
     p.add_argument("--predictor-lr", type=float, default=1e-3, help="predictor peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training problems")
+    p.add_argument("--finetune-steps", type=int, help="stage 4: base-model steps on DynTS's caches, then the "
+                   "predictor again; 0 skips it (default: 1200 on cuda, 0 on cpu)")
+    p.add_argument("--finetune-lr", type=float, default=3e-4, help="stage 4 peak learning rate")
     p.add_argument("--eval-traces", type=int, help="held-out traces for the ranking quality (default: 100 / 20)")
     return p.parse_args(argv)
 

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import eval as evaluate
 import generate
@@ -156,3 +158,59 @@ def test_base_flag_trains_only_the_predictor(small_setup, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the base model is kept
     assert not all(torch.equal(a["predictor"][k], b["predictor"][k]) for k in a["predictor"])
     assert b["metrics"]["predictor_traces"] == 2
+
+
+def replayed_one_token_at_a_time(policy, tokens, hidden, prompt_len):
+    """The slow reference for dynts_eviction_mask: the prompt as one chunk, then one token per
+    step, as generate.py decodes; after each write, the live slots' positions are what the
+    query sees; then the eviction, if one is due."""
+    T = tokens.shape[0]
+    policy.reset(1, policy.budget)
+    visible, live = torch.zeros(T, T, dtype=torch.bool), []
+    chunks = [range(0, prompt_len)] + [range(i, i + 1) for i in range(prompt_len, T)]
+    for c in chunks:
+        policy.observe(tokens[None, c.start:c.stop], hidden[None, c.start:c.stop], torch.arange(c.start, c.stop))
+        live += list(c)
+        for i in c:
+            visible[i, [j for j in live if j <= i]] = True
+        if policy.should_evict(policy.length):
+            idx = policy.select()
+            policy.keep(idx)
+            live = [live[j] for j in idx[0].tolist()]
+    return visible
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_dynts_eviction_mask_replays_decoding(data):
+    """The segment-at-a-time mask equals the token-at-a-time replay, for random settings and
+    scores, with </think> and end-of-text inside the trace or not."""
+    import dynts
+    enc = get_encoding()
+    end_think, eot = enc.encode_single_token("</think>"), enc.eot_token
+    P, T = data.draw(st.integers(1, 12)), data.draw(st.integers(20, 90))
+    budget = data.draw(st.integers(P + 2, 40))
+    window = data.draw(st.integers(0, budget - P - 1))
+    ratio = data.draw(st.floats(0.05, 0.95))
+    assume(window + math.floor(ratio * (budget - window)) < budget)
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 16)))
+    tokens = torch.randint(0, 256, (T,), generator=gen)
+    for special in (end_think, eot):
+        if data.draw(st.booleans()):
+            tokens[data.draw(st.integers(P, T - 1))] = special
+    hidden = torch.randn(T, 8, generator=gen)
+    predictor = dynts.ImportancePredictor(8)
+    make = lambda: dynts.DynTS(budget, window, ratio, predictor, P, end_think, eot)
+    with torch.no_grad():
+        expected = replayed_one_token_at_a_time(make(), tokens, hidden, P)
+    assert torch.equal(train.dynts_eviction_mask(make(), tokens, hidden), expected)
+
+
+def test_finetune_stage_changes_the_base_model_and_retrains_the_predictor(small_setup, tmp_path):
+    first, second = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
+    train.main(out=first, device="cpu", steps=1, batch_size=2, predictor_traces=1, predictor_steps=1, eval_traces=1)
+    train.main(out=second, base=first, device="cpu", batch_size=2, predictor_traces=1, predictor_steps=1,
+               eval_traces=1, finetune_steps=2)
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["metrics"]["finetune_steps"] == 2 and "finetune_steps" not in a["metrics"]
