@@ -8,7 +8,8 @@ keeps the recent window plus the highest-scoring older tokens and evicts the res
 The file has the shape of a scorer:
 - a policy only says how each cache slot is scored (`Policy.score`);
 - one pure function chooses what to keep (`select_keep`);
-- the cache compacts itself with one gather (`model.KVCache.keep`), called by generate.py.
+- the cache compacts itself in place, every layer by one index (`model.KVCache.keep`),
+  called by generate.py.
 
 Scores are aligned with the cache slots: `policy.scores[b, s]` belongs to the token in slot s
 of row b, and moves with it when the cache is compacted.

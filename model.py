@@ -84,7 +84,7 @@ PRESETS = {
 class KVCache:
     """Keys and values of every layer, allocated once and written in place.
 
-    `kv` holds all layers in one buffer so that an eviction is one gather. Only the first
+    `kv` holds all layers in one buffer so that one index compacts them all. Only the first
     `length` slots are live. `pos[b, s]` is the absolute position of the token in slot s of
     row b: after evictions the slots are no longer their positions. `seen` counts every token
     ever written, so the next token's position is `seen`, whatever `length` is.

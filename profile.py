@@ -545,7 +545,7 @@ def cli(argv=None):
 # Why: GPT.forward launches ~14 kernels a layer from Python, ~450 a step. At batch 8 most of
 # them are tiny, and Python launches them slower than the GPU runs them: eager decoding of
 # paper-8b reached 11-23% of the memory roofline on an H100 (PERF_NOTES.md). A CUDA graph
-# launches a whole recorded step at once (78-87% there).
+# launches a whole recorded step at once (80-86% there).
 # A graph replays fixed arguments, so what changes from step to step lives in device tensors:
 # the new token, its position and its cache slot. Attention is a split-KV ("flash-decoding")
 # kernel that reads the live length from the device, so one graph serves every cache length
