@@ -184,7 +184,8 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
     device = prompt.device
     B, P = prompt.shape
     capacity = policy.budget if policy.budget is not None else P + steps
-    warm_up_eviction(policy, model, B)
+    keep = keep_in_place if cuda_graphs else KVCache.keep  # compaction: no copy in flight on the fast path
+    warm_up_eviction(policy, model, B, keep)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         base_alloc = torch.cuda.memory_allocated()
@@ -208,7 +209,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
         rec["kv_read"].append(cache.length)
         if policy.should_evict(cache.length):
             idx = policy.select(cache)  # (B, n_keep)
-            cache.keep(idx)
+            keep(cache, idx)
             policy.keep(idx)
             rec["evictions"] += 1
         rec["kv_held"].append(cache.length)
@@ -255,7 +256,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
     return rec
 
 
-def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int):
+def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVCache.keep):
     """One selection and one compaction on scratch data of the real sizes, so that loading their
     kernels (a one-time cost, like the forward's warm-up) stays out of the timed steps."""
     if policy.budget is None:
@@ -266,7 +267,7 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int):
     cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
     cache.length = policy.budget
     idx = scratch.select(cache)
-    cache.keep(idx)
+    keep(cache, idx)
     scratch.keep(idx)
 
 
@@ -552,8 +553,8 @@ def cli(argv=None):
 # and reads only the live slots; it also writes the token's K and V into the cache. At batch 8
 # each small kernel costs ~2-3 us whatever its size, so three more fusions: that K/V write,
 # each residual add with the LayerNorm after it, the GELU with its GEMM. Everything else is
-# the model's own modules, in GPT.forward's order. Evictions compact the cache in place (KVCache.keep), so the
-# captured buffers stay valid.
+# the model's own modules, in GPT.forward's order. Evictions compact the cache in place
+# (keep_in_place: nothing in flight), so the captured buffers stay valid.
 
 try:
     import triton
@@ -728,7 +729,40 @@ def decode_attention(q, k_new, v_new, k, v, n_live, partial, chunk=CHUNK):
     return y.squeeze(2)  # (B, H, D)
 
 
+def keep_in_place(cache: KVCache, idx: torch.Tensor):
+    """KVCache.keep(idx) with no copy in flight: on CUDA with Triton, one program per (layer,
+    k|v, row, kv head) moves slot idx[row, j] to slot j, a block of slots at a time, through
+    registers. Rows of idx are sorted, so idx[j] >= j: a block's stores never hit a later
+    block's sources, and a barrier between a block's loads and its stores covers its own.
+    The cache never holds more than its buffers (KVCache.keep holds a 32-slot chunk)."""
+    if not use_triton(cache.kv):
+        return cache.keep(idx)
+    L, _, B, Hkv, cap, D = cache.kv.shape
+    assert cache.kv.is_contiguous() and idx.is_contiguous() and idx.shape[0] == B
+    n = idx.shape[1]
+    _compact_kernel[(L * 2 * B * Hkv,)](cache.kv, idx, n, B=B, HKV=Hkv, CAP=cap, D=D, BLOCK=64)
+    cache.pos[:, :n] = cache.pos.gather(1, idx)
+    cache.length = n
+
+
 if triton is not None:
+
+    @triton.jit
+    def _compact_kernel(kv_ptr, idx_ptr, n_keep, B: tl.constexpr, HKV: tl.constexpr, CAP: tl.constexpr,
+                        D: tl.constexpr, BLOCK: tl.constexpr):
+        """One program: the CAP x D slots of one (layer, k|v, row, kv head); slot idx[row, j] -> j."""
+        p = tl.program_id(0)  # ((layer * 2 + k|v) * B + row) * HKV + kv head: the buffer's order
+        row = (p // HKV) % B
+        base = kv_ptr + p.to(tl.int64) * CAP * D  # 64-bit: the whole buffer can exceed 2**31 elements
+        d = tl.arange(0, D)
+        for j0 in range(0, CAP, BLOCK):  # in order; the blocks past n_keep do nothing
+            if j0 < n_keep:
+                j = j0 + tl.arange(0, BLOCK)
+                valid = j < n_keep
+                src = tl.load(idx_ptr + row * n_keep + j, mask=valid, other=0)
+                x = tl.load(base + src[:, None] * D + d[None, :], mask=valid[:, None])
+                tl.debug_barrier()  # every source of this block is read before any slot of it is written
+                tl.store(base + j[:, None] * D + d[None, :], x, mask=valid[:, None])
 
     @triton.jit
     def _attn_split_kernel(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, n_live_ptr, o_ptr, ml_ptr, stride_qb, stride_nb,

@@ -143,7 +143,7 @@ def check_graphed_step(P, steps=60, evict_at=30, chunk=256):
         assert torch.equal(fast.pos[:, :fast.length], plain.pos[:, :plain.length])
         if i == evict_at:  # the same eviction in both: the step keeps reading the live slots only
             idx = torch.stack([torch.randperm(plain.length)[:40].sort().values for _ in range(B)])
-            plain.keep(idx), fast.keep(idx)
+            plain.keep(idx), P.keep_in_place(fast, idx)
         token = logits.argmax(dim=-1, keepdim=True)
 
 
@@ -186,6 +186,7 @@ def test_graphed_scoring_matches_policy_observe():
 INTERPRETED = """
 import math, sys, torch
 sys.path.insert(0, {tests!r})
+from model import PRESETS, KVCache
 from test_profile import load_profile, check_graphed_step
 P = load_profile()
 torch.manual_seed(0)
@@ -203,7 +204,14 @@ for n in [1, 63, 64, 65, 200, 300]:
     ref = torch.nn.functional.scaled_dot_product_attention(
         q.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-check_graphed_step(P, steps=12, evict_at=6, chunk=16)  # both kernels inside the whole step
+for n in [1, 40, 64, 65, 150]:  # the in-place compaction against KVCache.keep
+    a, b = KVCache(PRESETS["tiny"], 3, 150), KVCache(PRESETS["tiny"], 3, 150)
+    a.kv.normal_(), a.pos.copy_(torch.randperm(450).view(3, 150)), b.kv.copy_(a.kv), b.pos.copy_(a.pos)
+    a.length = b.length = 150
+    idx = torch.stack([torch.randperm(150)[:n].sort().values for _ in range(3)])
+    a.keep(idx), P.keep_in_place(b, idx)
+    assert b.length == n and torch.equal(b.kv[:, :, :, :, :n], a.kv[:, :, :, :, :n]) and torch.equal(b.pos, a.pos)
+check_graphed_step(P, steps=12, evict_at=6, chunk=16)  # the kernels inside the whole step
 print("ok")
 """
 
