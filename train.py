@@ -305,12 +305,13 @@ class DynTSMasks:
         enc, device = get_encoding(), tokens.device
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             _, hidden, _ = self.model(tokens)  # (B, T, C)
+        (b0, b1), (w0, w1), (r0, r1) = (self.settings[k] for k in ("budget", "window", "ratio"))
+        uniform = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=generator).item()
+        end_think = enc.encode_single_token(task.END_THINK)
         masks = torch.zeros(len(problems), T, T, dtype=torch.bool, device=device)
-        for b in range(1, len(problems), 2):  # the odd rows; the even ones see full attention
-            draw = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=generator).item()
-            (b0, b1), (w0, w1), (r0, r1) = (self.settings[k] for k in ("budget", "window", "ratio"))
-            policy = dynts.DynTS(int(draw(b0, b1 + 1)), int(draw(w0, w1 + 1)), round(draw(r0, r1), 3), self.predictor,
-                                 int(prompt_len[b]), enc.encode_single_token(task.END_THINK), enc.eot_token)
+        for b in range(1, len(problems), 2):  # the odd rows: train_model gives the even ones full attention
+            budget, window, ratio = int(uniform(b0, b1 + 1)), int(uniform(w0, w1 + 1)), round(uniform(r0, r1), 3)
+            policy = dynts.DynTS(budget, window, ratio, self.predictor, int(prompt_len[b]), end_think, enc.eot_token)
             masks[b] = dynts_eviction_mask(policy, tokens[b], hidden[b].float())
         return masks
 
