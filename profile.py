@@ -306,7 +306,7 @@ ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7}
 
 
 def format_row(r: dict) -> str:
-    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"  # KV, measured
+    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"  # decoding's, less the weights
     return ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"], peak=peak)
 
 
@@ -587,8 +587,8 @@ class GraphedDecode:
         n_splits = -(-cache.capacity // chunk)
         self.partial = (torch.empty(B * cfg.n_head * n_splits, cfg.head_dim, dtype=torch.float32, device=dev),  # outputs
                         torch.empty(B * cfg.n_head * n_splits, 2, dtype=torch.float32, device=dev))  # max, sum of exp
-        self.fc_bias = [b.mlp.c_fc.bias if b.mlp.c_fc.bias is not None else  # the GELU epilogue needs a bias
-                        torch.zeros(cfg.mlp_hidden, dtype=model.wte.weight.dtype, device=dev) for b in model.blocks]
+        no_bias = torch.zeros(cfg.mlp_hidden, dtype=model.wte.weight.dtype, device=dev)  # the GELU epilogue needs one
+        self.fc_bias = [b.mlp.c_fc.bias if b.mlp.c_fc.bias is not None else no_bias for b in model.blocks]
         self.graph = None
         if capture:
             self.token.fill_(0), self.slot.fill_(cache.length), self.pos.fill_(cache.seen)
