@@ -306,7 +306,8 @@ ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7}
 
 
 def format_row(r: dict) -> str:
-    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"  # decoding's, less the weights
+    # alloc: the peak allocated while decoding, less the weights
+    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"
     return ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"], peak=peak)
 
 
