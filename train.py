@@ -73,8 +73,8 @@ def decisive_tokens(problem: task.Problem, enc) -> list[int]:
     return [i for s, e in task.decisive_spans(problem) for i in range(to_token(s), to_token(e))]
 
 
-def simulated_eviction_mask(problems, prompt_len, T: int, generator=None) -> torch.Tensor:
-    """(B, T, T) bool: causal attention with the holes a KV policy leaves. Each key stays
+def simulated_eviction_mask(problems, tokens, prompt_len, generator=None) -> torch.Tensor:
+    """(B, T, T) bool for tokens (B, T): causal attention with the holes a KV policy leaves. Each key stays
     visible to the queries within a recent window (64-256 tokens, per row), and beyond it only if
     it is a prompt token, a decisive token (kept with p = 0.9), or one of a random fraction
     (2%-100%, log-uniform per row) of the others.
@@ -84,7 +84,7 @@ def simulated_eviction_mask(problems, prompt_len, T: int, generator=None) -> tor
     tokens are kept. Trained on both, it learns to answer from what a good policy keeps; which
     tokens those are is still for the predictor to find.
     """
-    B, device = len(problems), prompt_len.device
+    (B, T), device = tokens.shape, tokens.device
     enc = get_encoding()
     window = torch.randint(64, 257, (B, 1, 1), generator=generator).to(device)
     rate = 10 ** torch.empty(B, 1).uniform_(-1.7, 0, generator=generator).to(device)
@@ -126,13 +126,12 @@ class Progress:
 
 def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed: int, log_every: int = 50,
                 eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model"):
-    """Next-token training on the task. Half the rows see full causal attention, half the holes
-    of an eviction: `eviction_mask(problems, tokens, prompt_len, T, generator)` -> (B, T, T) bool
-    (default: simulated_eviction_mask). The first `curriculum` fraction of steps are short traces."""
+    """Next-token training on the task. The even rows see full causal attention, the odd rows
+    the holes of an eviction: `eviction_mask(problems, tokens, prompt_len, generator)` -> (b, T, T)
+    bool for those rows (default: simulated_eviction_mask). The first `curriculum` fraction of
+    steps are short traces."""
     enc = get_encoding()
-    if eviction_mask is None:
-        eviction_mask = lambda problems, tokens, prompt_len, T, gen: simulated_eviction_mask(problems, prompt_len, T,
-                                                                                              gen)
+    eviction_mask = eviction_mask or simulated_eviction_mask
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     progress = Progress(stage, steps, log_every)
@@ -145,9 +144,10 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
         # Predict every token after the prompt: the thinking, the answer and the end of text.
         t = torch.arange(1, tokens.shape[1], device=device)
         mask = (t >= prompt_len[:, None]) & (t < lengths[:, None])  # (B, T - 1): which targets count
-        attend = eviction_mask(problems, tokens[:, :-1], prompt_len, tokens.shape[1] - 1, generator)
-        causal = torch.ones(tokens.shape[1] - 1, tokens.shape[1] - 1, dtype=torch.bool, device=device).tril()
-        attend[::2] = causal
+        T = tokens.shape[1] - 1  # inputs: every token but the last
+        attend = torch.ones(T, T, dtype=torch.bool, device=device).tril().repeat(len(problems), 1, 1)  # (B, T, T)
+        if len(problems) > 1:
+            attend[1::2] = eviction_mask(problems[1::2], tokens[1::2, :-1], prompt_len[1::2], generator)
         with autocast:
             _, hidden, _ = model(tokens[:, :-1], mask=attend)
             logits = model.lm_head(hidden)  # (B, T - 1, vocab)
@@ -301,15 +301,15 @@ class DynTSMasks:
         self.model, self.predictor, self.settings = model, predictor, settings
 
     @torch.no_grad()
-    def __call__(self, problems, tokens, prompt_len, T, generator):
-        enc, device = get_encoding(), tokens.device
+    def __call__(self, problems, tokens, prompt_len, generator):
+        (B, T), enc, device = tokens.shape, get_encoding(), tokens.device
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             _, hidden, _ = self.model(tokens)  # (B, T, C)
         (b0, b1), (w0, w1), (r0, r1) = (self.settings[k] for k in ("budget", "window", "ratio"))
         uniform = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=generator).item()
         end_think = enc.encode_single_token(task.END_THINK)
-        masks = torch.zeros(len(problems), T, T, dtype=torch.bool, device=device)
-        for b in range(1, len(problems), 2):  # the odd rows: train_model gives the even ones full attention
+        masks = torch.zeros(B, T, T, dtype=torch.bool, device=device)
+        for b in range(B):
             budget, window, ratio = int(uniform(b0, b1 + 1)), int(uniform(w0, w1 + 1)), round(uniform(r0, r1), 3)
             policy = dynts.DynTS(budget, window, ratio, self.predictor, int(prompt_len[b]), end_think, enc.eot_token)
             masks[b] = dynts_eviction_mask(policy, tokens[b], hidden[b].float())

@@ -138,7 +138,7 @@ def test_simulated_eviction_mask_is_causal_and_keeps_prompt_window_and_most_deci
     enc = get_encoding()
     tokens, prompt_len, _, _ = train.encode_batch(problems, enc, "cpu")
     T = tokens.shape[1]
-    mask = train.simulated_eviction_mask(problems, prompt_len, T, torch.Generator().manual_seed(0))
+    mask = train.simulated_eviction_mask(problems, tokens, prompt_len, torch.Generator().manual_seed(0))
     assert mask.shape == (4, T, T)
     assert not (mask & ~torch.ones(T, T, dtype=torch.bool).tril()).any()  # never the future
     i = torch.arange(T)
@@ -214,3 +214,27 @@ def test_finetune_stage_changes_the_base_model_and_retrains_the_predictor(small_
     a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
     assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert b["metrics"]["finetune_steps"] == 2 and "finetune_steps" not in a["metrics"]
+
+
+def test_train_model_gives_the_odd_rows_the_eviction_mask(small_setup):
+    """The odd rows attend through eviction_mask's holes, the even rows causally."""
+    calls, seen = [], []
+    model = GPT(SMALL)
+    forward = model.forward
+
+    def holes(problems, tokens, prompt_len, generator):  # every key but the query itself hidden
+        calls.append((len(problems), tuple(tokens.shape), prompt_len.tolist()))
+        return torch.eye(tokens.shape[1], dtype=torch.bool).repeat(len(problems), 1, 1)
+
+    def spy(idx, cache=None, need_attn=False, mask=None):
+        seen.append(mask)
+        return forward(idx, cache, need_attn, mask)
+
+    model.forward = spy
+    train.train_model(model, steps=1, batch_size=3, lr=1e-3, device=torch.device("cpu"), seed=0, eviction_mask=holes)
+    (b, shape, prompt_len), mask = calls[0], seen[0]
+    T = mask.shape[1]
+    assert len(calls) == 1 and b == 1 and shape == (1, T) and len(prompt_len) == 1
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    assert torch.equal(mask[0], causal) and torch.equal(mask[2], causal)
+    assert torch.equal(mask[1], torch.eye(T, dtype=torch.bool))
