@@ -577,8 +577,7 @@ class GraphedDecode:
 
     `capture=False` runs the same step eagerly (for tests on machines without CUDA)."""
 
-    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int | None = None):
-        chunk = CHUNK if chunk is None else chunk
+    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int = CHUNK):
         self.model, self.cache, self.chunk = model, cache, chunk
         cfg, dev = model.config, cache.kv.device
         B = cache.kv.shape[2]
