@@ -15,8 +15,11 @@ Scores are aligned with the cache slots: `policy.scores[b, s]` belongs to the to
 of row b, and moves with it when the cache is compacted.
 
 The policies: Full (never evicts), Window, StreamingLLM, DynTS; the paper's other baselines
-H2O, SnapKV, R-KV (attention-based: only they make the model return attention) and SepLLM;
-and DynTS's ablations: random or bottom-k thinking tokens, no protected prompt.
+H2O (accumulated, or the last step's attention as the official DynTS code ran it), SnapKV,
+R-KV (attention-based: only they make the model return attention) and SepLLM; and DynTS's
+ablations: random or bottom-k thinking tokens, no protected prompt, each both as this project
+runs them (the prompt protected) and as the official code did. Every policy can protect the
+prompt as DynTS does (`prompt_len`: those positions score +inf at every eviction).
 """
 
 import math
@@ -91,7 +94,7 @@ class Policy:
     name = "?"
     needs_attention = False  # ask the model for the attention each slot receives (slow path)
 
-    def __init__(self, budget: int, window: int, ratio: float = 0.3):
+    def __init__(self, budget: int, window: int, ratio: float = 0.3, prompt_len: int = 0):
         if not 0 < ratio <= 1:
             raise ValueError(f"--ratio must be in (0, 1], got {ratio}")
         if not 0 <= window < budget:
@@ -99,11 +102,16 @@ class Policy:
         if window + math.floor(ratio * (budget - window)) >= budget:
             raise ValueError(f"--ratio {ratio} keeps all {budget - window} older tokens of a full cache: "
                              "nothing would be evicted (lower --ratio)")
+        if prompt_len and prompt_len + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the protected prompt ({prompt_len} tokens) "
+                             f"plus --window {window}")
         self.budget, self.window, self.ratio = budget, window, ratio
+        self.prompt_len = prompt_len  # positions below it are never evicted (0: nothing protected)
 
     def reset(self, batch_size: int, capacity: int, device=None):
         """Start a generation: one score per cache slot, preallocated like the cache."""
         self.scores = torch.zeros(batch_size, capacity, device=device)  # (B, capacity)
+        self.positions = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # each slot's token
         self.length = 0  # live slots, as in the cache
 
     def score(self, tokens, hidden, positions) -> torch.Tensor:
@@ -116,6 +124,7 @@ class Policy:
         the attention each live slot received, comes only for policies with needs_attention."""
         T = tokens.shape[1]
         self.scores[:, self.length:self.length + T] = self.score(tokens, hidden, positions)
+        self.positions[:, self.length:self.length + T] = positions
         self.length += T
         if attn is not None:
             self.add_attention(attn)
@@ -128,22 +137,31 @@ class Policy:
 
     def select(self, cache=None) -> torch.Tensor:
         """The slots to keep (B, n_keep): window + max(protected, floor(ratio * (L - window)))."""
-        L, live = self.length, self.selection_scores(cache)
+        L, live = self.length, self.ranking(cache)
         protected = int((live[:, :L - self.window] == INF).sum(dim=1).max())
         n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
         # The budget is a hard bound: a row whose protected tokens fill the cache (an answer
         # that never ends) loses its oldest protected tokens, one per step.
         return select_keep(live, min(n_keep, L - 1), self.window)
 
+    def ranking(self, cache=None) -> torch.Tensor:
+        """What select() ranks the live slots by (B, L): the selection scores, and +inf for the
+        protected prompt, whatever the scores say."""
+        live = self.selection_scores(cache)
+        if self.prompt_len:
+            live = live.masked_fill(self.positions[:, :self.length] < self.prompt_len, INF)
+        return live
+
     def selection_scores(self, cache) -> torch.Tensor:
-        """What select() ranks the live slots by (B, L): the recorded scores. R-KV adds the keys'
-        redundancy here, read from the cache."""
+        """The live slots' scores (B, L): the recorded ones. R-KV adds the keys' redundancy here,
+        read from the cache."""
         return self.scores[:, :self.length]
 
     def keep(self, idx: torch.Tensor):
         """Follow the cache's compaction: the kept slots' scores move with them."""
         n = idx.shape[1]
         self.scores[:, :n] = self.scores[:, :self.length].gather(1, idx)
+        self.positions[:, :n] = self.positions[:, :self.length].gather(1, idx)
         self.length = n
 
 
@@ -153,7 +171,7 @@ class Full(Policy):
     name = "full"
 
     def __init__(self):
-        self.budget, self.window, self.ratio = None, 0, 1.0
+        self.budget, self.window, self.ratio, self.prompt_len = None, 0, 1.0, 0
 
     def should_evict(self, cache_length):
         return False
@@ -175,8 +193,8 @@ class StreamingLLM(Policy):
 
     name = "streaming"
 
-    def __init__(self, budget, window, ratio=0.3, n_sink=4):
-        super().__init__(budget, window, ratio)
+    def __init__(self, budget, window, ratio=0.3, n_sink=4, prompt_len=0):
+        super().__init__(budget, window, ratio, prompt_len)
         if n_sink + window >= budget:
             raise ValueError(f"--budget {budget} must exceed the {n_sink} sink tokens plus --window {window}")
         self.n_sink = n_sink
@@ -189,18 +207,15 @@ class StreamingLLM(Policy):
 class DynTS(Policy):
     """The predicted importance of each token, computed once, when the token is the model's
     input. Prompt tokens and answer tokens (after `</think>`) get +inf: never evicted. Tokens
-    after a row's end-of-text are padding and get -inf."""
+    after a row's end-of-text are padding and get -inf. Only what the model generated after
+    the prompt decides what is answer or padding: special tokens inside the prompt do not."""
 
     name = "dynts"
 
     def __init__(self, budget, window, ratio, predictor: ImportancePredictor, prompt_len: int,
                  end_think_id: int, eot_id: int):
-        super().__init__(budget, window, ratio)
-        if prompt_len + window >= budget:
-            raise ValueError(f"--budget {budget} must exceed the protected prompt ({prompt_len} tokens) "
-                             f"plus --window {window}")
-        self.predictor, self.prompt_len = predictor, prompt_len
-        self.end_think_id, self.eot_id = end_think_id, eot_id
+        super().__init__(budget, window, ratio, prompt_len)
+        self.predictor, self.end_think_id, self.eot_id = predictor, end_think_id, eot_id
 
     def reset(self, batch_size, capacity, device=None):
         super().reset(batch_size, capacity, device)
@@ -212,14 +227,13 @@ class DynTS(Policy):
         return self.predictor(hidden).float()
 
     def score(self, tokens, hidden, positions):
-        B, T = tokens.shape
         s = self.predict(hidden)  # (B, T)
-        s = s.masked_fill((positions < self.prompt_len).expand(B, T), INF)
-        answering = self.answering[:, None] | strictly_after(tokens, self.end_think_id)  # (B, T)
-        done = self.done[:, None] | strictly_after(tokens, self.eot_id)  # (B, T)
+        generated = tokens.masked_fill((positions < self.prompt_len).expand(tokens.shape), -1)  # the prompt: no token
+        answering = self.answering[:, None] | strictly_after(generated, self.end_think_id)  # (B, T)
+        done = self.done[:, None] | strictly_after(generated, self.eot_id)  # (B, T)
         s = s.masked_fill(answering, INF).masked_fill(done, -INF)
-        self.answering |= (tokens == self.end_think_id).any(dim=1)
-        self.done |= (tokens == self.eot_id).any(dim=1)
+        self.answering |= (generated == self.end_think_id).any(dim=1)
+        self.done |= (generated == self.eot_id).any(dim=1)
         return s
 
 
@@ -250,12 +264,56 @@ class BottomK(DynTS):
 
 
 class NoProtectedPrompt(DynTS):
-    """Ablation: the prompt competes with the thinking tokens instead of being kept."""
+    """Ablation: the prompt competes with the thinking tokens, scored by the predictor."""
 
     name = "dynts-noprompt"
 
     def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
         super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+
+
+# The ablations as the official code ran them: nothing protected, the prompt included.
+
+
+class RandomAll(RandomThinking):
+    """Official ablation "random": random scores for every older slot, the prompt and the
+    answer included (the official code draws over all older slots, ignoring +inf)."""
+
+    name = "random-all"
+
+    def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+
+    def score(self, tokens, hidden, positions):
+        return self.predict(hidden)
+
+
+class BottomAll(DynTS):
+    """Official ablation "bottom-k": the lowest predicted scores win; the prompt (+inf there)
+    goes last, so it is evicted first."""
+
+    name = "bottom-all"
+
+    def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+        self.question_len = prompt_len
+
+    def score(self, tokens, hidden, positions):
+        return -super().score(tokens, hidden, positions).masked_fill(positions < self.question_len, INF)
+
+
+class NoQuestion(DynTS):
+    """Official ablation "no question": the prompt's scores are set to 0 (the lowest a
+    Softplus gives), so the prompt goes before any thinking token."""
+
+    name = "noquestion"
+
+    def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+        self.question_len = prompt_len
+
+    def score(self, tokens, hidden, positions):
+        return super().score(tokens, hidden, positions).masked_fill(positions < self.question_len, 0.0)
 
 
 # -----------------------------------------------------------------------------
@@ -275,6 +333,17 @@ class H2O(Policy):
         self.scores[:, :self.length] += attn
 
 
+class H2OLast(Policy):
+    """H2O as the official DynTS baseline code ran it: a slot's score is the attention it
+    received at the last step only (the sum overwritten, not accumulated)."""
+
+    name = "h2o-last"
+    needs_attention = True
+
+    def add_attention(self, attn):
+        self.scores[:, :self.length] = attn
+
+
 class SnapKV(Policy):
     """SnapKV (Li et al., 2024, arXiv 2404.14469): a slot's score is the attention it received
     from the last `obs_window` queries before an eviction, max-pooled over `kernel` neighbouring
@@ -283,8 +352,8 @@ class SnapKV(Policy):
     name = "snapkv"
     needs_attention = True
 
-    def __init__(self, budget, window, ratio=0.3, obs_window=32, kernel=7):
-        super().__init__(budget, window, ratio)
+    def __init__(self, budget, window, ratio=0.3, obs_window=32, kernel=7, prompt_len=0):
+        super().__init__(budget, window, ratio, prompt_len)
         self.obs_window, self.kernel = obs_window, kernel
 
     def add_attention(self, attn):
@@ -309,8 +378,8 @@ class RKV(SnapKV):
 
     name = "rkv"
 
-    def __init__(self, budget, window, ratio=0.3, obs_window=8, kernel=7, lam=0.1):
-        super().__init__(budget, window, ratio, obs_window, kernel)
+    def __init__(self, budget, window, ratio=0.3, obs_window=8, kernel=7, lam=0.1, prompt_len=0):
+        super().__init__(budget, window, ratio, obs_window, kernel, prompt_len)
         self.lam = lam
 
     def selection_scores(self, cache):
@@ -333,8 +402,8 @@ class SepLLM(Policy):
     name = "sepllm"
     SEPARATORS = ".,;:!?\n "
 
-    def __init__(self, budget, window, ratio, separator_ids, n_sink=4):
-        super().__init__(budget, window, ratio)
+    def __init__(self, budget, window, ratio, separator_ids, n_sink=4, prompt_len=0):
+        super().__init__(budget, window, ratio, prompt_len)
         if n_sink + window >= budget:
             raise ValueError(f"--budget {budget} must exceed the {n_sink} sink tokens plus --window {window}")
         self.separator_ids, self.n_sink = torch.tensor(separator_ids), n_sink

@@ -1,162 +1,374 @@
-"""Compare KV-cache policies on held-out problems at one budget: `python eval.py`.
+"""Compare KV-cache policies on held-out problems: `python eval.py`.
 
-The paper's comparison in miniature: every policy decodes the same N held-out problems
-(greedy, so Pass@1 is the fraction solved) with the same budget, window and ratio, and the
-table shows Pass@1, the KV cache's peak and mean length per problem, the compression against
-the full cache, and the decoding speed. `--budgets` sweeps the budget and draws accuracy
-against it (a PNG when matplotlib is installed).
+The paper's comparison in miniature: every policy decodes the same held-out problems (n per
+family of task.py) with the same model, budgets, window and ratio, greedily, so Pass@1 is the
+fraction solved. The budgets are the checkpoint's, chosen on validation problems by train.py
+(fractions of Full's peak cache there), with the paper's window 0.4 x budget and ratio 0.3.
+
+Reported per policy and budget: Pass@1 with a 95% Wilson interval, the accuracy per answer
+item, Pass@1 per family, the KV cache's peak and mean length; a paired test (McNemar's, exact)
+of DynTS against the best baseline at each budget. `--merge` pools the per-problem records of
+several runs (model seeds, or workers that split the policies), with the mean +- sd over
+model seeds. `--plot` draws Pass@1 against the KV budget, pooled and per family.
 """
 
 import argparse
+import gzip
 import json
+import math
+import os
 import sys
+from collections import defaultdict
 
 import torch
 
+import dynts
 import task
 import train
-from generate import (DEFAULT_CKPT, POLICIES, UsageError, generate, load_checkpoint, make_policy,
-                      resolve_device)
-from model import get_encoding
+from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, UsageError, generate, load_checkpoint,
+                      make_policy, resolve_device)
+from model import END_THINK, KVCache, get_encoding
+
+REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
+POLICY_SETS = {
+    "all": ["full", "dynts"] + REFERENCES + BASELINES + [b + "+p" for b in BASELINES]
+           + [a for a in ABLATIONS if a not in REFERENCES],
+    "default": ["full", "window", "h2o", "rkv", "dynts"],
+}
+
+
+class AnswerOracle(dynts.DynTS):
+    """The upper reference: DynTS with the true labels in place of the predicted ones. At each
+    eviction, `</think>` and the correct answer are run, teacher-forced, after a copy of the
+    live cache, and each slot is ranked by the attention that answer pays it (the paper's label,
+    on the cache as it is now). It knows the answer: a ceiling for selection, not a method."""
+
+    name = "oracle"
+
+    def __init__(self, budget, window, ratio, model, answers: list[list[int]], prompt_len, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, None, prompt_len, end_think_id, eot_id)
+        self.model, self.answers = model, answers  # one row's ids: </think> and its answer
+
+    def predict(self, hidden):
+        return torch.zeros(hidden.shape[:2], device=hidden.device)
+
+    def selection_scores(self, cache):
+        L, recorded = self.length, self.scores[:, :self.length]
+        attention = torch.zeros_like(recorded)
+        for A in sorted({len(a) for a in self.answers}):  # the rows whose answers have A tokens, as one batch
+            rows = [b for b, a in enumerate(self.answers) if len(a) == A]
+            look = KVCache(self.model.config, len(rows), L + A, device=cache.kv.device, dtype=cache.kv.dtype)
+            look.kv[:, :, :, :, :L] = cache.kv[:, :, rows, :, :L]
+            look.length, look.seen = L, min(cache.seen, self.model.config.block_size - A)  # (the last positions)
+            ids = torch.tensor([self.answers[b] for b in rows], device=cache.kv.device)
+            _, _, received = self.model(ids, look, need_attn=True)  # (rows, L + A)
+            attention[rows] = received[:, :L].float()
+        return torch.where(recorded.isinf(), recorded, attention)  # protected and padding slots as DynTS has them
 
 
 @torch.no_grad()
-def run_policy(name, model, predictor, problems, budget, window, ratio, batch_size, enc) -> dict:
-    """Decode `problems` under one policy; per-problem correctness and KV lengths, summed up."""
-    device = model.wte.weight.device
-    correct, peaks, means, tokens_out, seconds = [], [], [], 0, 0.0
+def run_policy(name, model, predictor, problems, budget, window, ratio, batch_size, enc) -> list[dict]:
+    """Decode `problems` under one policy: one record per problem (correct, item accuracy, the
+    cache's peak and mean length over the forwards)."""
+    records = []
     for i in range(0, len(problems), batch_size):
         batch = problems[i:i + batch_size]
         prompts = [enc.encode(p.prompt, allowed_special="all") for p in batch]
         if len({len(p) for p in prompts}) != 1:
             raise ValueError("eval.py batches prompts of one length; this task's prompts differ")
         P = len(prompts[0])
-        policy = make_policy(name, budget, window, ratio, predictor, P, enc)
+        if name == "oracle":
+            answers = [enc.encode(END_THINK + p.answer, allowed_special="all") for p in batch]
+            policy = AnswerOracle(budget, window, ratio, model, answers, P, enc.encode_single_token(END_THINK),
+                                  enc.eot_token)
+        else:
+            policy = make_policy(name, budget, window, ratio, predictor, P, enc)
         lengths = []  # the cache's length after each forward: the tokens that step attended to
         tokens, stats = generate(model, prompts, policy, model.config.block_size - P, eot_id=enc.eot_token,
                                  vocab_limit=enc.n_vocab, on_step=lengths.append)
         for p, row in zip(batch, tokens.tolist()):
             n = row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row)  # this row's own tokens
-            correct.append(task.check_answer(p, enc.decode(row[:n])))
-            peaks.append(max(lengths[:n]))
-            means.append(sum(lengths[:n]) / n)
-            tokens_out += n
-        seconds += stats["seconds"]
-    n = len(problems)
-    return dict(policy=name, pass_at_1=sum(correct) / n, peak_kv_tokens=sum(peaks) / n,
-                mean_kv_tokens=sum(means) / n, tokens_per_s=tokens_out / seconds, n_problems=n,
-                budget=None if name == "full" else budget, window=window, ratio=ratio)
+            text = enc.decode(row[:n])
+            records.append(dict(policy=name, budget=budget, family=p.family, correct=task.check_answer(p, text),
+                                items=task.item_accuracy(p, text), peak_kv=max(lengths[:n]),
+                                mean_kv=sum(lengths[:n]) / n, seconds=stats["seconds"] / len(batch)))
+    return records
+
+
+# -----------------------------------------------------------------------------
+# Statistics
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> float:
+    """Exact two-sided McNemar test of paired outcomes: the p-value that a and b are equally
+    likely to be right, from the pairs where exactly one is (a binomial with p = 1/2)."""
+    n01 = sum(x and not y for x, y in zip(a, b))
+    n10 = sum(y and not x for x, y in zip(a, b))
+    n, k = n01 + n10, min(n01, n10)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (policy, budget level): pooled over problems and model seeds. A budget level
+    is the budget fraction when the run chose budgets on validation, else the budget itself."""
+    cells = defaultdict(list)
+    for r in records:
+        cells[(r["policy"], r.get("fraction") or r["budget"])].append(r)
+    rows = []
+    for (policy, level), rs in cells.items():
+        k, n = sum(r["correct"] for r in rs), len(rs)
+        by_seed = defaultdict(list)
+        for r in rs:
+            by_seed[r.get("model_seed", 0)].append(r["correct"])
+        seed_means = [sum(v) / len(v) for v in by_seed.values()]
+        mean = sum(seed_means) / len(seed_means)
+        sd = math.sqrt(sum((m - mean) ** 2 for m in seed_means) / (len(seed_means) - 1)) if len(seed_means) > 1 else 0.0
+        family_n = {f: sum(r["family"] == f for r in rs) for f in task.FAMILIES if any(r["family"] == f for r in rs)}
+        families = {f: sum(r["correct"] for r in rs if r["family"] == f) / family_n[f] for f in family_n}
+        rows.append(dict(policy=policy, level=level, budget=sorted({r["budget"] for r in rs}, key=str), n=n,
+                         pass_at_1=k / n, ci=wilson(k, n), seed_sd=sd, n_seeds=len(seed_means),
+                         items=sum(r["items"] for r in rs) / n, families=families, family_n=family_n,
+                         peak_kv=sum(r["peak_kv"] for r in rs) / n, mean_kv=sum(r["mean_kv"] for r in rs) / n))
+    order = {name: i for i, name in enumerate(POLICIES + ["oracle"])}
+    return sorted(rows, key=lambda r: (r["level"] is not None, r["level"] or 0, order.get(r["policy"], 99)))
+
+
+def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
+    """At each budget level: DynTS against the baseline with the highest Pass@1 there, McNemar
+    on the problems (and model seeds) both decoded."""
+    outcome = defaultdict(dict)
+    for r in records:
+        outcome[(r["policy"], r.get("fraction") or r["budget"])][(r.get("model_seed", 0), r["problem"])] = r["correct"]
+    tests = []
+    for level in sorted({r["level"] for r in rows if r["policy"] == "dynts"}):
+        rivals = [r for r in rows if r["level"] == level and r["policy"].removesuffix("+p") in BASELINES]
+        if not rivals:
+            continue
+        best = max(rivals, key=lambda r: r["pass_at_1"])
+        a, b = outcome[("dynts", level)], outcome[(best["policy"], level)]
+        keys = sorted(a.keys() & b.keys())
+        tests.append(dict(level=level, best_baseline=best["policy"], n_pairs=len(keys),
+                          dynts=sum(a[k] for k in keys) / len(keys), baseline=sum(b[k] for k in keys) / len(keys),
+                          p_value=mcnemar([a[k] for k in keys], [b[k] for k in keys])))
+    return tests
 
 
 def table(rows: list[dict]) -> str:
     full = next((r for r in rows if r["policy"] == "full"), None)
-    lines = [f"{'policy':<14} {'budget':>6} {'Pass@1':>7} {'peak KV':>8} {'mean KV':>8} {'compression':>11} {'tokens/s':>9}"]
+    head = f"{'policy':<16} {'budget':>10} {'Pass@1 [95% CI]':>22} {'seeds sd':>8} {'items':>6} {'peak KV':>8} {'comp.':>6}  " + \
+           " ".join(f"{f:>9}" for f in task.FAMILIES)
+    lines = [head]
     for r in rows:
-        comp = f"{full['peak_kv_tokens'] / r['peak_kv_tokens']:.2f}x" if full else "-"
-        lines.append(f"{r['policy']:<14} {str(r['budget'] or '-'):>6} {r['pass_at_1']:>7.1%} {r['peak_kv_tokens']:>8.0f} "
-                     f"{r['mean_kv_tokens']:>8.0f} {comp:>11} {r['tokens_per_s']:>9.0f}")
+        level = "-" if r["level"] is None else (f"{r['level']:.0%}" if isinstance(r["level"], float) else str(r["level"]))
+        comp = f"{full['peak_kv'] / r['peak_kv']:.2f}x" if full else "-"
+        ci = f"{r['pass_at_1']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]"
+        fams = " ".join(f"{r['families'][f]:>9.1%}" if f in r["families"] else f"{'':>9}" for f in task.FAMILIES)
+        lines.append(f"{r['policy']:<16} {level:>10} {ci:>22} {r['seed_sd']:>8.1%} {r['items']:>6.1%} "
+                     f"{r['peak_kv']:>8.0f} {comp:>6}  {fams}")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: str):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"--plot {path}: matplotlib is not installed; skipped (pip install matplotlib)", file=sys.stderr)
-        return
-    names = list(dict.fromkeys(r["policy"] for r in rows))
-    if len(rows) == len(names):  # one budget: a bar per policy, like the paper's summary figure
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-        labels = [f"{r['policy']} ({r['peak_kv_tokens']:.0f} KV tokens)" for r in rows]
-        ax.barh(labels[::-1], [100 * r["pass_at_1"] for r in rows[::-1]], color="tab:blue")
-        ax.set_xlabel("Pass@1 (%)")
-        ax.set_xlim(0, 100)
-        ax.grid(alpha=0.3, axis="x")
-    else:  # a budget sweep: accuracy against the peak KV cache, a line per policy
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in names:
-            pts = sorted((r["peak_kv_tokens"], 100 * r["pass_at_1"]) for r in rows if r["policy"] == name)
-            ax.plot(*zip(*pts), marker="o", label=name)
-        ax.set_xlabel("peak KV cache (tokens per problem)")
-        ax.set_ylabel("Pass@1 (%)")
+    """Pass@1 against the mean peak KV cache, a line per policy with its 95% band: pooled, and
+    one panel per family."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    main = ["full", "oracle", "dynts", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
+            "sepllm+p", "sepllm", "streaming", "window"]
+    names = [n for n in main if any(r["policy"] == n for r in rows)]
+    panels = ["pooled"] + list(task.FAMILIES)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharey=True)
+    for ax, panel in zip(axes.flat, panels):
+        for i, name in enumerate(names):
+            rs = sorted((r for r in rows if r["policy"] == name), key=lambda r: r["peak_kv"])
+            if name == "full":
+                x = rs[0]["peak_kv"]
+                y = rs[0]["pass_at_1"] if panel == "pooled" else rs[0]["families"][panel]
+                ax.axhline(100 * y, color="black", ls="--", lw=1, label=f"full ({x:.0f} KV)")
+                continue
+            x = [r["peak_kv"] for r in rs]
+            if panel == "pooled":
+                y = [100 * r["pass_at_1"] for r in rs]
+                lo, hi = zip(*[(100 * r["ci"][0], 100 * r["ci"][1]) for r in rs])
+            else:
+                y = [100 * r["families"][panel] for r in rs]
+                cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
+                lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
+            style = dict(marker="o", lw=2.2 if name in ("dynts", "oracle") else 1.2,
+                         ls=":" if name in ("oracle", "dynts-random") else "-", color=f"C{i % 10}")
+            ax.plot(x, y, label=name, **style)
+            ax.fill_between(x, lo, hi, alpha=0.12, color=f"C{i % 10}")
+        ax.set_title(panel if panel == "pooled" else f"family: {panel}")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.set_xlabel("mean peak KV cache (tokens per problem)")
+    axes[0, 0].set_ylabel("Pass@1 (%)")
+    axes[1, 0].set_ylabel("Pass@1 (%)")
+    axes[0, 0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
-def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies="full,window,streaming,dynts", budget=None, window=None,
-         ratio=None, budgets=None, batch_size=None, device=None, dtype="float32", ranking_traces=None,
-         json_path=None, plot_path=None):
+def report(records: list[dict]) -> dict:
+    rows = summarize(records)
+    tests = paired_tests(records, rows)
+    print("\n" + table(rows))
+    for t in tests:
+        level = f"{t['level']:.0%} of Full's cache" if isinstance(t["level"], float) else f"budget {t['level']}"
+        print(f"at {level}: dynts {t['dynts']:.1%} vs the best baseline, {t['best_baseline']}, {t['baseline']:.1%} "
+              f"on {t['n_pairs']} pairs: McNemar p = {t['p_value']:.2g}")
+    return dict(rows=rows, paired_tests=tests)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def check_output_path(flag: str, path: str | None):
+    """Fail now, not after the whole evaluation, if `path` cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: not a writable file path (its folder must exist)")
+
+
+def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=None, ratio=None, budgets=None,
+         fractions=None, batch_size=None, device=None, dtype="float32", ranking_traces=None, json_path=None, plot_path=None,
+         merge=None):
+    check_output_path("--json", json_path)
+    check_output_path("--plot", plot_path)
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--plot {plot_path}: matplotlib is not installed (pip install matplotlib)") from None
+    if merge:  # pool earlier runs' records: no decoding
+        records, ranking = [], []
+        for path in merge:
+            try:
+                with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+                    run = json.load(f)
+                records += run["records"]
+                ranking += [run["ranking"]] if run.get("ranking") else []
+            except (OSError, ValueError, KeyError) as e:
+                raise UsageError(f"--merge {path}: not a JSON file written by eval.py --json ({e})") from None
+        result = dict(records=records, ranking=ranking, **report(records))
+        return finish(result, json_path, plot_path)
+
     device = resolve_device(device)
     cuda = device.startswith("cuda")
-    n = n if n is not None else (500 if cuda else 10)
+    n = n if n is not None else (100 if cuda else 2)
     batch_size = batch_size if batch_size is not None else (500 if cuda else 10)
     ranking_traces = ranking_traces if ranking_traces is not None else (100 if cuda else 8)
-    for flag, value in [("--n", n), ("--batch-size", batch_size)]:
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    names = policies.split(",")
+    for flag, value, low in [("--n", n, 1), ("--batch-size", batch_size, 1), ("--ranking-traces", ranking_traces, 0)]:
+        if value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    policies = policies or ("all" if cuda else "default")
+    names = POLICY_SETS.get(policies) or policies.split(",")
     for name in names:
-        if name not in POLICIES:
-            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        if name not in POLICIES + REFERENCES:
+            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES + ['oracle'])}, "
+                             f"or a set: {', '.join(POLICY_SETS)}")
     model, predictor, meta = load_checkpoint(ckpt)
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
     predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
     enc = get_encoding(meta["encoding"])
     d = meta["decoding"]
-    budget = d["budget"] if budget is None else budget
-    window = d["window"] if window is None else window
     ratio = d["ratio"] if ratio is None else ratio
-    try:
-        sweep = [int(b) for b in budgets.split(",")] if budgets else [budget]
-    except ValueError:
-        raise UsageError(f"--budgets {budgets!r}: give comma-separated integers, e.g. 600,900,1200") from None
-    problems = task.problems("eval", n, seed=seed, **meta["task"])
+    # The budget levels: the checkpoint's (chosen on validation) on CUDA, its default budget on the CPU.
+    if fractions:
+        if "full_peak_valid" not in d:
+            raise UsageError(f"--fractions: {ckpt} records no validation peak (train it with this train.py)")
+        try:
+            levels = [(round(float(f) * d["full_peak_valid"]), float(f)) for f in fractions.split(",")]
+        except ValueError:
+            raise UsageError(f"--fractions {fractions!r}: give comma-separated numbers, e.g. 0.2,0.3") from None
+    elif budgets:
+        try:
+            levels = [(int(b), None) for b in budgets.split(",")]
+        except ValueError:
+            raise UsageError(f"--budgets {budgets!r}: give comma-separated integers, e.g. 600,900,1200") from None
+    elif budget is not None:
+        levels = [(budget, None)]
+    elif cuda and "budgets" in d:
+        levels = list(zip(d["budgets"], train.BUDGET_FRACTIONS))
+    else:
+        levels = [(d["budget"], train.BUDGET_FRACTIONS[1] if "budgets" in d else None)]
+    window_of = lambda b: window if window is not None else round(d.get("window_fraction", d["window"] / d["budget"]) * b)
+    problems = [p for f in task.FAMILIES for p in task.problems("eval", n, seed=seed, family=f, **meta["task"])]
     prompt_len = len(enc.encode(problems[0].prompt, allowed_special="all"))
-    for name in names:  # bad settings fail now, not after an hour of decoding
-        for b in ([None] if name == "full" else sweep):
-            make_policy(name, b, window, ratio, predictor, prompt_len, enc)
-    print(f"{n} held-out problems (seed {seed}), window {window}, ratio {ratio}, on {device} ({dtype})", flush=True)
+    runs = [(name, None, None) if name == "full" else (name, b, f) for name in names for b, f in
+            ([(None, None)] if name == "full" else levels)]
+    for name, b, _ in runs:  # bad settings fail now, not after an hour of decoding
+        if name not in ("full", "oracle"):
+            make_policy(name, b, window_of(b), ratio, predictor, prompt_len, enc)
+    model_seed = meta["metrics"].get("seed", 0)
+    print(f"{len(problems)} held-out problems ({n} per family, seed {seed}), model seed {model_seed}, "
+          f"budgets {[b for b, _ in levels]}, ratio {ratio}, on {device} ({dtype})", flush=True)
 
-    rows = []
-    for name in names:
-        for b in ([None] if name == "full" else sweep):
-            rows.append(run_policy(name, model, predictor, problems, b, window, ratio, batch_size, enc))
-            print(table(rows[-1:]).splitlines()[1], flush=True)
-    print("\n" + table(rows))
-    ranking = train.ranking_quality(model, predictor, ranking_traces, device)
-    print(f"\npredictor on {ranking_traces} held-out traces: Spearman {ranking['spearman']:.3f} against the labels; "
-          f"decisive tokens in its top 10%: {ranking['decisive_recall_top10']:.1%}")
-    result = dict(rows=rows, ranking=ranking, n=n, seed=seed, device=device, dtype=dtype, ckpt=ckpt)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
+    records = []
+    for name, b, f in runs:
+        rs = run_policy(name, model, predictor, problems, b, window_of(b) if b else 0, ratio, batch_size, enc)
+        for i, r in enumerate(rs):
+            r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
+        records += rs
+        print(table(summarize(rs)).splitlines()[1], flush=True)
+    ranking = train.ranking_quality(model, predictor, ranking_traces, device) if ranking_traces else None
+    if ranking:
+        print(f"\npredictor on {ranking_traces} held-out traces: Spearman {ranking['spearman']:.3f} against the "
+              f"labels; first result statements in its top 10%: {ranking['decisive_recall_top10']:.1%}")
+    result = dict(records=records, ranking=ranking, n=n, seed=seed, device=device, dtype=dtype, ckpt=ckpt,
+                  **report(records))
+    return finish(result, json_path, plot_path)
+
+
+def finish(result, json_path, plot_path):
+    if json_path:  # gzipped where the name ends in .gz
+        with (gzip.open if json_path.endswith(".gz") else open)(json_path, "wt") as f:
+            json.dump(result, f)
     if plot_path:
-        plot(rows, plot_path)
+        plot(result["rows"], plot_path)
     return result
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint from train.py")
-    p.add_argument("--n", type=int, help="held-out problems (default: 500 on cuda, 10 on cpu)")
+    p.add_argument("--n", type=int, help="held-out problems per family (default: 100 on cuda, 2 on cpu)")
     p.add_argument("--seed", type=int, default=0, help="which held-out problems")
-    p.add_argument("--policies", default="full,window,streaming,dynts", help="comma-separated policies to compare")
-    p.add_argument("--budget", type=int, help="KV budget (default: the checkpoint's)")
-    p.add_argument("--window", type=int, help="recent tokens always kept (default: the checkpoint's)")
-    p.add_argument("--ratio", type=float, help="fraction of older tokens kept (default: the checkpoint's)")
-    p.add_argument("--budgets", help="comma-separated budgets to sweep instead of --budget, e.g. 600,900,1200")
+    p.add_argument("--policies", help="comma-separated policies, or a set: 'all' (default on cuda) or 'default' "
+                   "(full,window,h2o,rkv,dynts; default on cpu)")
+    p.add_argument("--budget", type=int, help="one KV budget (default: the checkpoint's, chosen on validation)")
+    p.add_argument("--budgets", help="comma-separated budgets instead (default on cuda: the checkpoint's four)")
+    p.add_argument("--fractions", help="budgets as fractions of Full's mean peak cache on the checkpoint's "
+                   "validation problems, e.g. 0.3 (default on cuda: train.BUDGET_FRACTIONS)")
+    p.add_argument("--window", type=int, help="recent tokens always kept (default: 0.4 x each budget)")
+    p.add_argument("--ratio", type=float, help="fraction of older tokens kept (default: the checkpoint's, 0.3)")
     p.add_argument("--batch-size", type=int, help="problems decoded together (default: 500 on cuda, 10 on cpu)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and KV cache")
-    p.add_argument("--ranking-traces", type=int, help="held-out traces for the predictor's Spearman (default: 100 / 8)")
-    p.add_argument("--json", dest="json_path", help="write the results as JSON to this path")
-    p.add_argument("--plot", dest="plot_path", help="PNG of Pass@1 against peak KV (needs matplotlib)")
+    p.add_argument("--ranking-traces", type=int, help="held-out traces for the predictor's Spearman; 0 skips it "
+                   "(default: 100 / 8)")
+    p.add_argument("--json", dest="json_path", help="write the per-problem records and the summary as JSON here "
+                   "(gzipped if it ends in .gz)")
+    p.add_argument("--plot", dest="plot_path", help="PNG of Pass@1 against the KV budget (needs matplotlib)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="pool the records of earlier --json runs instead of "
+                   "decoding (seeds, or workers that split the policies)")
     return p.parse_args(argv)
 
 

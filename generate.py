@@ -20,8 +20,9 @@ import task
 from model import END_THINK, EOT, GPT, PRESETS, GPTConfig, KVCache, get_encoding
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", "tiny-reasoner.pt")
-POLICIES = ["full", "window", "streaming", "dynts", "h2o", "snapkv", "rkv", "sepllm",
-            "dynts-random", "dynts-bottom", "dynts-noprompt"]
+BASELINES = ["window", "streaming", "sepllm", "h2o", "h2o-last", "snapkv", "rkv"]  # "+p": the prompt protected too
+ABLATIONS = ["dynts-random", "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
+POLICIES = ["full", "dynts"] + BASELINES + [b + "+p" for b in BASELINES] + ABLATIONS
 
 
 class UsageError(ValueError):
@@ -55,19 +56,23 @@ def load_checkpoint(path: str, device="cpu"):
 
 
 def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None) -> dynts.Policy:
+    """A policy by name. A baseline's name + "+p" protects the prompt as DynTS does (the
+    paper's baselines did not)."""
     if name == "full":
         return dynts.Full()
-    if name == "window":
-        return dynts.Window(budget, window, ratio)
-    if name == "streaming":
-        return dynts.StreamingLLM(budget, window, ratio)
-    if name in ("h2o", "snapkv", "rkv"):
-        return {"h2o": dynts.H2O, "snapkv": dynts.SnapKV, "rkv": dynts.RKV}[name](budget, window, ratio)
-    if name == "sepllm":
-        return dynts.SepLLM(budget, window, ratio, [enc.encode_single_token(c) for c in dynts.SepLLM.SEPARATORS])
-    if name.startswith("dynts"):
+    base, protect = name.removesuffix("+p"), name.endswith("+p")
+    p = prompt_len if protect else 0
+    if base in BASELINES:
+        if base == "sepllm":
+            separators = [enc.encode_single_token(c) for c in dynts.SepLLM.SEPARATORS]
+            return dynts.SepLLM(budget, window, ratio, separators, prompt_len=p)
+        kind = {"window": dynts.Window, "streaming": dynts.StreamingLLM, "h2o": dynts.H2O, "h2o-last": dynts.H2OLast,
+                "snapkv": dynts.SnapKV, "rkv": dynts.RKV}[base]
+        return kind(budget, window, ratio, prompt_len=p)
+    if name == "dynts" or name in ABLATIONS:
         kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
-                "dynts-noprompt": dynts.NoProtectedPrompt}[name]
+                "dynts-noprompt": dynts.NoProtectedPrompt, "random-all": dynts.RandomAll,
+                "bottom-all": dynts.BottomAll, "noquestion": dynts.NoQuestion}[name]
         return kind(budget, window, ratio, predictor, prompt_len,
                     end_think_id=enc.encode_single_token(END_THINK), eot_id=enc.eot_token)
     raise UsageError(f"--policy {name!r}: choose one of {', '.join(POLICIES)}")

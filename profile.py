@@ -264,6 +264,7 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVC
     device, dtype = model.wte.weight.device, model.wte.weight.dtype
     scratch = copy.copy(policy)  # the real policy's scores stay untouched
     scratch.scores, scratch.length = torch.rand(batch_size, policy.budget, device=device), policy.budget
+    scratch.positions = torch.arange(policy.budget, device=device).repeat(batch_size, 1)
     cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
     cache.length = policy.budget
     idx = scratch.select(cache)
@@ -668,6 +669,7 @@ class GraphedObserve:
     def _observe(self):
         d = self.decode  # its token, hidden state and position (the slot's absolute position)
         self.policy.scores.index_copy_(1, d.slot, self.policy.score(d.token, d.hidden, d.pos).float())
+        self.policy.positions.index_copy_(1, d.slot, d.pos.expand(d.token.shape))
 
     def __call__(self, tokens, hidden, positions, attn=None):
         if hidden is not self.decode.hidden:

@@ -3,38 +3,43 @@
 A problem, as the model reads it (byte-level: one character is one token):
 
     table: qe>hw ab>cd kl>mn cd>kl ...               <- prompt: a shuffled table of links
-    follow each start 3 steps: A ab, B ef, C xy, D qr.
-    <think>A: ab>cd>kl>mn, so A=mn.                  <- step A: 3 look-ups, result written ONCE
-    check 1: try qe>hw>vu. dead end.                 <- filler: checks, dead ends, restating
-    check 2: recheck ab>cd. fine.
-    B: ef>...                                        <- steps B, C, D, each with its checks
-    review 1: C starts at xy, 3 steps. right.        <- final review: names no result
+    follow 2 steps, answer ends: A ab, B ef, C xy.
+    <think>A: ab>cd>kl, so A=kl.                     <- a walk: 2 look-ups, then its result
+    check 1: try qe>hw. dead end.                    <- filler: checks, dead ends, musings
     ...
-    review 10: so far so good, moving on.
-    </think>A=mn B=gh C=ij D=kl<|endoftext|>
+    B: ef>gh>ij, so B=ij.
+    check 1: ...
+    review 1: B starts at ef, 2 steps. right.        <- the final review: ~500 tokens
+    ...
+    </think>A=kl B=ij C=op<|endoftext|>
 
-Why it exercises DynTS (Guo et al., arXiv 2601.18383):
-- Few thinking tokens decide the answer: the k result sentences ("mn, so A=mn.", 12 tokens
-  each; `decisive_spans`) out of about a thousand thinking tokens. The answer copies the
-  results from there, so it attends to them.
-- They are far back: each result is written once, then hundreds of filler tokens follow that
-  never contain it again; the final review alone is over 300 tokens (with the defaults), so
-  a recent window of a few hundred tokens (Window, StreamingLLM) holds no result at all.
-- They are only in the thinking: the prompt says where each walk starts, not where it ends.
-  Recomputing a result from the (protected) prompt would take hops + 1 chained look-ups in a
-  single forward pass, which a tiny model cannot do, so it has to copy from the trace. The
-  predictor must therefore find the result tokens; keeping the prompt alone is not enough.
-- It is learnable by a tiny model: every step is a copy or a look-up ("cd>" -> find "cd>" in
-  the table, copy the next two letters), the kind of thing induction heads learn; no
-  arithmetic. Every "x>y" anywhere in the text is a true link of the table, so the filler
-  never teaches a wrong look-up, and its exact content never matters for the answer.
-- A greedy decoder knows where it is from local context: filler comes in numbered
-  sentences ("check 1", ..., "review 10"), so it can tell when a section ends.
+Five families (Guo et al., arXiv 2601.18383, compare KV policies on real reasoning traces,
+where the answer's sources are of every kind; here each family isolates one kind, so that
+each heuristic has a family it should win):
+- far:       each result is written once and never read again before the answer, which
+             sits 500+ tokens later. Only a selector that predicts the answer's needs keeps
+             them: attention, recency and separators give no signal.
+- local:     the trace restates the results so far every few sentences ("so far A=kl B=ij."),
+             the last time right before `</think>`: a recent window suffices (Window wins).
+- reused:    every other check reads a result so far again ("A ends at kl, no link out."),
+             so the result tokens receive attention all along the trace (H2O, SnapKV), but
+             the final review names none of them.
+- redundant: the filler is two sentences repeated verbatim; each result is restated once,
+             among its step's checks. Keys of repeated sentences are near-duplicates, which R-KV's
+             redundancy term evicts first, so the rare result tokens survive.
+- prompt:    the results are restated as in `local`, but the answer needs the table to the
+             end: each item is the result and one more look-up ("A=kl>mn"), announced by the
+             prompt ("answer next") and by the trace's last sentence. A policy that evicts the
+             prompt fails.
 
-Sizes. With the defaults the thinking is 700-1400 characters (tokens, mean ~1050) and the prompt 185.
-For longer traces raise `checks` (filler sentences per step, ~38 characters each),
-`n_steps` (one step is ~200 characters with the default checks) or `n_review`; for example
-`n_steps=8, checks=(10, 14)` gives ~4000 characters of thinking.
+Every prompt has the same number of tokens, whatever its family (the same number of table
+entries and walks, "answer ends" or "answer next"), so problems batch without padding.
+
+The family weights are fixed here, before any policy was evaluated (FAMILY_WEIGHTS, equal).
+Train, validation and evaluation problems never share a prompt (`split_of`, a hash).
+
+Sizes. With the defaults the prompt is 119 tokens and a whole problem 2,400-3,500 (about
+2,900 on average; `n_filler` sentences of ~36 characters). The answer has 3 items.
 """
 import hashlib
 import random
@@ -42,14 +47,17 @@ from dataclasses import dataclass
 from string import ascii_lowercase, ascii_uppercase
 
 THINK, END_THINK, EOT = "<think>", "</think>", "<|endoftext|>"  # special tokens 257, 258, 256
-SPLITS = ("train", "eval")
+SPLITS = ("train", "valid", "eval")
+FAMILIES = ("far", "local", "reused", "redundant", "prompt")
+FAMILY_WEIGHTS = dict(far=1, local=1, reused=1, redundant=1, prompt=1)  # fixed before any evaluation
 
 # Every fixed piece of text. Nodes are two lowercase letters that never occur inside these
 # words, so a node's name in the text always means that node (and tests can search for it).
 MUSINGS = ("hmm, let me look at the table again.", "wait, is that consistent? yes.",
            "so far so good, moving on.", "nothing else to try here.")
-TEMPLATES = ("table: follow each start steps: so check try dead end recheck fine "
-             "starts at right review " + " ".join(MUSINGS))
+LAST_STEP = "then one more step each."
+TEMPLATES = ("table: follow each start steps: so check try dead end recheck fine starts at right "
+             "review ends no link out far answer next " + LAST_STEP + " " + " ".join(MUSINGS))
 NODES = [a + b for a in ascii_lowercase for b in ascii_lowercase if a + b not in TEMPLATES]
 
 
@@ -57,115 +65,159 @@ NODES = [a + b for a in ascii_lowercase for b in ascii_lowercase if a + b not in
 class Problem:
     prompt: str    # the question, ending with "<think>"
     thinking: str  # the trace between <think> and </think>, without the markers
-    answer: str    # the text after "</think>", without <|endoftext|>
+    answer: str    # the text after "</think>", without <|endoftext|>: items "A=kl" separated by spaces
+    family: str = "far"
 
     def text(self) -> str:
         """The full training text: prompt, thinking, answer, end of text."""
         return self.prompt + self.thinking + END_THINK + self.answer + EOT
 
 
-def _dead_end(rng: random.Random, link: dict[str, str], distractors: list[str]) -> str:
-    """A walk of 1 or 2 true links among the distractor nodes, which lead nowhere useful."""
-    walk = [rng.choice(distractors)]
-    for _ in range(rng.randint(1, 2)):
-        walk.append(link[walk[-1]])
-    return f"try {'>'.join(walk)}. dead end."
+def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, int] = (3, 3), hops: int = 2,
+                 n_distractors: int = 2, n_filler: tuple[int, int] = (70, 84), n_review: int = 16) -> Problem:
+    """Draw one problem of one family.
 
-
-def make_problem(rng: random.Random, n_steps: int = 4, hops: int = 3, n_distractors: int = 8,
-                 checks: tuple[int, int] = (2, 6), n_review: int = 10) -> Problem:
-    """Draw one problem.
-
-    n_steps:       walks to follow (A, B, ...); the answer lists one result per walk
-    hops:          links per walk; >= 2, so the answer is never one look-up from the prompt
-    n_distractors: extra table entries, among themselves: the material of the dead ends
-    checks:        (min, max) filler sentences after each step, drawn uniformly
-    n_review:      filler sentences after the last step; they put the last result
-                   at least 31 * n_review characters before </think>
+    n_items:       (min, max) walks to follow (A, B, ...); the answer has one item per walk
+    hops:          links per walk; >= 2, so a result is never one look-up from the prompt
+    n_distractors: extra table entries, among themselves: the material of the dead ends (the
+                   families other than `prompt` get k more, so every table has as many links)
+    n_filler:      (min, max) filler sentences in all (checks after the steps + the review)
+    n_review:      filler sentences after the last step, the final review
     """
-    if not (1 <= n_steps <= 26 and hops >= 2 and n_distractors >= 2 and 0 <= checks[0] <= checks[1]):
-        raise ValueError("need 1 <= n_steps <= 26, hops >= 2, n_distractors >= 2, checks = (lo, hi)")
-    nodes = rng.sample(NODES, n_steps * (hops + 1) + n_distractors)
-    walks = [nodes[i * (hops + 1):(i + 1) * (hops + 1)] for i in range(n_steps)]
-    distractors = nodes[n_steps * (hops + 1):]
-    link = {w[i]: w[i + 1] for w in walks for i in range(hops)}  # a result has no outgoing link
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    lo, hi = n_items
+    if not (1 <= lo <= hi <= 26 and hops >= 2 and n_distractors >= 2 and 0 <= n_filler[0] <= n_filler[1]
+            and 0 <= n_review):
+        raise ValueError("need 1 <= n_items <= 26, hops >= 2, n_distractors >= 2, n_filler = (lo, hi), n_review >= 0")
+    k = rng.randint(lo, hi)
+    extra = 1 if family == "prompt" else 0  # the prompt family's results link on once more
+    n_distractors += k * (1 - extra)  # as many links as the prompt family's table
+    nodes = rng.sample(NODES, k * (hops + 1 + extra) + n_distractors)
+    walks = [nodes[i * (hops + 1 + extra):(i + 1) * (hops + 1 + extra)] for i in range(k)]
+    distractors = nodes[k * (hops + 1 + extra):]
+    link = {w[i]: w[i + 1] for w in walks for i in range(hops + extra)}
     for d in distractors:
         link[d] = rng.choice([e for e in distractors if e != d])
-    letters = ascii_uppercase[:n_steps]
+    letters = ascii_uppercase[:k]
+    results = [w[hops] for w in walks]
 
     table = [f"{a}>{b}" for a, b in link.items()]
     rng.shuffle(table)
     starts = ", ".join(f"{x} {w[0]}" for x, w in zip(letters, walks))
-    prompt = f"table: {' '.join(table)}\nfollow each start {hops} steps: {starts}.\n{THINK}"
+    task_line = f"follow {hops} steps, answer " + ("next" if family == "prompt" else "ends")
+    prompt = f"table: {' '.join(table)}\n{task_line}: {starts}.\n{THINK}"
 
-    def filler(label: str, letter: str | None = None, walk: list[str] | None = None) -> str:
-        """One numbered filler sentence about the current step (or, without one, about any
-        step). It may name any node but a result, and says nothing the answer needs."""
-        kind = rng.randrange(4 if walk else 3)
+    def dead_end() -> str:  # 1 or 2 true links among the distractors, which lead nowhere useful
+        walk = [rng.choice(distractors)]
+        for _ in range(rng.randint(1, 2)):
+            walk.append(link[walk[-1]])
+        return f"try {'>'.join(walk)}. dead end."
+
+    def varied(done: int) -> str:  # one varied filler sentence; it may name any node but a result
+        kind = rng.randrange(4 if done else 3)
         if kind == 0:
-            body = rng.choice(MUSINGS)
-        elif kind == 1:
-            body = _dead_end(rng, link, distractors)
-        elif kind == 2:
-            x, w = (letter, walk) if walk else rng.choice(list(zip(letters, walks)))
-            body = f"{x} starts at {w[0]}, {hops} steps. right."
-        else:  # a link of the current walk that does not end at its result
-            i = rng.randrange(hops - 1)
-            body = f"recheck {walk[i]}>{walk[i + 1]}. fine."
-        return f"{label}: {body}\n"
+            return rng.choice(MUSINGS)
+        if kind == 1:
+            return dead_end()
+        if kind == 2:
+            i = rng.randrange(k)
+            return f"{letters[i]} starts at {walks[i][0]}, {hops} steps. right."
+        i = rng.randrange(done)  # a link of a walk done so far that does not end at its result
+        j = rng.randrange(hops - 1)
+        return f"recheck {walks[i][j]}>{walks[i][j + 1]}. fine."
 
-    thinking = ""
-    for letter, walk in zip(letters, walks):
-        thinking += f"{letter}: {'>'.join(walk)}, so {letter}={walk[-1]}.\n"
-        for i in range(rng.randint(*checks)):
-            thinking += filler(f"check {i + 1}", letter, walk)
-    for i in range(n_review):
-        thinking += filler(f"review {i + 1}")
-    answer = " ".join(f"{x}={w[-1]}" for x, w in zip(letters, walks))
-    return Problem(prompt, thinking, answer)
+    so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, r in zip(letters[:done], results[:done])) + "."
+    reread = lambda i: f"{letters[i]} ends at {results[i]}, no link out."
+    repeated = [rng.choice(MUSINGS), dead_end()]  # the redundant family's two filler sentences
+
+    n = rng.randint(*n_filler)
+    checks = [max(0, n - n_review) // k + (i < max(0, n - n_review) % k) for i in range(k)]  # per step
+    restate_at = {sum(checks[:i]) + rng.randrange(checks[i]) for i in range(k) if checks[i]}  # redundant: one a step
+
+    def filler(done: int, index: int, last: bool) -> str:
+        """The index-th filler sentence of the trace, after `done` steps, by family."""
+        if family in ("local", "prompt"):
+            return so_far(done) if index % 3 == 2 or last else varied(done)
+        if family == "reused" and index % 2 == 0 and not reviewing:
+            return reread(done - 1 if index % 4 == 0 else rng.randrange(done))  # a result so far, read again
+        if family == "redundant":
+            if index in restate_at:
+                return reread(done - 1)  # this step's result, restated once
+            return repeated[index % 2]
+        return varied(done)
+
+    thinking, index, reviewing = "", 0, False
+    for i, (letter, walk) in enumerate(zip(letters, walks)):
+        thinking += f"{letter}: {'>'.join(walk[:hops + 1])}, so {letter}={walk[hops]}.\n"
+        for c in range(checks[i]):
+            thinking += f"check {c + 1}: {filler(i + 1, index, False)}\n"
+            index += 1
+    reviewing = True
+    for r in range(n_review):
+        thinking += f"review {r + 1}: {filler(k, index, r == n_review - 1)}\n"
+        index += 1
+    if family == "prompt":
+        thinking += LAST_STEP + "\n"
+        answer = " ".join(f"{x}={r}>{link[r]}" for x, r in zip(letters, results))
+    else:
+        answer = " ".join(f"{x}={r}" for x, r in zip(letters, results))
+    return Problem(prompt, thinking, answer, family)
 
 
 def split_of(prompt: str) -> str:
-    """The split a prompt belongs to: the parity of its SHA-256. A pure function of the prompt,
-    so no prompt can be in both splits, whatever the seeds."""
-    return SPLITS[hashlib.sha256(prompt.encode()).digest()[0] % 2]
+    """The split a prompt belongs to, from its SHA-256: half train, a quarter each valid and
+    eval. A pure function of the prompt, so no prompt is in two splits, whatever the seeds."""
+    return ("train", "train", "valid", "eval")[hashlib.sha256(prompt.encode()).digest()[0] % 4]
 
 
-def problems(split: str, n: int, seed: int = 0, **knobs) -> list[Problem]:
-    """n problems of one split, the same ones for the same arguments.
+def problems(split: str, n: int, seed: int = 0, family: str | None = None, **knobs) -> list[Problem]:
+    """n problems of one split, the same ones for the same arguments: of one family, or
+    (family=None) each of a family drawn by FAMILY_WEIGHTS.
 
-    Each split draws from its own seed stream, and keeps only the prompts that `split_of`
-    assigns to it (about half), so train and eval never share a prompt.
+    Each split and family draws from its own seed stream, and keeps only the prompts that
+    `split_of` assigns to it, so no two splits share a prompt.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rng = random.Random(f"dynts-task/{split}/{seed}")  # str seeds are hashed with SHA-512: stable
+    rng = random.Random(f"dynts-task/{split}/{family}/{seed}")  # str seeds are hashed with SHA-512: stable
+    names, weights = zip(*FAMILY_WEIGHTS.items())
     out: list[Problem] = []
     while len(out) < n:
-        problem = make_problem(rng, **knobs)
+        problem = make_problem(rng, family or rng.choices(names, weights)[0], **knobs)
         if split_of(problem.prompt) == split:
             out.append(problem)
     return out
 
 
-def check_answer(problem: Problem, generated: str) -> bool:
-    """Exact match of the answer. `generated` is what the model wrote after the prompt:
-    thinking, "</think>", answer, and maybe "<|endoftext|>" (anything after it is ignored).
-    Only the text between the first "</think>" and the end of text counts, spaces trimmed."""
+def answer_of(generated: str) -> str | None:
+    """The answer in what the model wrote after the prompt (thinking, "</think>", answer, maybe
+    "<|endoftext|>" and anything after it): the text between the first "</think>" and the end
+    of text, spaces trimmed; None if the thinking never closed."""
     if END_THINK not in generated:
-        return False
-    answer = generated.split(END_THINK, 1)[1].split(EOT, 1)[0]
-    return answer.strip() == problem.answer
+        return None
+    return generated.split(END_THINK, 1)[1].split(EOT, 1)[0].strip()
+
+
+def check_answer(problem: Problem, generated: str) -> bool:
+    """Exact match of the whole answer (Pass@1 under greedy decoding)."""
+    return answer_of(generated) == problem.answer
+
+
+def item_accuracy(problem: Problem, generated: str) -> float:
+    """The fraction of the answer's items ("A=kl") written right, each in its own place."""
+    expected, got = problem.answer.split(), (answer_of(generated) or "").split()
+    return sum(e == g for e, g in zip(expected, got)) / len(expected)
 
 
 def decisive_spans(problem: Problem) -> list[tuple[int, int]]:
-    """[start, end) character spans, in problem.text(), of the tokens that decide the answer:
-    each step's result sentence, from the walk's last node to the period ("mn, so A=mn."),
-    one span per step, in step order. The answer copies the result from there (a trained
-    model's answer attends most to the two "mn"s), so a good KV policy must keep them."""
+    """[start, end) character spans, in problem.text(), of each step's result sentence, from
+    the walk's last node to the period ("kl, so A=kl."), one per step, in step order. The
+    first place each result is written: in the `far` family the only one."""
     spans = []
-    for item in problem.answer.split():  # "A=mn"
-        end = problem.thinking.index(item) + len(item) + 1      # just after "A=mn."
-        start = end - len(f"{item[2:]}, so {item}.")            # at "mn, so A=mn."
+    for item in problem.answer.split():  # "A=kl" (or "A=kl>mn")
+        letter, value = item[0], item[2:4]
+        end = problem.thinking.index(f"so {letter}={value}.") + len(f"so {letter}={value}.")
+        start = end - len(f"{value}, so {letter}={value}.")
         spans.append((len(problem.prompt) + start, len(problem.prompt) + end))
     return spans

@@ -1,14 +1,18 @@
 """Train the tiny reasoner and its importance predictor: `python train.py`.
 
-Three stages, the paper's pipeline in miniature (Guo et al., arXiv 2601.18383, Sec. 3):
+The paper's pipeline in miniature (Guo et al., arXiv 2601.18383, Sec. 3):
 1. the base model: a small GPT learns the synthetic reasoning task of task.py (next-token
-   loss on the thinking and the answer; the prompt's random table is not predicted);
+   loss on the thinking and the answer; the prompt's random table is not predicted). Half of
+   each batch attends through eviction holes drawn blind (`blind_eviction_mask`): nothing in
+   them knows which tokens the task needs or which policy will decode, so every policy gets
+   the same model;
 2. importance labels: for correct traces, the attention that the answer pays to each thinking
    token, averaged over layers, heads and answer queries (`importance_labels`);
 3. the ImportancePredictor: regression of those labels from each token's final hidden
-   state, with the base model frozen;
-4. (ours, not the paper's) the base model fine-tuned on the caches that DynTS, with that
-   predictor, actually leaves (`dynts_eviction_mask`), then stage 3 again on the fine-tuned model.
+   state, with the base model frozen.
+4. (an ablation, off by default: `--finetune-steps N`) the base model fine-tuned on the caches
+   that DynTS alone leaves (`dynts_eviction_mask`), then stage 3 again. It favours DynTS over
+   every other policy; eval.py reports what it buys.
 
 Everything lands in one checkpoint (a few MB, float16 weights) with its config, the
 encoding's name, the task's settings and the decoding defaults; generate.py and eval.py
@@ -27,24 +31,29 @@ import torch.nn.functional as F
 
 import dynts
 import task
-from generate import DEFAULT_CKPT, UsageError, load_checkpoint, resolve_device
+from generate import DEFAULT_CKPT, UsageError, generate, load_checkpoint, resolve_device
 from model import GPT, GPTConfig, KVCache, get_encoding
 
-# The task's size: ~2,900 tokens a problem (2,500-3,300), 6 results to carry to the answer.
-TASK = dict(n_steps=6, checks=(8, 12))
-# A curriculum: the first CURRICULUM fraction of the base model's steps use short traces (few
-# checks, ~700 tokens), which teach the table look-ups at a fraction of the cost of full ones.
-SHORT_TASK = dict(TASK, checks=(0, 2), n_review=2)
+# The task: task.py's defaults, a mixture of five families, ~2,900 tokens a problem.
+TASK = dict()
+# A curriculum: the first CURRICULUM fraction of the base model's steps use short traces (a few
+# filler sentences, ~500 tokens), which teach the table look-ups at a fraction of the cost.
+SHORT_TASK = dict(n_filler=(4, 12), n_review=4)
 CURRICULUM = 0.4
-CONFIG = GPTConfig(block_size=3584, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256,
+CONFIG = GPTConfig(block_size=4096, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256,
                    mlp_hidden=1024, bias=True)
-# Decoding defaults stored with the checkpoint: a budget of about a third of a trace. The prompt
-# (~230 tokens) is protected, so ratio * (budget - window) must leave room for thinking tokens.
-DECODING = dict(budget=900, window=128, ratio=0.5)
+# Decoding defaults stored with the checkpoint, the paper's proportions (window 0.4 x budget,
+# ratio 0.3). train.py replaces the budget by BUDGET_FRACTIONS x Full's mean peak cache,
+# measured on validation problems (`budgets_on_validation`); this is the CPU fallback.
+DECODING = dict(budget=870, window=348, ratio=0.3)
+BUDGET_FRACTIONS = (0.2, 0.3, 0.45, 0.6)  # of Full's peak cache; the second is the default budget
 LABEL_SCALE = 1e4  # labels are attention probabilities (~1e-4): rescaled for the regression
-# Stage 4 draws each row's DynTS setting from these ranges (budget, window: ints; ratio: float),
-# so the model learns the caches of a range of settings, not those of DECODING alone.
-FINETUNE_SETTINGS = dict(budget=(600, 1400), window=(64, 256), ratio=(0.3, 0.7))
+# The blind eviction masks draw, per row, one of these kinds with these weights (see
+# blind_eviction_mask), and a simulated cache's setting from these ranges.
+MASK_KINDS = dict(holes=0.4, replay=0.45, sinks=0.15)
+BLIND_SETTINGS = dict(budget=(400, 1800), window=(0.2, 0.5), ratio=(0.2, 0.6))
+# Stage 4 (the ablation) draws each row's DynTS setting from these ranges.
+FINETUNE_SETTINGS = dict(budget=(500, 1800), window=(100, 700), ratio=(0.3, 0.5))
 
 
 # -----------------------------------------------------------------------------
@@ -73,29 +82,84 @@ def decisive_tokens(problem: task.Problem, enc) -> list[int]:
     return [i for s, e in task.decisive_spans(problem) for i in range(to_token(s), to_token(e))]
 
 
-def simulated_eviction_mask(problems, tokens, prompt_len, generator=None) -> torch.Tensor:
-    """(B, T, T) bool for tokens (B, T): causal attention with the holes a KV policy leaves. Each key stays
-    visible to the queries within a recent window (64-256 tokens, per row), and beyond it only if
-    it is a prompt token, a decisive token (kept with p = 0.9), or one of a random fraction
-    (2%-100%, log-uniform per row) of the others.
+class ScriptedScores(dynts.Policy):
+    """A policy whose scores are given in advance, one per position (T,): replays a cache
+    that some scoring rule would leave, under the same trigger and selection as every policy."""
+
+    name = "scripted"
+
+    def __init__(self, budget, window, ratio, table: torch.Tensor):
+        super().__init__(budget, window, ratio)
+        self.table = table
+
+    def score(self, tokens, hidden, positions):
+        return self.table[positions].expand(tokens.shape)
+
+
+def blind_scores(tokens: torch.Tensor, generator) -> torch.Tensor:
+    """Random scores (T,) for tokens (T,), of one of three shapes, none of which knows the task:
+    independent per token, one value per token id (all the 'c's alike: the fragments a
+    learned scorer keeps), or constant over random spans of 4-64 tokens (the neighbourhoods
+    that pooling keeps)."""
+    T = tokens.shape[0]
+    kind = int(torch.randint(3, (), generator=generator))
+    if kind == 0:
+        return torch.rand(T, generator=generator)
+    if kind == 1:
+        return torch.rand(int(tokens.max()) + 1, generator=generator)[tokens.cpu()] + 0.01 * torch.rand(T, generator=generator)
+    span = int(torch.randint(4, 65, (), generator=generator))
+    return torch.rand(T // span + 1, generator=generator).repeat_interleave(span)[:T]
+
+
+def blind_eviction_mask(problems, tokens, prompt_len, generator=None) -> torch.Tensor:
+    """(B, T, T) bool for tokens (B, T): causal attention with the holes of a KV policy that
+    knows nothing of the task. Per row, one of (MASK_KINDS):
+    - holes:  a recent window of 64-512 tokens, and beyond it a random 2-100% (log-uniform) of
+              the other tokens, the prompt among them or (p = 1/2) always kept;
+    - replay: the cache of a budget / window / ratio setting (BLIND_SETTINGS) under the real
+              trigger and selection, ranking by `blind_scores`, the prompt protected (+inf) with
+              p = 1/2: which tokens each query saw, eviction by eviction;
+    - sinks:  the first 1-8 tokens and a recent window of 64-512 (StreamingLLM's cache).
 
     A deviation from the paper, which evicts from LLMs trained on full contexts: a tiny model
-    trained only on full contexts breaks when anything is evicted, even when the decisive
-    tokens are kept. Trained on both, it learns to answer from what a good policy keeps; which
-    tokens those are is still for the predictor to find.
+    trained only on full contexts breaks when anything is evicted. Trained on these too, it
+    learns to answer from whatever a cache holds; which tokens a policy should keep is still
+    for the policy to find, and no policy's own caches are used.
     """
     (B, T), device = tokens.shape, tokens.device
-    enc = get_encoding()
-    window = torch.randint(64, 257, (B, 1, 1), generator=generator).to(device)
-    rate = 10 ** torch.empty(B, 1).uniform_(-1.7, 0, generator=generator).to(device)
-    keep = torch.rand(B, T, generator=generator).to(device) < rate  # (B, T)
-    for b, p in enumerate(problems):
-        d = torch.tensor(decisive_tokens(p, enc), dtype=torch.long)
-        keep[b, d.to(device)] |= torch.rand(len(d), generator=generator).to(device) < 0.9
-    keep |= torch.arange(T, device=device) < prompt_len[:, None]
-    i = torch.arange(T, device=device)[:, None]  # queries
-    j = torch.arange(T, device=device)[None, :]  # keys
-    return (j <= i) & (keep[:, None, :] | (i - j < window))  # (B, T, T)
+    names, weights = zip(*MASK_KINDS.items())
+    kinds = torch.multinomial(torch.tensor(weights), B, replacement=True, generator=generator)
+    uniform = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=generator))
+    death = torch.full((B, T), T, dtype=torch.long)  # the first query that no longer sees each key
+    for b in range(B):
+        kind, P = names[kinds[b]], int(prompt_len[b])
+        if kind == "replay":
+            budget = int(uniform(*BLIND_SETTINGS["budget"]))
+            window = int(budget * uniform(*BLIND_SETTINGS["window"]))
+            ratio = round(uniform(*BLIND_SETTINGS["ratio"]), 3)
+            scores = blind_scores(tokens[b], generator)
+            if float(torch.rand((), generator=generator)) < 0.5:
+                scores[:P] = dynts.INF
+            death[b] = eviction_deaths(ScriptedScores(budget, window, ratio, scores), tokens[b].cpu(), None)
+            continue
+        window = int(uniform(64, 513))
+        if kind == "holes":
+            keep = torch.rand(T, generator=generator) < 10 ** uniform(-1.7, 0)
+            if float(torch.rand((), generator=generator)) < 0.5:
+                keep[:P] = True
+        else:  # sinks
+            keep = torch.arange(T) < int(uniform(1, 9))
+        # a key outside the window is seen by the queries up to `window` later, or by all if kept
+        death[b] = torch.where(keep, T, torch.arange(T) + window)
+    return visibility(death.to(device))
+
+
+def visibility(death: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool from (B, T) death times: query i sees key j when j <= i < death[j]."""
+    T = death.shape[-1]
+    i = torch.arange(T, device=death.device)[:, None]  # queries
+    j = torch.arange(T, device=death.device)[None, :]  # keys
+    return (j <= i) & (i < death[:, None, :])
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -128,10 +192,10 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
                 eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model"):
     """Next-token training on the task. The even rows see full causal attention, the odd rows
     the holes of an eviction: `eviction_mask(problems, tokens, prompt_len, generator)` -> (b, T, T)
-    bool for those rows (default: simulated_eviction_mask). The first `curriculum` fraction of
+    bool for those rows (default: blind_eviction_mask). The first `curriculum` fraction of
     steps are short traces."""
     enc = get_encoding()
-    eviction_mask = eviction_mask or simulated_eviction_mask
+    eviction_mask = eviction_mask or blind_eviction_mask
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     progress = Progress(stage, steps, log_every)
@@ -266,30 +330,36 @@ def ranking_quality(model, predictor, n: int, device, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def dynts_eviction_mask(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """(T, T) bool: the keys each query sees when `policy` decodes this trace, teacher-forced:
-    tokens (T,) with their final hidden states (T, C), the prompt prefilled, then one token
-    per step. The policy's own observe, select and keep, replayed: between two evictions the
-    visible keys are the kept slots plus every token since, so it runs one segment at a time.
-    Query i sees the slots live right after token i was written (before any eviction it triggers)."""
+def eviction_deaths(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+    """(T,) long: for each token of a teacher-forced trace (T,), the first query that no
+    longer sees it when `policy` decodes the trace (T if none): the prompt is prefilled, then
+    one token per step, and query i sees the slots live right after token i is written
+    (before any eviction it triggers). The policy's own observe, select and keep, replayed one
+    segment between two evictions at a time; `hidden` (T, C) feeds its scores, if it needs them."""
     T, device = tokens.shape[0], tokens.device
-    visible = torch.zeros(T, T, dtype=torch.bool, device=device)
+    death = torch.full((T,), T, dtype=torch.long, device=device)
     policy.reset(1, policy.budget, device)
     live = torch.empty(0, dtype=torch.long, device=device)  # the cache: its slots' positions, in order
     start = 0
     while start < T:
         end = start + min(T - start, policy.budget - policy.length)  # until the cache is full or the trace ends
         new = torch.arange(start, end, device=device)
-        visible[start:end, live] = True
-        visible[start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool, device=device).tril()
-        policy.observe(tokens[None, start:end], hidden[None, start:end], new)
+        policy.observe(tokens[None, start:end], None if hidden is None else hidden[None, start:end], new)
         live = torch.cat([live, new])
         if policy.should_evict(policy.length):
-            idx = policy.select()  # (1, n_keep)
-            policy.keep(idx)
-            live = live[idx[0]]
+            idx = policy.select()[0]  # (n_keep,)
+            policy.keep(idx[None])
+            evicted = torch.ones(len(live), dtype=torch.bool, device=device)
+            evicted[idx] = False
+            death[live[evicted]] = end  # token end - 1 triggered it: query end is the first blind one
+            live = live[idx]
         start = end
-    return visible
+    return death
+
+
+def dynts_eviction_mask(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """(T, T) bool: the keys each query sees when `policy` decodes this trace, teacher-forced."""
+    return visibility(eviction_deaths(policy, tokens, hidden)[None])[0]
 
 
 class DynTSMasks:
@@ -317,19 +387,44 @@ class DynTSMasks:
 
 
 # -----------------------------------------------------------------------------
+# 5. Decoding settings, chosen on validation problems
+
+
+@torch.no_grad()
+def budgets_on_validation(model: GPT, n: int, device) -> dict:
+    """The decoding defaults, chosen on n validation problems (never on evaluation ones): Full's
+    mean peak cache there (prompt + the model's own greedy trace, tokens per problem), budgets
+    at BUDGET_FRACTIONS of it, and the paper's proportions: window 0.4 x budget, ratio 0.3.
+    The default budget is the second fraction's (0.3: a third of Full's cache or less)."""
+    enc = get_encoding()
+    problems = task.problems("valid", n, **TASK)
+    prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
+    P = len(prompts[0])
+    tokens, _ = generate(model, prompts, dynts.Full(), model.config.block_size - P, eot_id=enc.eot_token,
+                         vocab_limit=enc.n_vocab)
+    rows = tokens.tolist()
+    new = [row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row) for row in rows]
+    peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
+    budgets = [round(f * peak) for f in BUDGET_FRACTIONS]
+    print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}", flush=True)
+    return dict(budget=budgets[1], window=round(0.4 * budgets[1]), ratio=0.3, budgets=budgets,
+                window_fraction=0.4, full_peak_valid=peak, n_valid=n)
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
-def save_checkpoint(path, model, predictor, metrics):
+def save_checkpoint(path, model, predictor, metrics, decoding=DECODING):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     half = lambda m: {k: v.detach().to("cpu", torch.float16) for k, v in m.state_dict().items()}
-    torch.save(dict(config=asdict(model.config), encoding="bytes-think", task=TASK, decoding=DECODING,
+    torch.save(dict(config=asdict(model.config), encoding="bytes-think", task=TASK, decoding=decoding,
                     label_scale=LABEL_SCALE, model=half(model), predictor=half(predictor), metrics=metrics), path)
 
 
 def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batch_size=None, lr=2e-3,
          predictor_traces=None, predictor_steps=None, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
-         eval_traces=None, finetune_steps=None, finetune_lr=3e-4):
+         eval_traces=None, finetune_steps=None, finetune_lr=3e-4, valid_problems=None):
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
     device = resolve_device(device)
@@ -341,10 +436,11 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     predictor_traces = predictor_traces if predictor_traces is not None else (500 if cuda else 60)
     predictor_steps = predictor_steps if predictor_steps is not None else 1500
     eval_traces = eval_traces if eval_traces is not None else (100 if cuda else 20)
-    finetune_steps = finetune_steps if finetune_steps is not None else (1200 if cuda else 0)
+    finetune_steps = finetune_steps if finetune_steps is not None else 0
+    valid_problems = valid_problems if valid_problems is not None else (200 if cuda else 4)
     for name, value in [("--steps", steps), ("--batch-size", batch_size), ("--predictor-traces", predictor_traces),
                         ("--predictor-steps", predictor_steps), ("--predictor-batch-tokens", predictor_batch_tokens),
-                        ("--eval-traces", eval_traces)]:
+                        ("--eval-traces", eval_traces), ("--valid-problems", valid_problems)]:
         if value < 1:
             raise UsageError(f"{name} must be >= 1, got {value}")
     if finetune_steps < 0:
@@ -359,14 +455,14 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         n_params = sum(p.numel() for p in model.parameters())
         print(f"base model: {n_params / 1e6:.2f}M parameters, {CONFIG}")
         train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003)
-        metrics = dict(steps=steps, batch_size=batch_size, base_device=str(device))
+        metrics = dict(steps=steps, batch_size=batch_size, base_device=str(device), seed=seed)
     else:  # keep a trained base model, train only the predictor
         model, _, meta = load_checkpoint(base)
         if asdict(model.config) != asdict(CONFIG) or meta["task"] != TASK:
             raise UsageError(f"--base {base}: its config or task differs from train.py's")
         model.to(device).eval()
         metrics = {k: v for k, v in meta["metrics"].items() if k in ("steps", "batch_size", "base_device",
-                                                                     "finetune_steps")}
+                                                                     "finetune_steps", "seed")}
         print(f"base model from {base}")
     predictor = dynts.ImportancePredictor(CONFIG.n_embd).to(device)
     train_predictor(model, predictor, predictor_traces, predictor_steps, predictor_batch_tokens, predictor_lr,
@@ -383,7 +479,9 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
                    predictor_steps=predictor_steps, predictor_device=str(device))
     print(f"held-out ranking quality: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
           f"{metrics['decisive_recall_top10']:.1%} ({eval_traces} traces)")
-    save_checkpoint(out, model, predictor, metrics)
+    model.eval()
+    decoding = budgets_on_validation(model, valid_problems, device)
+    save_checkpoint(out, model, predictor, metrics, decoding)
     print(f"saved {out} ({os.path.getsize(out) / 2**20:.1f} MiB)")
     return metrics
 
@@ -403,10 +501,12 @@ def parse_args(argv=None):
     p.add_argument("--predictor-batch-tokens", type=int, default=4096, help="thinking tokens per predictor step")
     p.add_argument("--predictor-lr", type=float, default=1e-3, help="predictor peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training problems")
-    p.add_argument("--finetune-steps", type=int, help="stage 4: base-model steps on DynTS's caches, then the "
-                   "predictor again; 0 skips it (default: 1200 on cuda, 0 on cpu)")
+    p.add_argument("--finetune-steps", type=int, default=0, help="the ablation: base-model steps on the caches "
+                   "DynTS alone leaves, then the predictor again (default: 0, off)")
     p.add_argument("--finetune-lr", type=float, default=3e-4, help="stage 4 peak learning rate")
     p.add_argument("--eval-traces", type=int, help="held-out traces for the ranking quality (default: 100 / 20)")
+    p.add_argument("--valid-problems", type=int, help="validation problems on which the budgets are chosen "
+                   "(default: 200 / 4)")
     return p.parse_args(argv)
 
 

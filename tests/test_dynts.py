@@ -108,36 +108,38 @@ def policy_run(draw):
     return B, budget, window, ratio, prompt_len, steps, end_think, seed
 
 
-POLICY_NAMES = ["window", "streaming", "dynts", "h2o", "snapkv", "rkv", "sepllm",
-                "dynts-random", "dynts-bottom", "dynts-noprompt"]
+POLICY_NAMES = ["window", "streaming", "dynts", "h2o", "h2o-last", "snapkv", "rkv", "sepllm",
+                "window+p", "streaming+p", "h2o+p", "snapkv+p", "rkv+p", "sepllm+p",
+                "dynts-random", "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
+ANSWER_PROTECTED = ("dynts", "dynts-random", "dynts-bottom", "dynts-noprompt", "noquestion")
 SEPARATORS = [ord(c) for c in dynts.SepLLM.SEPARATORS]
 KV_CONFIG = GPTConfig(block_size=512, n_layer=2, n_head=2, n_kv_head=1, n_embd=8, mlp_hidden=8)
 
 
 def build(name, budget, window, ratio, prompt_len):
     n_sink = min(4, budget - window - 1)
-    simple = {"window": lambda: dynts.Window(budget, window, ratio),
-              "streaming": lambda: dynts.StreamingLLM(budget, window, ratio, n_sink=n_sink),
-              "h2o": lambda: dynts.H2O(budget, window, ratio),
-              "snapkv": lambda: dynts.SnapKV(budget, window, ratio),
-              "rkv": lambda: dynts.RKV(budget, window, ratio),
-              "sepllm": lambda: dynts.SepLLM(budget, window, ratio, SEPARATORS, n_sink=n_sink)}
-    if name in simple:
-        return simple[name]()
+    p = prompt_len if name.endswith("+p") else 0
+    simple = {"window": lambda: dynts.Window(budget, window, ratio, prompt_len=p),
+              "streaming": lambda: dynts.StreamingLLM(budget, window, ratio, n_sink=n_sink, prompt_len=p),
+              "h2o": lambda: dynts.H2O(budget, window, ratio, prompt_len=p),
+              "h2o-last": lambda: dynts.H2OLast(budget, window, ratio, prompt_len=p),
+              "snapkv": lambda: dynts.SnapKV(budget, window, ratio, prompt_len=p),
+              "rkv": lambda: dynts.RKV(budget, window, ratio, prompt_len=p),
+              "sepllm": lambda: dynts.SepLLM(budget, window, ratio, SEPARATORS, n_sink=n_sink, prompt_len=p)}
+    if name.removesuffix("+p") in simple:
+        return simple[name.removesuffix("+p")]()
     kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
-            "dynts-noprompt": dynts.NoProtectedPrompt}[name]
+            "dynts-noprompt": dynts.NoProtectedPrompt, "random-all": dynts.RandomAll, "bottom-all": dynts.BottomAll,
+            "noquestion": dynts.NoQuestion}[name]
     return kind(budget, window, ratio, ScoreIsHidden(), prompt_len, END_THINK, EOT)
 
 
 def protected_positions(name, policy, prompt_len, end_think_b, seen):
-    if name in ("streaming", "sepllm"):
-        return set(range(min(policy.n_sink, seen)))
-    answer = set(range(end_think_b + 1, seen))
-    if name == "dynts-noprompt":
-        return answer
-    if name.startswith("dynts"):
-        return set(range(prompt_len)) | answer
-    return set()
+    prompt = set(range(prompt_len)) if name.endswith("+p") or name in ANSWER_PROTECTED[:3] else set()
+    if name.removesuffix("+p") in ("streaming", "sepllm"):
+        return prompt | set(range(min(policy.n_sink, seen)))
+    answer = set(range(end_think_b + 1, seen)) if name in ANSWER_PROTECTED else set()
+    return prompt | answer
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
@@ -148,7 +150,7 @@ def test_policy_invariants_over_a_generation(name, run):
     and random attention (for the attention-based policies), and check every eviction: the
     budget, the window, the protected tokens, sorted and unique, the count."""
     B, budget, window, ratio, prompt_len, steps, end_think, seed = run
-    if name.startswith("dynts") and any(e < prompt_len + steps for e in end_think):
+    if name in ANSWER_PROTECTED and any(e < prompt_len + steps for e in end_think):
         # answer tokens are protected: leave room for them, as a real budget must
         budget = max(budget, prompt_len + window + (prompt_len + steps - min(end_think)) + 2)
     policy = build(name, budget, window, ratio, prompt_len)
@@ -183,7 +185,7 @@ def test_policy_invariants_over_a_generation(name, run):
                 assert row == sorted(set(row))
                 assert row[-window:] == list(range(L - window, L)) if window else True
                 kept = set(pos[b, idx[b]].tolist())
-                if n < L - 1 or not name.startswith("dynts"):
+                if n < L - 1 or name not in ANSWER_PROTECTED:
                     assert protected[b] & set(pos[b, :L].tolist()) <= kept
                 if name == "window":  # only the newest
                     assert kept == set(pos[b, L - n:L].tolist())
@@ -212,7 +214,7 @@ def test_dynts_protects_answer_tokens_and_not_padding_after_end_of_text():
     policy.reset(1, 20)
     for i, tok in enumerate([1, 5, END_THINK, 7, EOT, 9]):
         policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
-    assert policy.scores[0, :6].tolist() == [INF, 0.0, 0.0, INF, INF, -INF]
+    assert policy.ranking()[0].tolist() == [INF, 0.0, 0.0, INF, INF, -INF]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -230,12 +232,27 @@ def test_dynts_rejects_settings_that_cannot_work(kwargs, message):
 
 
 def test_a_budget_full_of_protected_tokens_still_frees_a_slot():
-    policy = dynts.DynTS(budget=6, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=2,
+    policy = dynts.DynTS(budget=6, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=1,
                          end_think_id=END_THINK, eot_id=EOT)
     policy.reset(1, 6)
-    # the prompt ends with </think>: every token is protected
-    policy.observe(torch.tensor([[1, END_THINK, 4, 5, 6, 7]]), torch.zeros(1, 6, 2), torch.arange(6))
-    assert policy.select().tolist() == [[1, 2, 3, 4, 5]]  # the oldest protected token goes
+    for i, tok in enumerate([1, END_THINK, 4, 5, 6, 7]):  # the prompt, then </think> and an answer that never ends
+        policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
+    idx = policy.select()
+    assert idx.tolist() == [[0, 2, 3, 4, 5]]  # </think> itself is the one unprotected slot
+    policy.keep(idx)
+    policy.observe(torch.tensor([[8]]), torch.zeros(1, 1, 2), torch.tensor([6]))
+    assert policy.select().tolist() == [[1, 2, 3, 4, 5]]  # all protected: the oldest (the prompt) goes
+
+
+def test_special_tokens_inside_the_prompt_protect_nothing_and_end_nothing():
+    """What is answer or padding depends only on what the model generated after the prompt."""
+    policy = dynts.DynTS(budget=20, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=3,
+                         end_think_id=END_THINK, eot_id=EOT)
+    policy.reset(1, 20)
+    policy.observe(torch.tensor([[EOT, END_THINK, 1]]), torch.zeros(1, 3, 2), torch.arange(3))  # the prompt
+    for i, tok in enumerate([5, 6], start=3):
+        policy.observe(torch.tensor([[tok]]), torch.ones(1, 1, 2), torch.tensor([i]))
+    assert policy.ranking()[0].tolist() == [INF, INF, INF, 1.0, 1.0]  # prompt protected; thinking scored
 
 
 def test_predictor_has_the_papers_shape_and_is_non_negative():

@@ -1,5 +1,7 @@
-"""Tests for task.py: determinism, split hygiene, answer checking, and where the decisive
-information sits in the trace (far from the answer, never repeated near it)."""
+"""Tests for task.py: determinism, split hygiene, the family mixture, answer checking, and each
+family's structure (where the results sit in the trace, and what reads them again)."""
+import functools
+import itertools
 import random
 import re
 import statistics
@@ -8,9 +10,21 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import task
-from task import END_THINK, EOT, THINK, Problem, check_answer, decisive_spans, make_problem, problems
+from task import (END_THINK, EOT, FAMILIES, FAMILY_WEIGHTS, LAST_STEP, THINK, answer_of, check_answer,
+                  decisive_spans, item_accuracy, make_problem, problems)
 
-N_RECENT = 300  # a recent window of this many tokens must hold none of the results
+LINK = re.compile(r"(?=\b([a-z]{2})>([a-z]{2})\b)")                # every "ab>cd", overlapping ones too
+SO_FAR = re.compile(r"so far ((?:[A-Z]=[a-z]{2} ?)+)\.")           # "so far A=kl B=ij." (not "so far so good")
+REREAD = re.compile(r"([A-Z]) ends at ([a-z]{2}), no link out\.")  # "A ends at kl, no link out."
+FAR_FROM_END = 500    # far: no result in the thinking's last this many characters
+LAST_RESTATE = 120    # local, prompt: the last "so far" ends within this many characters of the end
+RESTATE_GAP = 160     # local, prompt: at most this many characters between consecutive "so far"s
+
+
+@functools.cache
+def cached(split: str, n: int, family: str | None = None) -> tuple:
+    """problems(split, n, family=family), drawn once for the whole file."""
+    return tuple(problems(split, n, family=family))
 
 
 def links(prompt: str) -> dict[str, str]:
@@ -19,86 +33,281 @@ def links(prompt: str) -> dict[str, str]:
     return dict(entry.split(">") for entry in table.split())
 
 
+def walks(prompt: str) -> tuple[int, bool, list[tuple[str, str]]]:
+    """The prompt's second line, "follow 2 steps, answer ends: A ab, B cd." ("answer next": one
+    more step): (hops, whether one more step is asked, [(letter, start), ...])."""
+    m = re.fullmatch(r"follow (\d+) steps, answer (ends|next): (.*)\.", prompt.split("\n")[1])
+    assert m, prompt.split("\n")[1]
+    return int(m.group(1)), m.group(2) == "next", [tuple(s.split(" ")) for s in m.group(3).split(", ")]
+
+
+def results(p) -> dict[str, str]:
+    """{letter: result} from the answer ("A=kl" or "A=kl>mn")."""
+    return {item[0]: item[2:4] for item in p.answer.split()}
+
+
+def step_starts(p) -> dict[str, int]:
+    """{letter: offset in the thinking of that step's line "A: ab>cd>kl, so A=kl."}"""
+    return {m.group(1): m.start() for m in re.finditer(r"^([A-Z]): ", p.thinking, re.M)}
+
+
+def fillers(p, kind: str) -> list[str]:
+    """The bodies of the "check N: ..." or "review N: ..." lines."""
+    return [line.split(": ", 1)[1] for line in p.thinking.splitlines() if line.startswith(kind + " ")]
+
+
+def corrupt(item: str) -> str:
+    """The item with its result's second letter changed: "A=kl" -> "A=km"."""
+    return item[:3] + ("a" if item[3] != "a" else "b") + item[4:]
+
+
+def n_tokens(text: str) -> int:
+    """Characters, each special-token string counted as one token."""
+    return len(text) - sum(text.count(s) * (len(s) - 1) for s in (THINK, END_THINK, EOT))
+
+
+# ---- determinism, splits, mixture ----
+
 def test_same_seed_same_problems_other_seed_other_problems():
     assert problems("train", 20, seed=3) == problems("train", 20, seed=3)
     assert problems("eval", 20, seed=3) == problems("eval", 20, seed=3)
     assert problems("train", 20, seed=3) != problems("train", 20, seed=4)
-    assert make_problem(random.Random(7)) == make_problem(random.Random(7))
+    for family in FAMILIES:
+        assert problems("eval", 5, seed=3, family=family) == problems("eval", 5, seed=3, family=family)
+        assert problems("eval", 5, seed=3, family=family) != problems("eval", 5, seed=4, family=family)
+        assert make_problem(random.Random(7), family) == make_problem(random.Random(7), family)
+        assert make_problem(random.Random(7), family) != make_problem(random.Random(8), family)
+        assert make_problem(random.Random(7), family).family == family
 
 
-def test_train_and_eval_never_share_a_prompt():
-    train, evals = problems("train", 500), problems("eval", 500)
-    assert all(task.split_of(p.prompt) == "train" for p in train)  # the proof: split is a
-    assert all(task.split_of(p.prompt) == "eval" for p in evals)   # function of the prompt
-    assert not {p.prompt for p in train} & {p.prompt for p in evals}
+def test_splits_never_share_a_prompt():
+    by_split = {split: cached(split, 500) for split in ("valid", "eval")}
+    by_split["train"] = cached("train", 1000)[:500]  # the same as problems("train", 500): shared with the mixture's test
+    assert by_split["train"] == tuple(problems("train", 20)) + by_split["train"][20:]
+    for split, ps in by_split.items():
+        assert len(ps) == 500
+        assert all(task.split_of(p.prompt) == split for p in ps)  # the proof: split is a function of the prompt
+    prompts = [{p.prompt for p in ps} for ps in by_split.values()]
+    for a, b in itertools.combinations(prompts, 2):
+        assert not a & b
     with pytest.raises(ValueError):
         problems("test", 1)
+    with pytest.raises(ValueError):
+        problems("train", 1, family="nope")
+    with pytest.raises(ValueError):
+        make_problem(random.Random(0), "nope")
 
 
-def test_check_answer_accepts_the_reference_and_rejects_corruptions():
-    p = problems("eval", 1, seed=1)[0]
+def test_the_mixture_follows_the_family_weights():
+    ps = cached("train", 1000)
+    total = sum(FAMILY_WEIGHTS.values())
+    assert set(FAMILY_WEIGHTS) == set(FAMILIES)
+    assert len(set(FAMILY_WEIGHTS.values())) == 1  # fixed before any evaluation, and equal
+    for family in FAMILIES:
+        share = sum(p.family == family for p in ps) / len(ps)
+        assert abs(share - FAMILY_WEIGHTS[family] / total) <= 0.04, (family, share)
+    for family in FAMILIES:
+        ps = problems("train", 50, family=family)
+        assert {p.family for p in ps} == {family}
+        assert all((walks(p.prompt)[1]) == (family == "prompt") for p in ps)  # the family shows in the text
+
+
+# ---- answers ----
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_check_answer_accepts_the_reference_and_rejects_corruptions(family):
+    p = problems("eval", 1, seed=1, family=family)[0]
     reference = p.thinking + END_THINK + p.answer + EOT
+    assert answer_of(reference) == p.answer
+    assert answer_of(p.thinking + END_THINK + " " + p.answer + " \n" + EOT) == p.answer  # spaces trimmed
+    assert answer_of(p.thinking + p.answer + EOT) is None
     assert check_answer(p, reference)
     assert check_answer(p, reference + "anything after the end of text")
     assert check_answer(p, p.thinking + END_THINK + p.answer)  # stopped at max length
-    wrong_letter = p.answer[:-1] + ("a" if p.answer[-1] != "a" else "b")
+    items = p.answer.split()
+    wrong_letter = " ".join([corrupt(items[0])] + items[1:])
     assert not check_answer(p, p.thinking + END_THINK + wrong_letter + EOT)
-    assert not check_answer(p, p.thinking + END_THINK + p.answer.rsplit(" ", 1)[0] + EOT)
-    assert not check_answer(p, p.thinking + END_THINK + " ".join(p.answer.split()[::-1]) + EOT)
+    assert not check_answer(p, p.thinking + END_THINK + " ".join(items[:-1]) + EOT)  # a missing item
+    assert not check_answer(p, p.thinking + END_THINK + " ".join(items[::-1]) + EOT)  # reordered
     assert not check_answer(p, p.thinking + p.answer + EOT)  # never closed the thinking
+    if family == "prompt":  # the extra look-up counts: the bare result is not the answer
+        assert not check_answer(p, p.thinking + END_THINK + " ".join(i[:4] for i in items) + EOT)
 
 
-@settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32))
-def test_results_are_written_once_far_before_the_answer(seed):
-    p = make_problem(random.Random(seed))
-    text, end_think = p.text(), len(p.prompt) + len(p.thinking)
-    spans = decisive_spans(p)
-    assert [text[a:b] for a, b in spans] == [f"{it[2:]}, so {it}." for it in p.answer.split()]
-    assert all(len(p.prompt) <= a < b <= end_think for a, b in spans)
-    for (a, b), item in zip(spans, p.answer.split()):
-        value = item[2:]
-        assert end_think - b >= N_RECENT                    # far from the answer ...
-        assert value not in p.thinking[-N_RECENT:]          # ... and not repeated near it
-        assert p.thinking.count(value) == 2                 # both inside the span, nowhere else
-        assert text[a:b].count(value) == 2
-        assert value not in p.prompt.split("\n")[1]         # not a start: needs the walk
-        assert value not in links(p.prompt)                 # the walk ends there
-    assert p.thinking.count("=") == len(spans)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_item_accuracy_counts_the_items_in_place(family):
+    for p in problems("eval", 3, seed=2, family=family, n_items=(2, 4)):
+        items = p.answer.split()
+        k = len(items)
+        assert item_accuracy(p, p.thinking + END_THINK + p.answer + EOT) == 1.0
+        assert item_accuracy(p, p.thinking + END_THINK + p.answer + EOT + "junk") == 1.0
+        for n_bad in range(k + 1):
+            for bad in itertools.combinations(range(k), n_bad):
+                got = " ".join(corrupt(it) if i in bad else it for i, it in enumerate(items))
+                assert item_accuracy(p, p.thinking + END_THINK + got + EOT) == pytest.approx((k - n_bad) / k)
+        assert item_accuracy(p, p.thinking + END_THINK + " ".join(items[:-1]) + EOT) == pytest.approx((k - 1) / k)
+        assert item_accuracy(p, p.thinking + END_THINK + " ".join(items[1:]) + EOT) == 0.0  # shifted: none in place
+        assert item_accuracy(p, p.thinking + p.answer + EOT) == 0.0  # never closed the thinking
+        assert item_accuracy(p, "") == 0.0
 
 
-@settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32))
-def test_every_link_in_the_text_is_true_and_the_answer_follows_the_table(seed):
-    p = make_problem(random.Random(seed))
+# ---- structure, every family ----
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32), hops=st.integers(2, 4), k=st.integers(1, 5))
+def test_every_link_in_the_text_is_true_and_the_answer_follows_the_table(family, seed, hops, k):
+    p = make_problem(random.Random(seed), family, hops=hops, n_items=(k, k))
     link = links(p.prompt)
-    for a, b in re.findall(r"(?=([a-z]{2})>([a-z]{2}))", p.prompt + p.thinking):
+    found = LINK.findall(p.prompt + p.thinking)
+    assert len(found) > len(link)  # the table, and the walks in the thinking
+    for a, b in found:
         assert link[a] == b
-    hops = int(re.search(r"(\d+) steps", p.prompt).group(1))
-    for letter, start in re.findall(r"([A-Z]) ([a-z]{2})[,.]", p.prompt.split("\n")[1]):
+    h, one_more, starts = walks(p.prompt)
+    assert h == hops and one_more == (family == "prompt")
+    items = p.answer.split()
+    assert [letter for letter, _ in starts] == [item[0] for item in items] == list("ABCDE"[:len(items)])
+    assert len(items) == k
+    for (letter, start), item in zip(starts, items):
         node = start
         for _ in range(hops):
             node = link[node]
-        assert f"{letter}={node}" in p.answer.split()
+        if family == "prompt":
+            assert item == f"{letter}={node}>{link[node]}"
+        else:
+            assert item == f"{letter}={node}"
+            assert node not in link  # the walk ends there: no link out
+        assert node not in p.prompt.split("\n")[1]  # not a start: needs the walk
 
 
-def test_format_and_lengths():
-    ps = problems("train", 200)
-    thinking = [len(p.thinking) for p in ps]
-    assert 600 <= min(thinking) and max(thinking) <= 1500
-    assert 900 <= statistics.mean(thinking) <= 1200
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_decisive_spans_are_the_result_sentences(family, seed):
+    p = make_problem(random.Random(seed), family)
+    text, end_think = p.text(), len(p.prompt) + len(p.thinking)
+    spans = decisive_spans(p)
+    assert len(spans) == len(p.answer.split())
+    assert [text[a:b] for a, b in spans] == [f"{v}, so {x}={v}." for x, v in results(p).items()]
+    assert all(len(p.prompt) <= a < b <= end_think for a, b in spans)
+    assert spans == sorted(spans)  # in step order
+    for (a, b), start in zip(spans, step_starts(p).values()):
+        assert p.thinking.rfind("\n", 0, a - len(p.prompt)) + 1 == start  # on that step's own line
+
+
+# ---- structure, by family ----
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_far_results_are_written_once_far_before_the_answer(seed):
+    p = make_problem(random.Random(seed), "far")
+    text = p.text()
+    for (a, b), value in zip(decisive_spans(p), results(p).values()):
+        assert p.thinking.count(value) == 2  # both inside the result sentence, nowhere else
+        assert text[a:b].count(value) == 2
+        assert value not in p.thinking[-FAR_FROM_END:]
+    assert p.thinking.count("=") == len(results(p))
+    assert not SO_FAR.search(p.thinking) and not REREAD.search(p.thinking)
+
+
+@pytest.mark.parametrize("family", ["local", "prompt"])
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_local_and_prompt_restate_the_results_every_few_sentences(family, seed):
+    p = make_problem(random.Random(seed), family)
+    thinking = p.thinking
+    if family == "prompt":
+        assert thinking.endswith("\n" + LAST_STEP + "\n")
+        thinking = thinking[:-len(LAST_STEP) - 1]
+    res, steps = results(p), step_starts(p)
+    restated = list(SO_FAR.finditer(thinking))
+    for m in restated:  # each restatement lists exactly the results of the steps done
+        done = {x: v for x, v in res.items() if steps[x] < m.start()}
+        assert dict(item.split("=") for item in m.group(1).split()) == done
+    assert dict(item.split("=") for item in restated[-1].group(1).split()) == res
+    assert len(thinking) - restated[-1].end() <= LAST_RESTATE
+    assert thinking.endswith(restated[-1].group(0) + "\n")  # in fact the last sentence (before LAST_STEP)
+    first_result = thinking.index("\n") + 1
+    assert restated[0].start() > first_result
+    assert thinking.count("\n", first_result, restated[0].start()) <= 3
+    for m, n in zip(restated, restated[1:]):
+        assert n.end() - m.end() <= RESTATE_GAP
+        between = thinking[m.end():n.start()].split("\n")[1:-1]  # whole lines in between
+        assert sum(line.startswith(("check ", "review ")) for line in between) <= 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_reused_results_are_read_again_but_not_in_the_review(seed):
+    p = make_problem(random.Random(seed), "reused")
+    res, steps = results(p), step_starts(p)
+    rereads = list(REREAD.finditer(p.thinking))
+    assert {m.group(1) for m in rereads} == set(res)  # every result is read again ...
+    for m in rereads:
+        letter, value = m.groups()
+        assert res[letter] == value and steps[letter] < m.start()  # ... after its own step
+    review = "\n".join(fillers(p, "review"))
+    assert review
+    assert not any(value in review for value in res.values())
+    assert not SO_FAR.search(p.thinking)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_redundant_filler_is_two_sentences_and_results_are_restated(seed):
+    p = make_problem(random.Random(seed), "redundant")
+    res, steps = results(p), step_starts(p)
+    review, checks = fillers(p, "review"), fillers(p, "check")
+    assert len(review) >= 2 and len(set(review)) <= 2
+    assert len(set(review) | {c for c in checks if not REREAD.fullmatch(c)}) <= 2  # the same two throughout
+    rereads = list(REREAD.finditer(p.thinking))
+    assert rereads
+    for m in rereads:
+        assert res[m.group(1)] == m.group(2) and steps[m.group(1)] < m.start()
+    assert sorted(m.group(1) for m in rereads) == sorted(res)  # each result restated once beyond its sentence
+    assert not any(value in "\n".join(review) for value in res.values())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_the_prompt_family_asks_for_one_more_step(family):
+    for p in problems("valid", 20, family=family):
+        assert ("answer next" in p.prompt.split("\n")[1]) == (family == "prompt")
+        assert ("answer ends" in p.prompt.split("\n")[1]) == (family != "prompt")
+        assert p.thinking.endswith(LAST_STEP + "\n") == (family == "prompt")
+        assert (">" in p.answer) == (family == "prompt")
+
+
+# ---- format, lengths, knobs ----
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_format_and_lengths(family):
+    ps = cached("train", 200, family)
+    lengths = [n_tokens(p.text()) for p in ps]
+    assert max(lengths) < 4000
+    assert 2500 <= statistics.mean(lengths) <= 3200
+    assert max(n_tokens(p.prompt) for p in ps) < 150  # 119 tokens, all of them
     for p in ps:
         assert p.prompt.endswith(THINK) and p.prompt.count(THINK) == 1
         assert p.text().isascii()
         assert not any(m in p.thinking + p.answer for m in (THINK, END_THINK, EOT))
         assert p.text() == p.prompt + p.thinking + END_THINK + p.answer + EOT
+        assert len(p.answer.split()) == 3
 
 
-def test_knobs_control_the_length():
-    short = problems("train", 20, n_steps=2, checks=(1, 2), n_review=10)
-    long = problems("train", 20, n_steps=8, checks=(10, 14))
-    assert max(len(p.thinking) for p in short) < 700
-    assert min(len(p.thinking) for p in long) > 3000
-    assert all(len(p.answer.split()) == 8 for p in long)
+def test_every_prompt_has_the_same_length():
+    """Whatever the family, the same number of table links and walks, so prompts batch without padding."""
+    ps = [p for family in FAMILIES for p in cached("train", 200, family)]
+    assert len({n_tokens(p.prompt) for p in ps}) == 1
+    assert len({len(links(p.prompt)) for p in ps}) == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_knobs_control_the_length(family):
+    short = problems("train", 20, family=family, n_filler=(4, 6), n_review=2)
+    assert max(len(p.thinking) for p in short) < 800
+    five = problems("train", 10, family=family, n_items=(5, 5))
+    assert all([item[0] for item in p.answer.split()] == list("ABCDE") for p in five)
     with pytest.raises(ValueError):
-        make_problem(random.Random(0), hops=1)
+        make_problem(random.Random(0), family, hops=1)
+    with pytest.raises(ValueError):
+        make_problem(random.Random(0), family, n_items=(0, 2))

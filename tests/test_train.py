@@ -10,18 +10,19 @@ from hypothesis import strategies as st
 
 import eval as evaluate
 import generate
+import task
 import train
 from model import GPT, GPTConfig, attention_with_probs, get_encoding
 
 SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
-SMALL_TASK = dict(n_steps=2, hops=2, n_distractors=2, checks=(0, 1), n_review=2)
+SMALL_TASK = dict(n_items=(2, 2), hops=2, n_distractors=2, n_filler=(0, 3), n_review=2)
 
 
 @pytest.fixture
 def small_setup(monkeypatch):
     monkeypatch.setattr(train, "CONFIG", SMALL)
     monkeypatch.setattr(train, "TASK", SMALL_TASK)
-    monkeypatch.setattr(train, "SHORT_TASK", dict(SMALL_TASK, checks=(0, 0)))
+    monkeypatch.setattr(train, "SHORT_TASK", dict(SMALL_TASK, n_filler=(0, 0)))
     monkeypatch.setattr(train, "DECODING", dict(budget=120, window=8, ratio=0.5))
 
 
@@ -79,25 +80,34 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     assert -1 <= metrics["spearman"] <= 1 and 0 <= metrics["decisive_recall_top10"] <= 1
     model, predictor, meta = generate.load_checkpoint(path)
     assert model.config == SMALL and meta["task"] == SMALL_TASK and meta["encoding"] == "bytes-think"
-    assert meta["decoding"] == dict(budget=120, window=8, ratio=0.5)
+    d = meta["decoding"]  # chosen on validation problems: fractions of Full's mean peak cache there
+    assert d["budgets"] == [round(f * d["full_peak_valid"]) for f in train.BUDGET_FRACTIONS]
+    assert d["budget"] == d["budgets"][1] and d["window"] == round(0.4 * d["budget"]) and d["ratio"] == 0.3
+    assert d["n_valid"] == 4 and d["full_peak_valid"] <= SMALL.block_size
     ckpt = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in ckpt["model"].values())
 
     with pytest.raises(generate.UsageError, match="exists: pass --force"):
         train.main(out=path, device="cpu")
 
-    stats = generate.main(policy="dynts", ckpt=path, device="cpu", max_new_tokens=60, out=open(tmp_path / "o", "w"))
+    stats = generate.main(policy="dynts", budget=300, ckpt=path, device="cpu", max_new_tokens=60,
+                          out=open(tmp_path / "o", "w"))
     assert "expected_answer" in stats and stats["correct"] in (0.0, 1.0)
 
-    result = evaluate.main(ckpt=path, n=3, policies="full,window,dynts", budgets="100,120", device="cpu",
-                           batch_size=2, ranking_traces=2, json_path=str(tmp_path / "e.json"))
+    result = evaluate.main(ckpt=path, n=1, policies="full,window,dynts", budgets="200,260", device="cpu",
+                           batch_size=5, ranking_traces=2, json_path=str(tmp_path / "e.json"))
     rows = result["rows"]
-    assert [(r["policy"], r["budget"]) for r in rows] == [("full", None), ("window", 100), ("window", 120),
-                                                          ("dynts", 100), ("dynts", 120)]
+    assert [(r["policy"], r["level"]) for r in rows] == [("full", None), ("dynts", 200), ("window", 200),
+                                                         ("dynts", 260), ("window", 260)]
     for r in rows:
-        assert 0 <= r["pass_at_1"] <= 1 and r["n_problems"] == 3
-        if r["budget"]:
-            assert r["peak_kv_tokens"] <= r["budget"]
+        assert 0 <= r["pass_at_1"] <= 1 and r["n"] == 5 and set(r["families"]) == set(task.FAMILIES)
+        assert r["ci"][0] <= r["pass_at_1"] <= r["ci"][1]
+        if r["level"]:
+            assert r["peak_kv"] <= r["level"]
+    assert len(result["records"]) == 5 * 5 and {r["problem"] for r in result["records"]} == set(range(5))
+    merged = evaluate.main(merge=[str(tmp_path / "e.json")] * 2)  # a second run of the same seed: pairs collapse
+    assert [r["n"] for r in merged["rows"]] == [10] * 5
+    assert [t["n_pairs"] for t in merged["paired_tests"]] == [5, 5]
 
 
 def corrupt_checkpoints(tmp_path, good: str):
@@ -132,22 +142,35 @@ def test_eval_bad_flags(argv, message):
     assert message in e.value.code and "\n" not in e.value.code
 
 
-def test_simulated_eviction_mask_is_causal_and_keeps_prompt_window_and_most_decisive_tokens():
+def test_blind_eviction_masks_are_causal_and_know_nothing_of_the_task():
+    """Each row: causal, every token sees itself and its recent window; holes elsewhere. The
+    same tokens give the same mask, whatever the problems' answers (the problems are not read)."""
     import task
-    problems = task.problems("train", 4, **SMALL_TASK)
+    problems = task.problems("train", 8, **SMALL_TASK)
     enc = get_encoding()
     tokens, prompt_len, _, _ = train.encode_batch(problems, enc, "cpu")
     T = tokens.shape[1]
-    mask = train.simulated_eviction_mask(problems, tokens, prompt_len, torch.Generator().manual_seed(0))
-    assert mask.shape == (4, T, T)
+    mask = train.blind_eviction_mask(problems, tokens, prompt_len, torch.Generator().manual_seed(0))
+    assert mask.shape == (8, T, T)
     assert not (mask & ~torch.ones(T, T, dtype=torch.bool).tril()).any()  # never the future
     i = torch.arange(T)
     assert mask[:, i, i].all()  # every token sees itself
-    for b, p in enumerate(problems):
-        assert mask[b, -1, :prompt_len[b]].all()  # the prompt, from the last query
-        assert mask[b, -1, T - 64:].all()  # the smallest window
-    decisive = [mask[b, -1, train.decisive_tokens(p, enc)].float().mean() for b, p in enumerate(problems)]
-    assert sum(decisive) / 4 > 0.7
+    assert mask[:, i[1:], i[:-1]].all()  # and the one before it (every window is >= 64... or the budget's)
+    others = [task.problems("train", 8, seed=99, **SMALL_TASK)[0]] * 8  # other problems, same tokens
+    again = train.blind_eviction_mask(others, tokens, prompt_len, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)
+
+
+def test_blind_replay_is_the_policy_rule_with_scripted_scores():
+    """The replay kind equals a token-at-a-time decode of a policy that ranks by the same scores."""
+    T, P = 300, 20
+    scores = torch.rand(T, generator=torch.Generator().manual_seed(1))
+    scores[:P] = float("inf")
+    make = lambda: train.ScriptedScores(100, 30, 0.3, scores)
+    tokens = torch.zeros(T, dtype=torch.long)
+    expected = replayed_one_token_at_a_time(make(), tokens, torch.zeros(T, 1), P)
+    assert torch.equal(train.visibility(train.eviction_deaths(make(), tokens, None)[None])[0], expected)
+    assert expected[-1, :P].all()  # the protected prompt, still seen at the end
 
 
 def test_base_flag_trains_only_the_predictor(small_setup, tmp_path):

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU evaluation behind the README's comparison: every policy on 100 held-out problems per
+# family, at the four budget levels (fractions of Full's peak cache on validation problems),
+# for three model seeds (CKPT_DIR/seed0.pt, seed1.pt, seed2.pt). One eval.py process per
+# (seed, policy, level), PROCS_PER_GPU of them on each GPU, started in priority order until
+# DEADLINE_S seconds from now; each writes OUT_DIR/s<seed>-<policy>-<level>.json (and is
+# skipped where that file exists, so a second call finishes what a first one left).
+# Pool them afterwards with `python eval.py --merge OUT_DIR/*.json`.
+# usage: bash docs/eval-gpu.sh CKPT_DIR OUT_DIR [DEADLINE_S] [PROCS_PER_GPU] [LEVELS] [SEEDS]
+set -u
+export ck=$1 out=$2 deadline=$(( $(date +%s) + ${3:-520} ))
+per_gpu=${4:-3} levels=${5:-"0.3 0.45 0.2 0.6"} seeds=${6:-"0 1 2"}
+export gpus=$(nvidia-smi -L | wc -l)
+mkdir -p "$out"
+main="full dynts oracle dynts-random window streaming sepllm h2o h2o-last snapkv rkv
+      window+p streaming+p sepllm+p h2o+p h2o-last+p snapkv+p rkv+p"
+ablations="dynts-bottom dynts-noprompt random-all bottom-all noquestion"
+jobs() {
+  for level in $levels; do
+    for seed in $seeds; do
+      for p in $main; do
+        if [ "$p" != full ] || [ "$level" = 0.3 ]; then echo "$seed $p $level"; fi
+      done
+    done
+    if [ "$level" = 0.3 ]; then
+      for seed in $seeds; do for p in $ablations; do echo "$seed $p $level"; done; done
+    fi
+  done
+}
+run() {  # job number, seed, policy, level
+  [ "$(date +%s)" -lt "$deadline" ] || exit 0
+  export CUDA_VISIBLE_DEVICES=$(( $1 % gpus ))
+  name="s$2-$3-$4"
+  [ -f "$out/$name.json" ] && exit 0  # done by an earlier call
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python eval.py --ckpt "$ck/seed$2.pt" --policies "$3" --fractions "$4" --ranking-traces 0 \
+    --json "$out/$name.json" > "$out/$name.log" 2>&1 || echo "FAILED $name"
+}
+export -f run
+jobs | nl -v0 | xargs -P $(( gpus * per_gpu )) -L1 bash -c 'run "$@"' _
+echo "done: $(ls "$out"/*.json 2>/dev/null | wc -l) of $(jobs | wc -l) runs"
