@@ -248,7 +248,7 @@ def check_output_path(flag: str, path: str | None):
 
 
 def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=None, ratio=None, budgets=None,
-         fractions=None, batch_size=None, device=None, dtype="float32", ranking_traces=None, json_path=None, plot_path=None,
+         fractions=None, split="eval", batch_size=None, device=None, dtype="float32", ranking_traces=None, json_path=None, plot_path=None,
          merge=None):
     check_output_path("--json", json_path)
     check_output_path("--plot", plot_path)
@@ -310,7 +310,7 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
     else:
         levels = [(d["budget"], train.BUDGET_FRACTIONS[1] if "budgets" in d else None)]
     window_of = lambda b: window if window is not None else round(d.get("window_fraction", d["window"] / d["budget"]) * b)
-    problems = [p for f in task.FAMILIES for p in task.problems("eval", n, seed=seed, family=f, **meta["task"])]
+    problems = [p for f in task.FAMILIES for p in task.problems(split, n, seed=seed, family=f, **meta["task"])]
     prompt_len = len(enc.encode(problems[0].prompt, allowed_special="all"))
     runs = [(name, None, None) if name == "full" else (name, b, f) for name in names for b, f in
             ([(None, None)] if name == "full" else levels)]
@@ -318,7 +318,7 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
         if name not in ("full", "oracle"):
             make_policy(name, b, window_of(b), ratio, predictor, prompt_len, enc)
     model_seed = meta["metrics"].get("seed", 0)
-    print(f"{len(problems)} held-out problems ({n} per family, seed {seed}), model seed {model_seed}, "
+    print(f"{len(problems)} {split} problems ({n} per family, seed {seed}), model seed {model_seed}, "
           f"budgets {[b for b, _ in levels]}, ratio {ratio}, on {device} ({dtype})", flush=True)
 
     records = []
@@ -332,7 +332,7 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
     if ranking:
         print(f"\npredictor on {ranking_traces} held-out traces: Spearman {ranking['spearman']:.3f} against the "
               f"labels; first result statements in its top 10%: {ranking['decisive_recall_top10']:.1%}")
-    result = dict(records=records, ranking=ranking, n=n, seed=seed, device=device, dtype=dtype, ckpt=ckpt,
+    result = dict(records=records, ranking=ranking, n=n, seed=seed, split=split, device=device, dtype=dtype, ckpt=ckpt,
                   **report(records))
     return finish(result, json_path, plot_path)
 
@@ -351,6 +351,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint from train.py")
     p.add_argument("--n", type=int, help="held-out problems per family (default: 100 on cuda, 1 on cpu)")
     p.add_argument("--seed", type=int, default=0, help="which held-out problems")
+    p.add_argument("--split", choices=["eval", "valid"], default="eval", help="the test problems, or the "
+                   "validation ones (for choosing settings without looking at the test problems)")
     p.add_argument("--policies", help="comma-separated policies, or a set: 'all' (default on cuda) or 'default' "
                    "(full,dynts; default on cpu)")
     p.add_argument("--budget", type=int, help="one KV budget (default: the checkpoint's, chosen on validation)")

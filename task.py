@@ -50,6 +50,7 @@ THINK, END_THINK, EOT = "<think>", "</think>", "<|endoftext|>"  # special tokens
 SPLITS = ("train", "valid", "eval")
 FAMILIES = ("far", "local", "reused", "redundant", "prompt")
 FAMILY_WEIGHTS = dict(far=1, local=1, reused=1, redundant=1, prompt=1)  # fixed before any evaluation
+MODES = {family: i + 1 for i, family in enumerate(FAMILIES)}  # with announce=True the prompt says "mode 3"
 
 # Every fixed piece of text. Nodes are two lowercase letters that never occur inside these
 # words, so a node's name in the text always means that node (and tests can search for it).
@@ -74,7 +75,8 @@ class Problem:
 
 
 def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, int] = (3, 3), hops: int = 2,
-                 n_distractors: int = 2, n_filler: tuple[int, int] = (70, 84), n_review: int = 16) -> Problem:
+                 n_distractors: int = 2, n_filler: tuple[int, int] = (70, 84), n_review: int = 16,
+                 announce: bool = False, walks_first: bool = False) -> Problem:
     """Draw one problem of one family.
 
     n_items:       (min, max) walks to follow (A, B, ...); the answer has one item per walk
@@ -83,6 +85,12 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
                    families other than `prompt` get k more, so every table has as many links)
     n_filler:      (min, max) filler sentences in all (checks after the steps + the review)
     n_review:      filler sentences after the last step, the final review
+    announce:      the prompt names the family ("mode 3"), so that a model can tell which kind of
+                   trace to write; without it only the prompt family's "answer next" shows
+    walks_first:   every walk first, then all the checks: the table is needed only at the start
+                   (and, in the prompt family, for the answer), so that a policy that drops the
+                   prompt can still follow the trace
+    The shipped checkpoint was trained with both off (see README, "Not done yet").
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -105,7 +113,8 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     table = [f"{a}>{b}" for a, b in link.items()]
     rng.shuffle(table)
     starts = ", ".join(f"{x} {w[0]}" for x, w in zip(letters, walks))
-    task_line = f"follow {hops} steps, answer " + ("next" if family == "prompt" else "ends")
+    task_line = f"follow {hops} steps, " + (f"mode {MODES[family]}, " if announce else "") + \
+        "answer " + ("next" if family == "prompt" else "ends")
     prompt = f"table: {' '.join(table)}\n{task_line}: {starts}.\n{THINK}"
 
     def dead_end() -> str:  # 1 or 2 true links among the distractors, which lead nowhere useful
@@ -133,25 +142,34 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
 
     n = rng.randint(*n_filler)
     checks = [max(0, n - n_review) // k + (i < max(0, n - n_review) % k) for i in range(k)]  # per step
-    restate_at = {sum(checks[:i]) + rng.randrange(checks[i]) for i in range(k) if checks[i]}  # redundant: one a step
+    if walks_first:  # the redundant family restates each result once: index -> which result
+        restate_at = dict(zip(sorted(rng.sample(range(sum(checks)), min(k, sum(checks)))), range(k)))
+    else:
+        restate_at = {sum(checks[:i]) + rng.randrange(checks[i]): i for i in range(k) if checks[i]}
 
     def filler(done: int, index: int, last: bool) -> str:
         """The index-th filler sentence of the trace, after `done` steps, by family."""
         if family in ("local", "prompt"):
             return so_far(done) if index % 3 == 2 or last else varied(done)
         if family == "reused" and index % 2 == 0 and not reviewing:
-            return reread(done - 1 if index % 4 == 0 else rng.randrange(done))  # a result so far, read again
+            every = (index // 4) % done if walks_first else done - 1  # every result, in turn
+            return reread(every if index % 4 == 0 else rng.randrange(done))  # a result so far, read again
         if family == "redundant":
             if index in restate_at:
-                return reread(done - 1)  # this step's result, restated once
+                return reread(restate_at[index])  # a result, restated once
             return repeated[index % 2]
         return varied(done)
 
+    walk_lines = [f"{x}: {'>'.join(w[:hops + 1])}, so {x}={w[hops]}.\n" for x, w in zip(letters, walks)]
+    if walks_first:  # (steps done, their walks, then this many checks)
+        blocks = [(k, "".join(walk_lines), sum(checks))]
+    else:
+        blocks = [(i + 1, walk_lines[i], checks[i]) for i in range(k)]
     thinking, index, reviewing = "", 0, False
-    for i, (letter, walk) in enumerate(zip(letters, walks)):
-        thinking += f"{letter}: {'>'.join(walk[:hops + 1])}, so {letter}={walk[hops]}.\n"
-        for c in range(checks[i]):
-            thinking += f"check {c + 1}: {filler(i + 1, index, False)}\n"
+    for done, lines, n_checks in blocks:
+        thinking += lines
+        for c in range(n_checks):
+            thinking += f"check {c + 1}: {filler(done, index, False)}\n"
             index += 1
     reviewing = True
     for r in range(n_review):

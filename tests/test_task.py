@@ -311,3 +311,37 @@ def test_knobs_control_the_length(family):
         make_problem(random.Random(0), family, hops=1)
     with pytest.raises(ValueError):
         make_problem(random.Random(0), family, n_items=(0, 2))
+
+
+# ---- the next design: the prompt names its family, the walks come first ----
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_announce_and_walks_first(family):
+    knobs = dict(announce=True, walks_first=True)
+    ps = problems("valid", 30, family=family, **knobs)
+    assert len({n_tokens(p.prompt) for p in ps}) == 1
+    assert n_tokens(ps[0].prompt) == n_tokens(problems("valid", 1, family="far", **knobs)[0].prompt)
+    for p in ps:
+        line = p.prompt.split("\n")[1]
+        assert f", mode {task.MODES[family]}, answer " in line
+        res = results(p)
+        lines = p.thinking.splitlines()
+        assert [ln[:2] for ln in lines[:len(res)]] == [f"{x}:" for x in res]  # every walk first ...
+        assert not any(re.match(r"[A-Z]: ", ln) for ln in lines[len(res):])  # ... and none after
+        rereads = [m.groups() for m in REREAD.finditer(p.thinking)]
+        assert all(res[x] == v for x, v in rereads)
+        if family == "reused":
+            assert {x for x, _ in rereads} == set(res)  # every result read again
+        if family == "redundant":
+            assert sorted(x for x, _ in rereads) == sorted(res)  # each restated once
+        if family in ("local", "prompt"):
+            last = SO_FAR.findall(p.thinking)[-1]
+            assert all(f"{x}={v}" in last for x, v in res.items())
+
+
+def test_the_knobs_off_keep_the_shipped_design():
+    """The shipped checkpoint was trained with both knobs off: its problems must not change."""
+    for family in FAMILIES:
+        p = problems("eval", 2, family=family)
+        assert p == problems("eval", 2, family=family, announce=False, walks_first=False)
+        assert "mode" not in p[0].prompt and p[0].thinking.splitlines()[1].startswith("check 1")
