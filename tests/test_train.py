@@ -12,7 +12,7 @@ import eval as evaluate
 import generate
 import task
 import train
-from model import GPT, GPTConfig, attention_with_probs, get_encoding
+from model import GPT, GPTConfig, KVCache, attention_with_probs, get_encoding
 
 SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
 SMALL_TASK = dict(n_items=(2, 2), hops=2, n_distractors=2, n_filler=(0, 3), n_review=2)
@@ -261,3 +261,30 @@ def test_train_model_gives_the_odd_rows_the_eviction_mask(small_setup):
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     assert torch.equal(mask[0], causal) and torch.equal(mask[2], causal)
     assert torch.equal(mask[1], torch.eye(T, dtype=torch.bool))
+
+
+def test_the_oracle_ranks_by_the_attention_each_rows_own_answer_pays():
+    """AnswerOracle's scores, for a batch whose answers differ in length, equal a row-at-a-time
+    reference: that row's live tokens prefilled into a fresh cache, then its answer, asking
+    the model for the attention each slot received. Protected and padding slots keep DynTS's
+    +inf / -inf."""
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    enc = get_encoding()
+    B, L, P = 4, 40, 5
+    tokens = torch.randint(0, 256, (B, L))
+    answers = [[258, 65, 61, 97], [258, 66, 61, 98, 62, 99], [258, 67], [258, 68, 61, 100]]  # 3 lengths
+    oracle = evaluate.AnswerOracle(60, 8, 0.3, model, answers, P, 258, enc.eot_token)
+    oracle.reset(B, 60)
+    cache = KVCache(SMALL, B, 60)
+    with torch.no_grad():
+        _, hidden, _ = model(tokens, cache)
+        oracle.observe(tokens, hidden, torch.arange(L))
+        got = oracle.ranking(cache)
+        for b in range(B):
+            fresh = KVCache(SMALL, 1, L + len(answers[b]))
+            model(tokens[b:b + 1], fresh)
+            _, _, received = model(torch.tensor([answers[b]]), fresh, need_attn=True)
+            want = received[0, :L].clone()
+            want[:P] = float("inf")
+            torch.testing.assert_close(got[b], want, rtol=1e-5, atol=1e-7)
