@@ -25,8 +25,8 @@ import torch
 import dynts
 import task
 import train
-from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, UsageError, generate, load_checkpoint,
-                      make_policy, resolve_device)
+from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, UsageError, check_matplotlib, check_output_path,
+                      generate, load_checkpoint, make_policy, resolve_device)
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
@@ -238,25 +238,12 @@ def report(records: list[dict]) -> dict:
 # Command line
 
 
-def check_output_path(flag: str, path: str | None):
-    """Fail now, not after the whole evaluation, if `path` cannot be written."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {path}: not a writable file path (its folder must exist)")
-
-
 def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=None, ratio=None, budgets=None,
          fractions=None, split="eval", batch_size=None, device=None, dtype="float32", ranking_traces=None, json_path=None, plot_path=None,
          merge=None):
     check_output_path("--json", json_path)
     check_output_path("--plot", plot_path)
-    if plot_path:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError(f"--plot {plot_path}: matplotlib is not installed (pip install matplotlib)") from None
+    check_matplotlib("--plot", plot_path)
     if merge:  # pool earlier runs' records: no decoding
         records, ranking = [], []
         for path in merge:

@@ -17,6 +17,7 @@ import torch
 
 import dynts
 import task
+import view
 from model import END_THINK, EOT, GPT, PRESETS, GPTConfig, KVCache, get_encoding
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", "tiny-reasoner.pt")
@@ -97,14 +98,15 @@ def sample(logits, temperature: float, top_k: int | None, generator=None) -> tor
 def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 0.0, top_k: int | None = None,
              eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
-             on_token=None, on_evict=None, on_step=None):
+             on_token=None, on_evict=None, on_step=None, log=None):
     """Sample continuations under a cache policy: `num_samples` of one prompt (a list of ids),
     or one of each row of prompts (B, P), all of one length.
 
     Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
     every row has. `on_token(token_of_row_0)`, `on_step(cache_length)` after each forward and
-    `on_evict(before, cache)` let a caller show progress (and tests look at the cache). Logits
-    at ids >= vocab_limit (beyond the tokenizer) are never sampled.
+    `on_evict(before, cache)` let a caller show progress (and tests look at the cache); `log`, a
+    view.TraceLog, records what each eviction removed, for the pictures. Logits at ids >=
+    vocab_limit (beyond the tokenizer) are never sampled.
     """
     device = model.wte.weight.device
     config = model.config
@@ -126,9 +128,13 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
         stats["kv_token_steps"] += cache.length  # for the mean cache length over the forwards
         if on_step:
             on_step(cache.length)
+        if log:
+            log.on_step(cache.length)
         if policy.should_evict(cache.length):
             before = cache.length
             idx = policy.select(cache)  # (B, n_keep)
+            if log:
+                log.on_select(cache, idx)
             cache.keep(idx)
             policy.keep(idx)
             stats["evictions"] += 1
@@ -158,6 +164,8 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if log:
+        log.finish(cache)
     tokens = torch.cat(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=device)
     stats.update(new_tokens=tokens.shape[1], seconds=seconds, tokens_per_s=B * tokens.shape[1] / seconds,
                  mean_kv_tokens=stats.pop("kv_token_steps") / max(1, len(out)),
@@ -168,6 +176,23 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 
 # -----------------------------------------------------------------------------
 # Command line
+
+
+def check_output_path(flag: str, path: str | None):
+    """Fail now, not after the run, if `path` cannot be written as a file."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: not a writable file path (its folder must exist)")
+
+
+def check_matplotlib(flag: str, path: str | None):
+    if path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError(f"{flag} {path}: matplotlib is not installed (pip install matplotlib)") from None
 
 
 def resolve_device(device: str | None) -> str:
@@ -181,8 +206,13 @@ def resolve_device(device: str | None) -> str:
 
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=0, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
-         ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, out=sys.stdout):
-    """Run one generation and print sample 0 as it is written, then a summary. Returns stats."""
+         ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, html_path=None, plot_path=None,
+         out=sys.stdout):
+    """Run one generation and print sample 0 as it is written, then a summary (and, on a
+    terminal, the trace again with the evicted tokens dimmed). Returns stats."""
+    for flag, path in [("--stats-json", stats_json), ("--html", html_path), ("--plot", plot_path)]:
+        check_output_path(flag, path)
+    check_matplotlib("--plot", plot_path)
     device = resolve_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -235,9 +265,10 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     out.write(prompt)
     on_token = lambda t: (out.write(decoder.decode(enc.decode_single_token_bytes(t))), out.flush())
     on_evict = lambda before, cache: out.write(f"[evict {before}->{cache.length}]")
+    log = view.TraceLog(pol) if html_path or plot_path or out.isatty() else None  # only for the pictures
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
                              eot_id=enc.eot_token, vocab_limit=enc.n_vocab, generator=gen,
-                             on_token=on_token, on_evict=on_evict)
+                             on_token=on_token, on_evict=on_evict, log=log)
     stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=dtype)
     out.write("\n\n")
     if the_problem is not None:
@@ -246,6 +277,21 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG'}"
                   + (f" | {sum(correct)}/{len(correct)} samples correct" if len(correct) > 1 else "") + "\n")
     out.write(summary(stats) + "\n")
+    piece = lambda t: enc.decode_single_token_bytes(t).decode("utf-8", errors="replace")
+    rows = [row[:row.index(enc.eot_token) + 1] if enc.eot_token in row else row for row in tokens.tolist()]
+    pieces = [[piece(t) for t in ids + row] for row in rows]  # each row's tokens, prompt first
+    if log and out.isatty():  # the trace once more, the evicted tokens dimmed
+        out.write("\n" + view.ansi(log, pieces[0]) + "\n")
+    if html_path:
+        verdicts = answers = None
+        if the_problem is not None:
+            answers = [the_problem.answer] * len(rows)
+            verdicts = [f"expected {the_problem.answer}: {'correct' if task.check_answer(the_problem, enc.decode(r)) else 'WRONG'}"
+                        for r in rows]
+        with open(html_path, "w") as f:
+            f.write(view.html(log, pieces, summary(stats), verdicts, answers))
+    if plot_path:
+        view.raster({pol.name: log}, len(pieces[0]), plot_path)
     if stats_json:
         with open(stats_json, "w") as f:
             json.dump(stats, f, indent=2)
@@ -284,6 +330,10 @@ def parse_args(argv=None):
                    help="load --ckpt, or random weights of --preset (mechanics only)")
     p.add_argument("--preset", default="tiny", help=f"model shape for --init random: {', '.join(PRESETS)}")
     p.add_argument("--stats-json", help="also write the summary as JSON to this path")
+    p.add_argument("--html", dest="html_path", help="write a page of the trace: each token shaded by its score, "
+                   "the evicted ones greyed (self-contained HTML)")
+    p.add_argument("--plot", dest="plot_path", help="PNG raster of which tokens are in the cache at each step "
+                   "(needs matplotlib)")
     return p.parse_args(argv)
 
 

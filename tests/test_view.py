@@ -1,0 +1,102 @@
+"""view.py: the page, the raster and the terminal view agree with what the generation did."""
+
+import io
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+import generate
+import view
+from model import KVCache
+
+
+class Spans(HTMLParser):
+    """The token spans of a page: (data-pos, classes) in order, per sample section."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "h2":
+            self.sections.append([])
+        if tag == "span" and "data-pos" in a:
+            self.sections[-1].append((int(a["data-pos"]), set(a["class"].split())))
+
+
+def run_with_keep_spy(monkeypatch, tmp_path, **kwargs):
+    """generate.main on a random tiny model, recording each compaction's positions before and
+    after, independently of view.TraceLog."""
+    evicted = set()
+    real_keep = KVCache.keep
+
+    def keep(cache, idx, chunk=32):
+        before = cache.pos[:, :cache.length].clone()
+        real_keep(cache, idx, chunk)
+        for b in range(before.shape[0]):
+            evicted.update((b, p) for p in set(before[b].tolist()) - set(cache.pos[b, :cache.length].tolist()))
+
+    monkeypatch.setattr(KVCache, "keep", keep)
+    page = str(tmp_path / "trace.html")
+    out = kwargs.pop("out", io.StringIO())
+    stats = generate.main(init="random", preset="tiny", device="cpu", prompt="Question: which tokens stay? <think>",
+                          max_new_tokens=150, temperature=1.0, html_path=page, out=out, **kwargs)
+    return stats, open(page).read(), evicted, out
+
+
+@pytest.mark.parametrize("policy", ["dynts", "h2o+p", "window"])
+def test_the_page_has_one_span_per_token_and_greys_exactly_the_evicted(policy, monkeypatch, tmp_path):
+    stats, page, evicted, _ = run_with_keep_spy(monkeypatch, tmp_path, policy=policy, budget=60, window=10,
+                                                num_samples=2)
+    parser = Spans()
+    parser.feed(page)
+    assert len(parser.sections) == 2 and stats["evictions"] > 0
+    for b, spans in enumerate(parser.sections):
+        assert [p for p, _ in spans] == list(range(len(spans)))  # one element per token, in order
+        greyed = {(b, p) for p, classes in spans if "e" in classes}
+        assert greyed == {(r, p) for r, p in evicted if r == b and p < len(spans)}
+        if policy != "window":  # the protected prompt is outlined
+            assert all("p" in classes for p, classes in spans[:stats["prompt_tokens"]])
+
+
+def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
+    model = generate.GPT(generate.PRESETS["tiny"]).eval()
+    policy = generate.make_policy("window", 40, 8, 0.3)
+    log = view.TraceLog(policy)
+    lengths = []
+    tokens, _ = generate.generate(model, list(range(20)), policy, 120, num_samples=2, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(0), on_step=lengths.append, log=log)
+    for row in range(2):
+        live = log.live(row, 20 + tokens.shape[1])  # (steps, positions)
+        assert live.sum(dim=1).tolist() == lengths
+
+
+def test_the_raster_png_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = generate.GPT(generate.PRESETS["tiny"]).eval()
+    policy = generate.make_policy("window", 40, 8, 0.3)
+    log = view.TraceLog(policy)
+    generate.generate(model, list(range(20)), policy, 60, log=log)
+    view.raster({"window": log}, 80, str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_terminal_gets_the_evicted_tokens_dimmed_and_a_pipe_plain_text(monkeypatch, tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    _, _, _, tty = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts", budget=60, window=10, out=Terminal())
+    _, _, _, pipe = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts", budget=60, window=10)
+    assert "\x1b[2m" in tty.getvalue()
+    assert "\x1b[" not in pipe.getvalue()
+
+
+def test_bad_output_paths_fail_before_decoding(tmp_path):
+    for flag, kwargs in [("--html", dict(html_path=str(tmp_path / "no" / "such" / "dir.html"))),
+                         ("--html", dict(html_path=str(tmp_path))),
+                         ("--plot", dict(plot_path=str(tmp_path / "missing" / "r.png")))]:
+        with pytest.raises(generate.UsageError, match=flag):
+            generate.main(init="random", preset="tiny", device="cpu", **kwargs)

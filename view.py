@@ -1,0 +1,224 @@
+"""See what a KV policy keeps: a record of one generation, drawn three ways.
+
+`TraceLog` records, during `generate.generate`, the cache's length after every forward and,
+at every eviction, which token positions left the cache and what the policy ranked each live
+token by (for DynTS its predicted importance; +inf for the protected prompt and answer). From
+it:
+- `html(...)`: one self-contained page, a section per sample, every token shaded by its score,
+  the evicted ones greyed with the step at which they went (on hover), the protected ones
+  outlined, and for the task's problems the result statements the answer copies underlined;
+- `raster(...)`: decoding step against token position, dark where the token is in the cache
+  (matplotlib): evictions show as the sawtooth, kept tokens as horizontal stripes;
+- `ansi(...)`: the trace for a terminal, with the evicted tokens dimmed.
+"""
+
+import html as html_lib
+import math
+import re
+
+import torch
+
+INF = float("inf")
+
+
+class TraceLog:
+    """Hooks for generate(): pass `on_step=log.on_step, on_select=log.on_select`, then call
+    `log.finish(cache)` once it returns."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.lengths = []  # the cache's length after each forward (step 0 is the prefill)
+        self.evicted = {}  # (row, position) -> the step after which the token left the cache
+        self.scores = {}  # (row, position) -> the policy's last ranking of the token
+
+    def on_step(self, cache_length: int):
+        self.lengths.append(cache_length)
+
+    def _record(self, cache, ranking):
+        pos = cache.pos[:, :ranking.shape[1]].tolist()
+        for b, (row_pos, row_score) in enumerate(zip(pos, ranking.tolist())):
+            self.scores.update(((b, p), s) for p, s in zip(row_pos, row_score))
+
+    def on_select(self, cache, idx):
+        """Called after select, before the compaction: the live slots still hold every token."""
+        self._record(cache, self.policy.ranking(cache).float())
+        step = len(self.lengths) - 1
+        kept = torch.zeros(cache.pos.shape[0], cache.length, dtype=torch.bool, device=idx.device)
+        kept.scatter_(1, idx, True)
+        for b, (row_pos, row_kept) in enumerate(zip(cache.pos[:, :cache.length].tolist(), kept.tolist())):
+            self.evicted.update(((b, p), step) for p, k in zip(row_pos, row_kept) if not k)
+
+    def finish(self, cache):
+        """The live tokens' final ranking (Full ranks nothing: its scores stay empty)."""
+        if self.policy.budget is not None:
+            self._record(cache, self.policy.ranking(cache).float())
+
+    def live(self, row: int, n_positions: int) -> torch.Tensor:
+        """(steps, n_positions) bool: which tokens of a row are in the cache after each forward."""
+        steps = len(self.lengths)
+        written = torch.tensor(self._written_by_step())  # (steps,): positions written so far
+        pos = torch.arange(n_positions)
+        gone = torch.tensor([self.evicted.get((row, p), steps) for p in range(n_positions)])
+        step = torch.arange(steps)[:, None]
+        return (pos[None] < written[:, None]) & (step <= gone[None])
+
+    def _written_by_step(self) -> list[int]:
+        """Tokens written after each forward: the prompt at step 0, then one per step."""
+        prompt = self.lengths[0]
+        return [prompt + i for i in range(len(self.lengths))]
+
+
+# -----------------------------------------------------------------------------
+# The page
+
+
+STYLE = """body{font:14px/1.5 monospace;margin:2em;max-width:110ch}
+.t{white-space:pre-wrap}.e{color:#bbb;text-decoration:line-through #ddd}.p{outline:1px solid #36c}
+.n{text-decoration:underline 2px #c30}.legend span{margin-right:1.5em}h2{font-size:15px}"""
+
+
+def needed_spans(answer: str, text: str) -> list[tuple[int, int]]:
+    """Character spans in `text` of the statements the answer copies: for each item "A=kl" (or
+    "A=kl>mn"), the first "kl, so A=kl." in the text."""
+    spans = []
+    for item in answer.split():
+        letter, value = item[0], item[2:4]
+        m = re.search(re.escape(f"{value}, so {letter}={value}."), text)
+        if m:
+            spans.append(m.span())
+    return spans
+
+
+def shade(score: float, lo: float, hi: float) -> str:
+    """A background for a finite score: white for the row's lowest, deep orange for its highest
+    (on a log scale when the scores are non-negative, as DynTS's are)."""
+    if not math.isfinite(score):
+        return ""
+    if lo >= 0:
+        score, lo, hi = math.log1p(score), math.log1p(lo), math.log1p(hi)
+    a = 0.0 if hi <= lo else (score - lo) / (hi - lo)
+    return f"background:rgba(255,140,0,{0.05 + 0.75 * a:.2f})"
+
+
+def html(log: TraceLog, pieces: list[list[str]], title: str, verdicts: list[str] | None = None,
+         answers: list[str] | None = None) -> str:
+    """The page. pieces[b]: the text of each token of row b (prompt and generated, in order);
+    verdicts[b]: a line about the answer; answers[b]: the expected answer, for underlining."""
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
+           f"<style>{STYLE}</style></head><body><h1>{html_lib.escape(title)}</h1>",
+           "<p class='legend'><span style='background:rgba(255,140,0,.8)'>high score</span>"
+           "<span style='background:rgba(255,140,0,.05)'>low score</span><span class='p'>protected (+inf)</span>"
+           "<span class='e'>evicted (hover: when)</span><span class='n'>what the answer copies</span></p>"]
+    for b, tokens in enumerate(pieces):
+        finite = [s for (r, _), s in log.scores.items() if r == b and math.isfinite(s)]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+        text = "".join(tokens)
+        needed = set()
+        for start, end in needed_spans(answers[b], text) if answers else []:
+            needed.update(range(start, end))
+        out.append(f"<h2>sample {b}</h2><div>")
+        c = 0
+        for p, piece in enumerate(tokens):
+            score = log.scores.get((b, p))
+            classes = ["t"]
+            if (b, p) in log.evicted:
+                classes.append("e")
+            if score == INF:
+                classes.append("p")
+            if c in needed:
+                classes.append("n")
+            tip = f"position {p}; score {score:.4g}" if score is not None else f"position {p}; never ranked"
+            if (b, p) in log.evicted:
+                tip += f"; evicted after step {log.evicted[(b, p)]}"
+            style = shade(score, lo, hi) if score is not None else ""
+            out.append(f"<span class='{' '.join(classes)}' data-pos='{p}' style='{style}' "
+                       f"title='{tip}'>{html_lib.escape(piece)}</span>")
+            c += len(piece)
+        out.append(f"</div><p><b>{html_lib.escape(verdicts[b]) if verdicts else ''}</b></p>")  # the answer, checked
+    out.append("</body></html>")
+    return "".join(out)
+
+
+# -----------------------------------------------------------------------------
+# The raster and the terminal
+
+
+def raster(logs: dict[str, TraceLog], n_positions: int, path: str, row: int = 0):
+    """One panel per policy: x = decoding step, y = token position, dark where the token is in
+    the cache after that step's forward."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(logs), figsize=(5.5 * len(logs), 4.5), squeeze=False)
+    for ax, (name, log) in zip(axes[0], logs.items()):
+        live = log.live(row, n_positions)  # (steps, positions)
+        ax.imshow(live.T.float().numpy(), aspect="auto", origin="lower", cmap="Greys", interpolation="nearest")
+        ax.set_title(f"{name}: {len({p for (r, p) in log.evicted if r == row})} tokens evicted")
+        ax.set_xlabel("decoding step")
+        ax.set_ylabel("token position")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ansi(log: TraceLog, tokens: list[str], row: int = 0) -> str:
+    """The trace with the evicted tokens dimmed, for a terminal."""
+    out = []
+    for p, piece in enumerate(tokens):
+        out.append(f"\x1b[2m{piece}\x1b[0m" if (row, p) in log.evicted else piece)
+    return "".join(out)
+
+
+# -----------------------------------------------------------------------------
+# Side by side: `python view.py --policies dynts,h2o+p --plot docs/raster.png`
+
+
+def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=None, ckpt=None):
+    """Decode one held-out problem under each policy (the checkpoint's budget) and draw their
+    rasters side by side; --html writes the first policy's page."""
+    import generate
+    import task
+    from model import get_encoding
+    generate.check_output_path("--plot", plot_path)
+    generate.check_output_path("--html", html_path)
+    generate.check_matplotlib("--plot", plot_path)
+    model, predictor, meta = generate.load_checkpoint(ckpt or generate.DEFAULT_CKPT)
+    model.eval()
+    enc = get_encoding(meta["encoding"])
+    p = task.problems("eval", problem + 1, **meta["task"])[problem]
+    ids = enc.encode(p.prompt, allowed_special="all")
+    d = meta["decoding"]
+    logs, length = {}, 0
+    for name in policies.split(","):
+        policy = generate.make_policy(name, d["budget"], d["window"], d["ratio"], predictor, len(ids), enc)
+        logs[name] = TraceLog(policy)
+        tokens, _ = generate.generate(model, ids, policy, model.config.block_size - len(ids), eot_id=enc.eot_token,
+                                      vocab_limit=enc.n_vocab, log=logs[name])
+        row = tokens[0].tolist()
+        row = row[:row.index(enc.eot_token) + 1] if enc.eot_token in row else row
+        verdict = "correct" if task.check_answer(p, enc.decode(row)) else "WRONG"
+        print(f"{name}: {verdict} ({len(row)} tokens)")
+        logs[f"{name}, answer {verdict}"] = logs.pop(name)
+        length = max(length, len(ids) + len(row))
+        if html_path and len(logs) == 1:
+            piece = lambda t: enc.decode_single_token_bytes(t).decode("utf-8", errors="replace")
+            with open(html_path, "w") as f:
+                f.write(html(next(iter(logs.values())), [[piece(t) for t in ids + row]],
+                             f"{name} on held-out problem {problem}", [f"expected {p.answer}: {verdict}"], [p.answer]))
+    raster(logs, length, plot_path)
+    print(f"wrote {plot_path}" + (f" and {html_path}" if html_path else ""))
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(description="Rasters of what each policy keeps, side by side, on one problem")
+    ap.add_argument("--policies", default="dynts,h2o+p", help="comma-separated policies (default: dynts,h2o+p)")
+    ap.add_argument("--problem", type=int, default=0, help="which held-out problem")
+    ap.add_argument("--plot", dest="plot_path", default="raster.png", help="the PNG to write (needs matplotlib)")
+    ap.add_argument("--html", dest="html_path", help="also the first policy's page")
+    ap.add_argument("--ckpt", help="checkpoint (default: the shipped one)")
+    try:
+        main(**vars(ap.parse_args()))
+    except ValueError as e:
+        sys.exit(f"view.py: error: {e}")
