@@ -26,7 +26,7 @@ import dynts
 import task
 import train
 from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, UsageError, check_matplotlib, check_output_path,
-                      generate, load_checkpoint, make_policy, resolve_device)
+                      check_seed, generate, load_checkpoint, make_policy, resolve_device)
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
@@ -265,6 +265,12 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
     for flag, value, low in [("--n", n, 1), ("--batch-size", batch_size, 1), ("--ranking-traces", ranking_traces, 0)]:
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
+    if n > 10**4:
+        raise UsageError(f"--n {n}: at most 10000 problems per family")
+    check_seed(seed)
+    for flag, value in [("--budgets", budgets), ("--fractions", fractions)]:
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: give comma-separated values, or leave the flag out")
     policies = policies or ("all" if cuda else "default")
     names = POLICY_SETS.get(policies) or policies.split(",")
     for name in names:

@@ -196,15 +196,30 @@ def check_matplotlib(flag: str, path: str | None):
 
 
 def resolve_device(device: str | None) -> str:
-    """--device as given, or cuda where there is one; a clear error for cuda without one."""
+    """--device as given (cpu, cuda or cuda:N), or cuda where there is one."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.startswith("cuda") and n == 0:
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+    ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) < n)
+    if not ok:
+        raise UsageError(f"--device {device!r}: choose cpu" + (f", cuda or cuda:0 to cuda:{n - 1}" if n else ""))
     return device
 
 
-def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=0, max_new_tokens=None,
+def check_seed(seed: int):
+    if not -2**63 <= seed < 2**64:
+        raise UsageError(f"--seed {seed}: must fit in 64 bits")
+
+
+def check_positive(flag: str, value: float):
+    """A rate or scale: finite and > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a finite number > 0, got {value}")
+
+
+def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, html_path=None, plot_path=None,
          out=sys.stdout):
@@ -213,6 +228,20 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     for flag, path in [("--stats-json", stats_json), ("--html", html_path), ("--plot", plot_path)]:
         check_output_path(flag, path)
     check_matplotlib("--plot", plot_path)
+    check_seed(seed)
+    if temperature != 0:  # 0 is greedy; anything else divides the logits
+        check_positive("--temperature", temperature)
+        if temperature < 1e-3:
+            raise UsageError(f"--temperature {temperature}: use 0 for greedy, or at least 1e-3")
+    if ratio is not None and not 0 < ratio <= 1:  # whatever the policy
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
+    if prompt is not None and problem is not None:
+        raise UsageError("--prompt and --problem: give one (a problem is a prompt of the checkpoint's task)")
+    if problem is not None and not 0 <= problem < 10**4:
+        raise UsageError(f"--problem must be in [0, 10000), got {problem}")
+    if policy == "full" and any(v is not None for v in (budget, window, ratio)):
+        print("generate.py: note: --policy full never evicts; --budget, --window and --ratio are ignored",
+              file=sys.stderr)
     device = resolve_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -229,8 +258,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     if prompt is None and meta["task"] is None:
         prompt = "Question: how far back does the answer look? <think>"
     elif prompt is None:  # a held-out problem of the task the checkpoint was trained on
-        if problem < 0:
-            raise UsageError(f"--problem must be >= 0, got {problem}")
+        problem = problem or 0
         the_problem = task.problems("eval", problem + 1, **meta["task"])[problem]
         prompt = the_problem.prompt
     budget = meta["decoding"]["budget"] if budget is None else budget
@@ -243,6 +271,9 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     ids = enc.encode(prompt, allowed_special="all")
     if not ids:
         raise UsageError("--prompt is empty")
+    if len(ids) >= model.config.block_size:
+        raise UsageError(f"--prompt: its {len(ids)} tokens leave no room below the model's block_size "
+                         f"{model.config.block_size}")
     if max_new_tokens is None:  # up to the model's last position (a random model: 512 tokens at most)
         max_new_tokens = model.config.block_size - len(ids)
         if init == "random":
@@ -315,7 +346,7 @@ def parse_args(argv=None):
     p.add_argument("--ratio", type=float, help="fraction of the older tokens kept at an eviction, in (0, 1]")
     p.add_argument("--prompt", help="the prompt text (special tokens such as <think> allowed); "
                    "default: a held-out problem of the checkpoint's task")
-    p.add_argument("--problem", type=int, default=0, help="which held-out problem to solve (default: 0)")
+    p.add_argument("--problem", type=int, help="which held-out problem to solve, 0-9999 (default: 0)")
     p.add_argument("--max-new-tokens", type=int, help="the most tokens to generate per sample "
                    "(default: up to the model's block_size)")
     p.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, decoded as one batch")

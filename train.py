@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 import dynts
 import task
-from generate import DEFAULT_CKPT, UsageError, generate, load_checkpoint, resolve_device
+from generate import (DEFAULT_CKPT, UsageError, check_output_path, check_positive, check_seed, generate,
+                      load_checkpoint, resolve_device)
 from model import GPT, GPTConfig, KVCache, get_encoding
 
 # The task: task.py's defaults, a mixture of five families, ~2,900 tokens a problem.
@@ -179,6 +180,9 @@ class Progress:
     def __call__(self, step: int, loss: torch.Tensor):
         if (step + 1) % self.every and step + 1 != self.steps:
             return
+        if not math.isfinite(loss.item()):  # diverged: stop before any checkpoint is written
+            raise UsageError(f"{self.stage}: the loss became {loss.item()} by step {step + 1}; "
+                             "no checkpoint written (try a lower learning rate)")
         rate = (step + 1) / (time.perf_counter() - self.t0)
         print(f"{self.stage} {step + 1:5d}/{self.steps} | loss {loss.item():.4f} | {rate:5.2f} steps/s | "
               f"{(self.steps - step - 1) / rate / 60:4.1f} min left", flush=True)
@@ -427,6 +431,11 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
          eval_traces=None, finetune_steps=None, finetune_lr=3e-4, valid_problems=None):
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # (fails now, not after training)
+    check_output_path("--out", out)
+    check_seed(seed)
+    for flag, value in [("--lr", lr), ("--predictor-lr", predictor_lr), ("--finetune-lr", finetune_lr)]:
+        check_positive(flag, value)
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     # The CPU setting is the same code with fewer, smaller steps. For the base model it shows

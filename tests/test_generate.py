@@ -131,6 +131,14 @@ BAD = [
     (["--top-k", "0"], "--top-k"),
     (["--preset", "huge"], "--preset"),
     (["--prompt", ""], "--prompt"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"),
+    (["--temperature", "1e-310"], "--temperature"),
+    (["--seed", str(2**70)], "--seed"),
+    (["--prompt", "x" * 5000], "leave no room below the model's block_size"),
+    (["--policy", "full", "--ratio", "7"], "--ratio"),
+    (["--prompt", "hi", "--problem", "3"], "--prompt and --problem"),
+    (["--problem", "100000000"], "--problem"),
 ]
 
 
@@ -140,6 +148,15 @@ def test_cli_bad_input_is_one_line_naming_the_flag(argv, message):
         generate.cli(argv + ["--init", "random", "--device", "cpu"])
     assert isinstance(e.value.code, str), "exits non-zero with a message"
     assert message in e.value.code and "\n" not in e.value.code
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "meta", "", "cuda:7", "cpu:0"])
+def test_cli_bad_device_is_one_line_listing_what_is_accepted(device):
+    with pytest.raises(SystemExit) as e:
+        generate.cli(["--init", "random", "--device", device])
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code
+    assert f"--device {device!r}" in e.value.code or f"--device {device}:" in e.value.code
+    assert "cpu" in e.value.code
 
 
 def test_cli_missing_checkpoint_says_how_to_get_one(tmp_path):

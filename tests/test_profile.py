@@ -111,7 +111,7 @@ def test_bad_inputs_exit_with_one_line(argv, message):
 def test_cuda_requested_without_cuda_is_an_error():
     r = subprocess.run([sys.executable, "profile.py", "--preset", "tiny", "--device", "cuda"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and r.stderr.strip() == "profile.py: error: --device cuda: CUDA is not available on this machine"
+    assert r.returncode != 0 and r.stderr.strip() == "profile.py: error: --device cuda: CUDA is not available on this machine (use cpu)"
     with pytest.raises(SystemExit, match="--cuda-graphs needs a CUDA device"):
         P.cli(["--preset", "tiny", "--device", "cpu", "--cuda-graphs"])
 

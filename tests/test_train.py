@@ -135,7 +135,9 @@ def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--n", "0"], "--n"), (["--policies", "full,bogus"], "--policies"), (["--batch-size", "0"], "--batch-size"),
-    (["--budget", "0"], "--budget"), (["--ratio", "0"], "--ratio"), (["--budgets", "600,x"], "--budgets")])
+    (["--budget", "0"], "--budget"), (["--ratio", "0"], "--ratio"), (["--budgets", "600,x"], "--budgets"),
+    (["--budgets", ""], "--budgets is empty"), (["--n", "100000000"], "--n"), (["--seed", str(2**70)], "--seed"),
+    (["--ranking-traces", "-1"], "--ranking-traces"), (["--json", "/no/such/folder/x.json"], "--json")])
 def test_eval_bad_flags(argv, message):
     with pytest.raises(SystemExit) as e:
         evaluate.cli(argv + ["--device", "cpu"])
@@ -171,6 +173,24 @@ def test_blind_replay_is_the_policy_rule_with_scripted_scores():
     expected = replayed_one_token_at_a_time(make(), tokens, torch.zeros(T, 1), P)
     assert torch.equal(train.visibility(train.eviction_deaths(make(), tokens, None)[None])[0], expected)
     assert expected[-1, :P].all()  # the protected prompt, still seen at the end
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--predictor-lr", "inf"], "--predictor-lr"),
+    (["--finetune-lr", "-1"], "--finetune-lr"), (["--seed", str(2**70)], "--seed")])
+def test_train_bad_numbers_fail_before_training(argv, message, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.cli(argv + ["--out", str(tmp_path / "x.pt"), "--device", "cpu"])
+    assert message in e.value.code and "\n" not in e.value.code
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_diverging_loss_stops_training_without_a_checkpoint(small_setup, tmp_path):
+    path = tmp_path / "x.pt"
+    with pytest.raises(generate.UsageError, match="the loss became nan"):
+        train.main(out=str(path), device="cpu", steps=2, batch_size=2, lr=1e30, predictor_traces=1,
+                   predictor_steps=1, eval_traces=1)
+    assert not path.exists()
 
 
 def test_base_flag_trains_only_the_predictor(small_setup, tmp_path):
