@@ -50,10 +50,25 @@ def load_checkpoint(path: str, device="cpu"):
         meta = dict(encoding=ckpt["encoding"], task=ckpt["task"], decoding=ckpt["decoding"],
                     metrics=ckpt.get("metrics", {}))
         get_encoding(meta["encoding"])
+        check_fields(meta)
+        for name, tensor in list(ckpt["model"].items()) + list(ckpt["predictor"].items()):
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"the weights {name!r} are not finite")
     except Exception as e:  # truncated, another format, another config: one line, naming the file
-        raise UsageError(f"--ckpt {path}: not a checkpoint of this project ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]})") from None
+        first = (str(e).splitlines() or [""])[0]  # (some exceptions have no message)
+        raise UsageError(f"--ckpt {path}: not a checkpoint of this project ({type(e).__name__}"
+                         + (f": {first[:300]}" if first else "") + ")") from None
     return model, predictor, meta
+
+
+def check_fields(meta: dict):
+    """The checkpoint's settings have the types generate.py and eval.py rely on."""
+    if not isinstance(meta["task"], dict):
+        raise ValueError(f"the field 'task' must be a dict of task.py settings, got {type(meta['task']).__name__}")
+    d = meta["decoding"]
+    for field, kind in [("budget", int), ("window", int), ("ratio", (int, float))]:
+        if not isinstance(d, dict) or not isinstance(d.get(field), kind) or isinstance(d.get(field), bool):
+            raise ValueError(f"the field 'decoding.{field}' is missing or not a number")
 
 
 def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None) -> dynts.Policy:

@@ -118,7 +118,16 @@ def corrupt_checkpoints(tmp_path, good: str):
     other = torch.load(good, weights_only=True)
     other["config"]["n_embd"] = 64
     torch.save(other, tmp_path / "other-config.pt")
-    return ["truncated.pt", "text.pt", "list.pt", "other-config.pt"]
+    torch.save({}, tmp_path / "empty.pt")
+    for name, change in [("no-decoding.pt", lambda c: c.pop("decoding")),
+                         ("bad-budget.pt", lambda c: c["decoding"].update(budget="lots")),
+                         ("bad-task.pt", lambda c: c.update(task=[1, 2])),
+                         ("nan-weights.pt", lambda c: c["model"]["wte.weight"].fill_(float("nan")))]:
+        c = torch.load(good, weights_only=True)
+        change(c)
+        torch.save(c, tmp_path / name)
+    return ["truncated.pt", "text.pt", "list.pt", "other-config.pt", "empty.pt", "no-decoding.pt", "bad-budget.pt",
+            "bad-task.pt", "nan-weights.pt"]
 
 
 def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
@@ -308,3 +317,12 @@ def test_the_oracle_ranks_by_the_attention_each_rows_own_answer_pays():
             want = received[0, :L].clone()
             want[:P] = float("inf")
             torch.testing.assert_close(got[b], want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_checkpoint_error_survives_an_exception_with_no_message(monkeypatch):
+    def broken(config):
+        raise RuntimeError()
+
+    monkeypatch.setattr(generate, "GPT", broken)
+    with pytest.raises(generate.UsageError, match=r"not a checkpoint of this project \(RuntimeError\)$"):
+        generate.load_checkpoint(generate.DEFAULT_CKPT)

@@ -1,0 +1,42 @@
+"""A user's mistake, in a real process: a non-zero exit, one line on stderr that names the flag
+or the file, and no traceback, before any long work. One case per class of mistake."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CASES = [  # (script, arguments, what the line must name)
+    ("generate.py", ["--device", "tpu"], "--device"),                                # devices
+    ("generate.py", ["--ckpt", "{tmp}/empty.pt"], "empty.pt"),                       # checkpoint contents
+    ("eval.py", ["--json", "/no/such/folder/r.json"], "--json"),                      # output paths
+    ("generate.py", ["--init", "random", "--temperature", "nan"], "--temperature"),  # numbers that are not
+    ("train.py", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
+    ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
+    ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
+    ("eval.py", ["--n", "100000000"], "--n"),                                         # hangs
+    ("eval.py", ["--ranking-traces", "-1"], "--ranking-traces"),
+]
+
+
+@pytest.mark.parametrize("script,argv,names", CASES, ids=[f"{s} {a[0]}" for s, a, _ in CASES])
+def test_one_line_no_traceback(script, argv, names, tmp_path):
+    open(tmp_path / "empty.pt", "wb").close()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    r = subprocess.run([sys.executable, script, *argv, "--device", "cpu"] if "--device" not in argv
+                       else [sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_eval_cpu_default_runs_and_prints_the_table():
+    """`python eval.py` on a CPU: Full and DynTS on one problem per family (about a minute)."""
+    r = subprocess.run([sys.executable, "eval.py", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "full" in r.stdout and "dynts" in r.stdout and "Spearman" in r.stdout
