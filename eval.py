@@ -17,7 +17,6 @@ import gzip
 import json
 import math
 import os
-import sys
 from collections import defaultdict
 
 import torch
@@ -26,7 +25,8 @@ import dynts
 import task
 import train
 from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, UsageError, check_matplotlib, check_output_path,
-                      check_seed, generate, load_checkpoint, make_policy, resolve_device)
+                      cache_bytes, check_memory, check_seed, generate, load_checkpoint, make_policy, resolve_device,
+                      run_cli)
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
@@ -303,8 +303,15 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
     else:
         levels = [(d["budget"], train.BUDGET_FRACTIONS[1] if "budgets" in d else None)]
     window_of = lambda b: window if window is not None else round(d.get("window_fraction", d["window"] / d["budget"]) * b)
+    capacity = model.config.block_size if "full" in names else max(b for b, _ in levels)  # the largest cache
+    check_memory(f"--batch-size {batch_size} x {capacity} KV slots",
+                 cache_bytes(model.config, min(batch_size, n * len(task.FAMILIES)), capacity,
+                             getattr(torch, dtype).itemsize), device)
     problems = [p for f in task.FAMILIES for p in task.problems(split, n, seed=seed, family=f, **meta["task"])]
     prompt_len = len(enc.encode(problems[0].prompt, allowed_special="all"))
+    for b, _ in levels:
+        if b <= prompt_len:
+            raise UsageError(f"--budget {b} must exceed the prompt's {prompt_len} tokens")
     runs = [(name, None, None) if name == "full" else (name, b, f) for name in names for b, f in
             ([(None, None)] if name == "full" else levels)]
     for name, b, _ in runs:  # bad settings fail now, not after an hour of decoding
@@ -368,10 +375,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    try:
-        main(**vars(parse_args(argv)))
-    except ValueError as e:
-        sys.exit(f"eval.py: error: {e}")
+    run_cli("eval.py", main, parse_args, argv)
 
 
 if __name__ == "__main__":

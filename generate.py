@@ -34,11 +34,11 @@ class UsageError(ValueError):
 # Loading
 
 
-def load_checkpoint(path: str, device="cpu"):
+def load_checkpoint(path: str, device="cpu", flag: str = "--ckpt"):
     """(model, predictor, meta) from a checkpoint written by train.py; meta holds the
     encoding's name, the task's settings, the decoding defaults and the training metrics."""
     if not os.path.isfile(path):
-        raise UsageError(f"--ckpt {path}: no such file (train one with `python train.py`, "
+        raise UsageError(f"{flag} {path}: no such file (train one with `python train.py`, "
                          "or use --init random --preset tiny for a mechanics-only run)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -56,7 +56,7 @@ def load_checkpoint(path: str, device="cpu"):
                 raise ValueError(f"the weights {name!r} are not finite")
     except Exception as e:  # truncated, another format, another config: one line, naming the file
         first = (str(e).splitlines() or [""])[0]  # (some exceptions have no message)
-        raise UsageError(f"--ckpt {path}: not a checkpoint of this project ({type(e).__name__}"
+        raise UsageError(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__}"
                          + (f": {first[:300]}" if first else "") + ")") from None
     return model, predictor, meta
 
@@ -202,6 +202,49 @@ def check_output_path(flag: str, path: str | None):
         raise UsageError(f"{flag} {path}: not a writable file path (its folder must exist)")
 
 
+def run_cli(prog: str, main, parse_args, argv=None):
+    """Every CLI's entry point: a user's mistake (a ValueError, which UsageError is, and the
+    bounds dynts.py and model.py check) or running out of memory ends in one line on stderr and
+    a non-zero exit, never a traceback."""
+    try:
+        main(**vars(parse_args(argv)))
+    except ValueError as e:
+        sys.exit(f"{prog}: error: {e}")
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        sys.exit(f"{prog}: error: out of memory ({type(e).__name__}): try a smaller budget, batch or --num-samples")
+    except RuntimeError as e:  # the CPU allocator's out-of-memory is a RuntimeError
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        sys.exit(f"{prog}: error: out of memory ({(str(e).splitlines() or [''])[0][:200]}): "
+                 "try a smaller budget, batch or --num-samples")
+
+
+def free_bytes(device: str) -> int:
+    """Memory free for new tensors on a device now."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(what: str, nbytes: int, device: str):
+    """Refuse, in one line, an allocation whose size is known in advance and cannot fit."""
+    free = free_bytes(device)
+    if nbytes > free:
+        raise UsageError(f"{what} needs {nbytes / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device}")
+
+
+def weight_bytes(config: GPTConfig, element_size: int = 4) -> int:
+    """The model's weights, counted from its config (biases and norms left out: they are tiny)."""
+    C, H, L, kv = config.n_embd, config.mlp_hidden, config.n_layer, config.n_kv_head * config.head_dim
+    per_layer = C * (C + 2 * kv) + C * C + 2 * C * H
+    return element_size * ((config.vocab_size + config.block_size) * C + L * per_layer)
+
+
+def cache_bytes(config: GPTConfig, batch: int, capacity: int, element_size: int) -> int:
+    """A KVCache's buffer: capacity slots of K and V, every layer and KV head."""
+    return element_size * config.n_layer * 2 * batch * config.n_kv_head * capacity * config.head_dim
+
+
 def check_matplotlib(flag: str, path: str | None):
     if path:
         try:
@@ -265,6 +308,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     if init == "random":
         if preset not in PRESETS:
             raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        check_memory(f"--preset {preset} (built in float32)", weight_bytes(PRESETS[preset]), "cpu")
         model, predictor = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd)
         meta = dict(encoding="bytes-think", task=None, decoding=dict(budget=256, window=64, ratio=0.3))
     else:
@@ -305,6 +349,9 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     if policy != "full" and len(ids) >= budget:
         raise UsageError(f"--budget {budget} must exceed the prompt's {len(ids)} tokens")
     pol = make_policy(policy, budget, window, ratio, predictor, len(ids), enc)
+    capacity = pol.budget if pol.budget is not None else len(ids) + max_new_tokens
+    check_memory(f"the KV cache of --num-samples {num_samples} x {capacity} slots",
+                 cache_bytes(model.config, num_samples, capacity, getattr(torch, dtype).itemsize), device)
 
     gen = torch.Generator(device=device).manual_seed(seed)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -384,10 +431,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    try:
-        main(**vars(parse_args(argv)))
-    except ValueError as e:  # UsageError, and the bounds dynts.py and model.py check: one line each
-        sys.exit(f"generate.py: error: {e}")
+    run_cli("generate.py", main, parse_args, argv)
 
 
 if __name__ == "__main__":

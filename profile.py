@@ -69,7 +69,8 @@ import time
 import torch
 
 import dynts
-from generate import POLICIES, UsageError, make_policy, resolve_device
+from generate import (POLICIES, UsageError, check_matplotlib, check_output_path, make_policy, resolve_device,
+                      run_cli)
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
@@ -432,11 +433,9 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         raise UsageError("--cuda-graphs needs a CUDA device")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if plot_path:
-        try:
-            import matplotlib  # noqa: F401  (checked now, not after the whole run)
-        except ImportError:
-            raise UsageError("--plot needs matplotlib, which is not installed") from None
+    check_output_path("--json", json_path)  # (checked now, not after the whole run)
+    check_output_path("--plot", plot_path)
+    check_matplotlib("--plot", plot_path)
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()
@@ -533,13 +532,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    try:
-        main(**vars(parse_args(argv)))
-    except ValueError as e:  # UsageError, and the bounds dynts.py and model.py check: one line each
-        sys.exit(f"profile.py: error: {e}")
-    except torch.OutOfMemoryError as e:
-        sys.exit(f"profile.py: error: out of device memory ({str(e).splitlines()[0][:200]}): "
-                 "try a smaller --batch-size or --steps")
+    run_cli("profile.py", main, parse_args, argv)
 
 
 # -----------------------------------------------------------------------------

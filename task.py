@@ -38,7 +38,7 @@ entries and walks, "answer ends" or "answer next"), so problems batch without pa
 The family weights are fixed here, before any policy was evaluated (FAMILY_WEIGHTS, equal).
 Train, validation and evaluation problems never share a prompt (`split_of`, a hash).
 
-Sizes. With the defaults the prompt is 119 tokens and a whole problem 2,400-3,500 (about
+Sizes. With the defaults the prompt is 121 tokens and a whole problem 2,400-3,500 (about
 2,900 on average; `n_filler` sentences of ~36 characters). The answer has 3 items.
 """
 import hashlib

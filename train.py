@@ -22,7 +22,6 @@ read it with torch.load(..., weights_only=True).
 import argparse
 import math
 import os
-import sys
 import time
 from dataclasses import asdict
 
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 import dynts
 import task
 from generate import (DEFAULT_CKPT, UsageError, check_output_path, check_positive, check_seed, generate,
-                      load_checkpoint, resolve_device)
+                      load_checkpoint, resolve_device, run_cli)
 from model import GPT, GPTConfig, KVCache, get_encoding
 
 # The task: task.py's defaults, a mixture of five families, ~2,900 tokens a problem.
@@ -466,7 +465,7 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003)
         metrics = dict(steps=steps, batch_size=batch_size, base_device=str(device), seed=seed)
     else:  # keep a trained base model, train only the predictor
-        model, _, meta = load_checkpoint(base)
+        model, _, meta = load_checkpoint(base, flag="--base")
         if asdict(model.config) != asdict(CONFIG) or meta["task"] != TASK:
             raise UsageError(f"--base {base}: its config or task differs from train.py's")
         model.to(device).eval()
@@ -520,10 +519,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    try:
-        main(**vars(parse_args(argv)))
-    except ValueError as e:
-        sys.exit(f"train.py: error: {e}")
+    run_cli("train.py", main, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ CASES = [  # (script, arguments, what the line must name)
     ("train.py", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
     ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
     ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
+    ("generate.py", ["--init", "random", "--preset", "paper-8b"], "--preset paper-8b"),  # memory
+    ("generate.py", ["--num-samples", "1000000"], "--num-samples"),
+    ("eval.py", ["--n", "10000", "--batch-size", "50000"], "--batch-size"),
     ("eval.py", ["--n", "100000000"], "--n"),                                         # hangs
     ("eval.py", ["--ranking-traces", "-1"], "--ranking-traces"),
 ]
@@ -40,3 +43,15 @@ def test_eval_cpu_default_runs_and_prints_the_table():
                        timeout=600)
     assert r.returncode == 0, r.stderr
     assert "full" in r.stdout and "dynts" in r.stdout and "Spearman" in r.stdout
+
+
+def test_train_names_the_flag_the_user_gave(tmp_path):
+    r = subprocess.run([sys.executable, "train.py", "--base", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"),
+                        "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--base" in r.stderr and "--ckpt" not in r.stderr
+
+
+def test_eval_checks_the_budget_against_the_prompt_before_decoding():
+    r = subprocess.run([sys.executable, "eval.py", "--budget", "100", "--device", "cpu"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 121 tokens")

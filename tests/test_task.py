@@ -285,7 +285,7 @@ def test_format_and_lengths(family):
     lengths = [n_tokens(p.text()) for p in ps]
     assert max(lengths) < 4000
     assert 2500 <= statistics.mean(lengths) <= 3200
-    assert max(n_tokens(p.prompt) for p in ps) < 150  # 119 tokens, all of them
+    assert max(n_tokens(p.prompt) for p in ps) < 150  # 121 tokens, all of them
     for p in ps:
         assert p.prompt.endswith(THINK) and p.prompt.count(THINK) == 1
         assert p.text().isascii()
