@@ -57,7 +57,7 @@ def load_checkpoint(path: str, device="cpu", flag: str = "--ckpt"):
     except Exception as e:  # truncated, another format, another config: one line, naming the file
         first = (str(e).splitlines() or [""])[0]  # (some exceptions have no message)
         raise UsageError(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__}"
-                         + (f": {first[:300]}" if first else "") + ")") from None
+                         + (f": {first}" if first else "") + ")") from None  # the whole first line
     return model, predictor, meta
 
 
@@ -211,12 +211,12 @@ def run_cli(prog: str, main, parse_args, argv=None):
     except ValueError as e:
         sys.exit(f"{prog}: error: {e}")
     except (torch.OutOfMemoryError, MemoryError) as e:
-        sys.exit(f"{prog}: error: out of memory ({type(e).__name__}): try a smaller budget, batch or --num-samples")
+        sys.exit(f"{prog}: error: out of memory ({type(e).__name__}): try a smaller model, budget or batch")
     except RuntimeError as e:  # the CPU allocator's out-of-memory is a RuntimeError
         if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
             raise
-        sys.exit(f"{prog}: error: out of memory ({(str(e).splitlines() or [''])[0][:200]}): "
-                 "try a smaller budget, batch or --num-samples")
+        sys.exit(f"{prog}: error: out of memory ({(str(e).splitlines() or [''])[0]}): "
+                 "try a smaller model, budget or batch")
 
 
 def free_bytes(device: str) -> int:

@@ -69,8 +69,8 @@ import time
 import torch
 
 import dynts
-from generate import (POLICIES, UsageError, check_matplotlib, check_output_path, make_policy, resolve_device,
-                      run_cli)
+from generate import (POLICIES, UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path,
+                      make_policy, resolve_device, run_cli, weight_bytes)
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
@@ -436,6 +436,11 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     check_output_path("--json", json_path)  # (checked now, not after the whole run)
     check_output_path("--plot", plot_path)
     check_matplotlib("--plot", plot_path)
+    if any(name != "full" for name in names) and budget <= prompt_len:
+        raise UsageError(f"--budget {budget} must exceed the prompt's {prompt_len} tokens")
+    capacity = prompt_len + steps if "full" in names else budget  # the largest cache a policy allocates
+    check_memory(f"--preset {preset} (built in float32) and a KV cache of --batch-size {batch_size} x {capacity} slots",
+                 weight_bytes(cfg) + cache_bytes(cfg, batch_size, capacity, getattr(torch, dtype).itemsize), str(device))
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()

@@ -321,6 +321,8 @@ def ranking_quality(model, predictor, n: int, device, seed: int = 0) -> dict:
     for p in task.problems("eval", n, seed=seed, **TASK):
         hidden, labels, start = thinking_features(model, p, enc, device)
         pred = predictor(hidden)
+        if not torch.isfinite(pred).all():  # never report a ranking for a predictor that outputs NaN
+            raise ValueError("the predictor outputs non-finite scores; no checkpoint written")
         rhos.append(spearman(pred, labels))
         top = set((pred.topk(max(1, len(pred) // 10)).indices + start).tolist())  # as trace positions
         decisive = set(decisive_tokens(p, enc))

@@ -20,6 +20,9 @@ CASES = [  # (script, arguments, what the line must name)
     ("generate.py", ["--init", "random", "--preset", "paper-8b"], "--preset paper-8b"),  # memory
     ("generate.py", ["--num-samples", "1000000"], "--num-samples"),
     ("eval.py", ["--n", "10000", "--batch-size", "50000"], "--batch-size"),
+    ("profile.py", ["--preset", "tiny", "--budget", "10", "--window", "2", "--prompt-len", "16"], "--budget 10"),
+    ("profile.py", ["--preset", "tiny", "--batch-size", "100000000"], "--batch-size"),
+    ("profile.py", ["--preset", "tiny", "--json", "/no/such/folder/p.json"], "--json"),
     ("eval.py", ["--n", "100000000"], "--n"),                                         # hangs
     ("eval.py", ["--ranking-traces", "-1"], "--ranking-traces"),
 ]
