@@ -194,12 +194,20 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 
 
 def check_output_path(flag: str, path: str | None):
-    """Fail now, not after the run, if `path` cannot be written as a file."""
+    """Fail now, not after the run, if `path` cannot be written as a file: by trying to (a
+    permission check alone is not enough: root passes it for /proc)."""
     if path is None:
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {path}: not a writable file path (its folder must exist)")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: a folder; give a file path")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot be written ({e.strerror}; its folder must exist)") from None
+    if not existed:
+        os.remove(path)
 
 
 def run_cli(prog: str, main, parse_args, argv=None):
