@@ -24,9 +24,9 @@ import torch
 import dynts
 import task
 import train
-from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, UsageError, check_matplotlib, check_output_path,
-                      cache_bytes, check_memory, check_seed, generate, load_checkpoint, make_policy, resolve_device,
-                      run_cli)
+from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
+                 run_cli)
+from generate import ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, generate, load_checkpoint, make_policy
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens

@@ -69,8 +69,9 @@ import time
 import torch
 
 import dynts
-from generate import (POLICIES, UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path,
-                      make_policy, resolve_device, run_cli, weight_bytes)
+from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, resolve_device, run_cli,
+                 weight_bytes)
+from generate import POLICIES, make_policy
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 import dynts
 import task
-from generate import (DEFAULT_CKPT, UsageError, check_output_path, check_positive, check_seed, generate,
-                      load_checkpoint, resolve_device, run_cli)
+from cli import UsageError, check_output_path, check_positive, check_seed, resolve_device, run_cli
+from generate import DEFAULT_CKPT, generate, load_checkpoint
 from model import GPT, GPTConfig, KVCache, get_encoding
 
 # The task: task.py's defaults, a mixture of five families, ~2,900 tokens a problem.
