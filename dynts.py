@@ -213,9 +213,10 @@ class DynTS(Policy):
     name = "dynts"
 
     def __init__(self, budget, window, ratio, predictor: ImportancePredictor, prompt_len: int,
-                 end_think_id: int, eot_id: int):
-        super().__init__(budget, window, ratio, prompt_len)
+                 end_think_id: int, eot_id: int, protect_prompt: bool = True):
+        super().__init__(budget, window, ratio, prompt_len if protect_prompt else 0)
         self.predictor, self.end_think_id, self.eot_id = predictor, end_think_id, eot_id
+        self.question_len = prompt_len  # generation starts here, protected or not
 
     def reset(self, batch_size, capacity, device=None):
         super().reset(batch_size, capacity, device)
@@ -228,7 +229,7 @@ class DynTS(Policy):
 
     def score(self, tokens, hidden, positions):
         s = self.predict(hidden)  # (B, T)
-        generated = tokens.masked_fill((positions < self.prompt_len).expand(tokens.shape), -1)  # the prompt: no token
+        generated = tokens.masked_fill((positions < self.question_len).expand(tokens.shape), -1)  # the prompt: no token
         answering = self.answering[:, None] | strictly_after(generated, self.end_think_id)  # (B, T)
         done = self.done[:, None] | strictly_after(generated, self.eot_id)  # (B, T)
         s = s.masked_fill(answering, INF).masked_fill(done, -INF)
@@ -269,7 +270,7 @@ class NoProtectedPrompt(DynTS):
     name = "dynts-noprompt"
 
     def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
-        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+        super().__init__(budget, window, ratio, predictor, prompt_len, end_think_id, eot_id, protect_prompt=False)
 
 
 # The ablations as the official code ran them: nothing protected, the prompt included.
@@ -282,7 +283,7 @@ class RandomAll(RandomThinking):
     name = "random-all"
 
     def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
-        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
+        super().__init__(budget, window, ratio, predictor, prompt_len, end_think_id, eot_id, protect_prompt=False)
 
     def score(self, tokens, hidden, positions):
         return self.predict(hidden)
@@ -295,8 +296,7 @@ class BottomAll(DynTS):
     name = "bottom-all"
 
     def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
-        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
-        self.question_len = prompt_len
+        super().__init__(budget, window, ratio, predictor, prompt_len, end_think_id, eot_id, protect_prompt=False)
 
     def score(self, tokens, hidden, positions):
         return -super().score(tokens, hidden, positions).masked_fill(positions < self.question_len, INF)
@@ -309,8 +309,7 @@ class NoQuestion(DynTS):
     name = "noquestion"
 
     def __init__(self, budget, window, ratio, predictor, prompt_len, end_think_id, eot_id):
-        super().__init__(budget, window, ratio, predictor, 0, end_think_id, eot_id)
-        self.question_len = prompt_len
+        super().__init__(budget, window, ratio, predictor, prompt_len, end_think_id, eot_id, protect_prompt=False)
 
     def score(self, tokens, hidden, positions):
         return super().score(tokens, hidden, positions).masked_fill(positions < self.question_len, 0.0)

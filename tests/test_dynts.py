@@ -244,6 +244,17 @@ def test_a_budget_full_of_protected_tokens_still_frees_a_slot():
     assert policy.select().tolist() == [[1, 2, 3, 4, 5]]  # all protected: the oldest (the prompt) goes
 
 
+def test_special_tokens_inside_the_prompt_end_nothing_in_the_ablations_either():
+    """dynts-noprompt leaves the prompt unprotected, but an end-of-text typed into the prompt
+    still does not turn the generated tokens into padding."""
+    policy = dynts.NoProtectedPrompt(budget=20, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=3,
+                                     end_think_id=END_THINK, eot_id=EOT)
+    policy.reset(1, 20)
+    policy.observe(torch.tensor([[EOT, 1, 2]]), torch.zeros(1, 3, 2), torch.arange(3))  # the prompt
+    policy.observe(torch.tensor([[5]]), torch.ones(1, 1, 2), torch.tensor([3]))
+    assert policy.ranking()[0].tolist() == [0.0, 0.0, 0.0, 1.0]  # scored, not protected, not padding
+
+
 def test_special_tokens_inside_the_prompt_protect_nothing_and_end_nothing():
     """What is answer or padding depends only on what the model generated after the prompt."""
     policy = dynts.DynTS(budget=20, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=3,
