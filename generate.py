@@ -283,9 +283,8 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG'}"
                   + (f" | {sum(correct)}/{len(correct)} samples correct" if len(correct) > 1 else "") + "\n")
     out.write(summary(stats) + "\n")
-    piece = lambda t: enc.decode_single_token_bytes(t).decode("utf-8", errors="replace")
     rows = [row[:row.index(enc.eot_token) + 1] if enc.eot_token in row else row for row in tokens.tolist()]
-    pieces = [[piece(t) for t in ids + row] for row in rows]  # each row's tokens, prompt first
+    pieces = [view.token_texts(enc, ids + row) for row in rows]  # each row's tokens, prompt first
     if log and out.isatty():  # the trace once more, the evicted tokens dimmed
         out.write("\n" + view.ansi(log, pieces[0]) + "\n")
     if html_path:

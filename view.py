@@ -100,6 +100,11 @@ def shade(score: float, lo: float, hi: float) -> str:
     return f"background:rgba(255,140,0,{0.05 + 0.75 * a:.2f})"
 
 
+def token_texts(enc, ids: list[int]) -> list[str]:
+    """The text of each token, in order (a token that is part of a UTF-8 character shows as �)."""
+    return [enc.decode_single_token_bytes(t).decode("utf-8", errors="replace") for t in ids]
+
+
 def html(log: TraceLog, pieces: list[list[str]], title: str, verdicts: list[str] | None = None,
          answers: list[str] | None = None) -> str:
     """The page. pieces[b]: the text of each token of row b (prompt and generated, in order);
@@ -201,9 +206,8 @@ def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=No
         logs[f"{name}, answer {verdict}"] = logs.pop(name)
         length = max(length, len(ids) + len(row))
         if html_path and len(logs) == 1:
-            piece = lambda t: enc.decode_single_token_bytes(t).decode("utf-8", errors="replace")
             with open(html_path, "w") as f:
-                f.write(html(next(iter(logs.values())), [[piece(t) for t in ids + row]],
+                f.write(html(next(iter(logs.values())), [token_texts(enc, ids + row)],
                              f"{name} on held-out problem {problem}", [f"expected {p.answer}: {verdict}"], [p.answer]))
     raster(logs, length, plot_path)
     print(f"wrote {plot_path}" + (f" and {html_path}" if html_path else ""))
