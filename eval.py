@@ -120,12 +120,17 @@ def mcnemar(a: list[bool], b: list[bool]) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
+def level_of(record: dict):
+    """A record's budget level: the budget fraction when the run chose budgets on validation
+    (so seeds whose budgets differ by a few tokens pool), else the budget itself (None: Full)."""
+    return record.get("fraction") or record["budget"]
+
+
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per (policy, budget level): pooled over problems and model seeds. A budget level
-    is the budget fraction when the run chose budgets on validation, else the budget itself."""
+    """One row per (policy, budget level): pooled over problems and model seeds."""
     cells = defaultdict(list)
     for r in records:
-        cells[(r["policy"], r.get("fraction") or r["budget"])].append(r)
+        cells[(r["policy"], level_of(r))].append(r)
     rows = []
     for (policy, level), rs in cells.items():
         k, n = sum(r["correct"] for r in rs), len(rs)
@@ -150,7 +155,7 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
     on the problems (and model seeds) both decoded."""
     outcome = defaultdict(dict)
     for r in records:
-        outcome[(r["policy"], r.get("fraction") or r["budget"])][(r.get("model_seed", 0), r["problem"])] = r["correct"]
+        outcome[(r["policy"], level_of(r))][(r.get("model_seed", 0), r["problem"])] = r["correct"]
     tests = []
     for level in sorted({r["level"] for r in rows if r["policy"] == "dynts"}):
         rivals = [r for r in rows if r["level"] == level and r["policy"].removesuffix("+p") in BASELINES]
