@@ -42,11 +42,10 @@ SHORT_TASK = dict(n_filler=(4, 12), n_review=4)
 CURRICULUM = 0.4
 CONFIG = GPTConfig(block_size=4096, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256,
                    mlp_hidden=1024, bias=True)
-# Decoding defaults stored with the checkpoint, the paper's proportions (window 0.4 x budget,
-# ratio 0.3). train.py replaces the budget by BUDGET_FRACTIONS x Full's mean peak cache,
-# measured on validation problems (`budgets_on_validation`); this is the CPU fallback.
-DECODING = dict(budget=870, window=348, ratio=0.3)
-BUDGET_FRACTIONS = (0.2, 0.3, 0.45, 0.6)  # of Full's peak cache; the second is the default budget
+# The decoding settings stored with the checkpoint: budgets at these fractions of Full's mean
+# peak cache on validation problems (`budgets_on_validation`), with the paper's proportions
+# (window 0.4 x budget, ratio 0.3). The second is the default budget.
+BUDGET_FRACTIONS = (0.2, 0.3, 0.45, 0.6)
 LABEL_SCALE = 1e4  # labels are attention probabilities (~1e-4): rescaled for the regression
 # The blind eviction masks draw, per row, one of these kinds with these weights (see
 # blind_eviction_mask), and a simulated cache's setting from these ranges.
@@ -420,7 +419,7 @@ def budgets_on_validation(model: GPT, n: int, device) -> dict:
 # Command line
 
 
-def save_checkpoint(path, model, predictor, metrics, decoding=DECODING):
+def save_checkpoint(path, model, predictor, metrics, decoding):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     half = lambda m: {k: v.detach().to("cpu", torch.float16) for k, v in m.state_dict().items()}
     torch.save(dict(config=asdict(model.config), encoding="bytes-think", task=TASK, decoding=decoding,

@@ -23,7 +23,6 @@ def small_setup(monkeypatch):
     monkeypatch.setattr(train, "CONFIG", SMALL)
     monkeypatch.setattr(train, "TASK", SMALL_TASK)
     monkeypatch.setattr(train, "SHORT_TASK", dict(SMALL_TASK, n_filler=(0, 0)))
-    monkeypatch.setattr(train, "DECODING", dict(budget=120, window=8, ratio=0.5))
 
 
 def labels_by_definition(model: GPT, tokens: torch.Tensor, think_end: int) -> torch.Tensor:
