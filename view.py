@@ -187,14 +187,20 @@ def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=No
     generate.check_output_path("--plot", plot_path)
     generate.check_output_path("--html", html_path)
     generate.check_matplotlib("--plot", plot_path)
+    if not 0 <= problem < 10**4:
+        raise generate.UsageError(f"--problem must be in [0, 10000), got {problem}")
     model, predictor, meta = generate.load_checkpoint(ckpt or generate.DEFAULT_CKPT)
     model.eval()
     enc = get_encoding(meta["encoding"])
     p = task.problems("eval", problem + 1, **meta["task"])[problem]
     ids = enc.encode(p.prompt, allowed_special="all")
     d = meta["decoding"]
+    names = policies.split(",")
+    for name in names:  # every name checked before the first decode
+        if name not in generate.POLICIES:
+            raise generate.UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(generate.POLICIES)}")
     logs, length = {}, 0
-    for name in policies.split(","):
+    for name in names:
         policy = generate.make_policy(name, d["budget"], d["window"], d["ratio"], predictor, len(ids), enc)
         logs[name] = TraceLog(policy)
         tokens, _ = generate.generate(model, ids, policy, model.config.block_size - len(ids), eot_id=enc.eot_token,
@@ -213,16 +219,17 @@ def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=No
     print(f"wrote {plot_path}" + (f" and {html_path}" if html_path else ""))
 
 
-if __name__ == "__main__":
+def parse_args(argv=None):
     import argparse
-    import sys
     ap = argparse.ArgumentParser(description="Rasters of what each policy keeps, side by side, on one problem")
     ap.add_argument("--policies", default="dynts,h2o+p", help="comma-separated policies (default: dynts,h2o+p)")
-    ap.add_argument("--problem", type=int, default=0, help="which held-out problem")
+    ap.add_argument("--problem", type=int, default=0, help="which held-out problem, 0-9999")
     ap.add_argument("--plot", dest="plot_path", default="raster.png", help="the PNG to write (needs matplotlib)")
     ap.add_argument("--html", dest="html_path", help="also the first policy's page")
     ap.add_argument("--ckpt", help="checkpoint (default: the shipped one)")
-    try:
-        main(**vars(ap.parse_args()))
-    except ValueError as e:
-        sys.exit(f"view.py: error: {e}")
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    from cli import run_cli
+    run_cli("view.py", main, parse_args)

@@ -24,6 +24,7 @@ CASES = [  # (script, arguments, what the line must name)
     ("profile.py", ["--preset", "tiny", "--batch-size", "100000000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--json", "/no/such/folder/p.json"], "--json"),
     ("eval.py", ["--n", "100000000"], "--n"),                                         # hangs
+    ("view.py", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
     ("eval.py", ["--ranking-traces", "-1"], "--ranking-traces"),
 ]
 
@@ -32,8 +33,9 @@ CASES = [  # (script, arguments, what the line must name)
 def test_one_line_no_traceback(script, argv, names, tmp_path):
     open(tmp_path / "empty.pt", "wb").close()
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    r = subprocess.run([sys.executable, script, *argv, "--device", "cpu"] if "--device" not in argv
-                       else [sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if "--device" not in argv and script != "view.py":  # (view.py has no --device)
+        argv = argv + ["--device", "cpu"]
+    r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and names in lines[0] and "Traceback" not in r.stderr, r.stderr
