@@ -1,7 +1,9 @@
-"""A GPT-2-style model with an explicit, preallocated KV cache.
+"""A decoder-only transformer with an explicit, preallocated KV cache: GPT-2's blocks, or the
+Llama / Qwen2 family's (RMSNorm, SwiGLU, rotary positions, grouped-query attention), chosen
+by config fields, each option a few lines next to its alternative.
 
-Read it bottom-up: the tokenizer, the config, the KV cache, attention, the MLP, a block, the
-model. It knows nothing of DynTS: dynts.py decides which cache slots to keep and calls
+Read it bottom-up: the tokenizer, the config, the KV cache, rotary positions, attention, the
+MLP, a block, the model. It knows nothing of DynTS: dynts.py decides which cache slots to keep and calls
 `KVCache.keep(idx)`; the model only writes, reads and compacts the cache it is given.
 
 Shapes: B batch, T new tokens in this forward, S live cache slots (after writing this
@@ -43,35 +45,67 @@ def get_encoding(name: str = "bytes-think") -> tiktoken.Encoding:
 
 @dataclass
 class GPTConfig:
-    block_size: int = 4096  # the number of learned absolute positions: the longest sequence
+    block_size: int = 4096  # the longest sequence: learned positions' table size, RoPE's limit
     vocab_size: int = 259  # token ids; the byte encoding above uses 259
     n_layer: int = 4  # transformer blocks
     n_head: int = 4  # query heads per attention layer
     n_kv_head: int = 4  # key/value heads; < n_head is grouped-query attention (GQA)
     n_embd: int = 256  # the residual stream's width; head_dim = n_embd // n_head
     mlp_hidden: int = 1024  # the MLP's hidden width (GPT-2 uses 4 * n_embd)
-    bias: bool = True  # biases in the Linear layers and LayerNorms, as in GPT-2
+    bias: bool = True  # biases in every Linear layer and norm, as in GPT-2
+    # The Llama / Qwen2 family (the paper's R1-Distill models) differs in these fields:
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama, Qwen2: no mean, no bias)
+    norm_eps: float = 1e-5  # added to the variance (Llama 3: 1e-5, Qwen2: 1e-6)
+    mlp: str = "gelu"  # "gelu": proj(gelu(fc(x))); "swiglu": proj(silu(gate(x)) * fc(x))
+    positions: str = "learned"  # "learned": a table added to the embeddings; "rope": q and k rotated
+    rope_theta: float = 10000.0  # RoPE's base: frequencies theta^(-2i/D) (Llama 3: 500000)
+    rope_scaling: dict | None = None  # Llama 3's long-context frequency scaling: factor, low_freq_factor,
+    #                                   high_freq_factor, original_max_position_embeddings; None: none
+    qkv_bias: bool = False  # biases on q, k and v only (Qwen2); `bias` puts them everywhere
+    tie_embeddings: bool = True  # the LM head reuses wte's weights (GPT-2); False: its own (Llama 3 8B)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        for name, value, allowed in (("norm", self.norm, ("layernorm", "rmsnorm")), ("mlp", self.mlp, ("gelu", "swiglu")),
+                                     ("positions", self.positions, ("learned", "rope"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE rotates pairs of dimensions: head_dim ({self.head_dim}) must be even")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
 
+# Llama 3's rope_scaling, as in Meta-Llama-3.1-8B's (and R1-Distill-Llama-8B's) config.json.
+LLAMA3_ROPE_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+LLAMA_STYLE = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False)
+
 PRESETS = {
     # A CPU runs it in seconds: for tests and mechanics-only runs.
     "tiny": GPTConfig(block_size=2048, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=256),
+    # The same size with the Llama family's blocks.
+    "tiny-llama": GPTConfig(block_size=2048, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=176,
+                            **LLAMA_STYLE),
     # GPT-2 small (124M), vocabulary padded to a multiple of 64 as in nanoGPT.
     "gpt2": GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_kv_head=12,
                       n_embd=768, mlp_hidden=3072),
-    # The shape of the paper's DeepSeek-R1-Distill-Llama-8B: 32 layers, 4096 wide, 32 query heads,
-    # 8 KV heads of 128. Its SwiGLU has 3 matrices of 4096 x 14336; two GELU matrices of
-    # 4096 x 21504 hold the same weight bytes.
+    # The paper's DeepSeek-R1-Distill-Llama-8B (Llama 3.1 8B's shape): 32 layers, 4096 wide, 32
+    # query heads, 8 KV heads of 128, SwiGLU of 14336, RoPE theta 500000 with Llama 3 scaling.
+    "r1-llama-8b": GPTConfig(block_size=131072, vocab_size=128256, n_layer=32, n_head=32, n_kv_head=8,
+                             n_embd=4096, mlp_hidden=14336, norm_eps=1e-5, rope_theta=500000.0,
+                             rope_scaling=LLAMA3_ROPE_SCALING, tie_embeddings=False, **LLAMA_STYLE),
+    # DeepSeek-R1-Distill-Qwen-1.5B (Qwen2): 28 layers, 1536 wide, 12 query heads, 2 KV heads of
+    # 128, SwiGLU of 8960, biases on q/k/v, its own LM head.
+    "r1-qwen-1.5b": GPTConfig(block_size=131072, vocab_size=151936, n_layer=28, n_head=12, n_kv_head=2,
+                              n_embd=1536, mlp_hidden=8960, norm_eps=1e-6, rope_theta=10000.0, qkv_bias=True,
+                              tie_embeddings=False, **LLAMA_STYLE),
+    # The GELU stand-in for R1-Distill-Llama-8B that profile.py's fast path measures: the same
+    # attention shape; two GELU matrices of 4096 x 21504 hold SwiGLU's weight bytes.
     "paper-8b": GPTConfig(block_size=16384, vocab_size=128256, n_layer=32, n_head=32, n_kv_head=8,
                           n_embd=4096, mlp_hidden=21504, bias=False),
 }
@@ -139,6 +173,37 @@ class KVCache:
 
 
 # -----------------------------------------------------------------------------
+# Rotary positions (the Llama family)
+
+
+def rope_frequencies(config: GPTConfig) -> torch.Tensor:
+    """RoPE's inverse frequencies (D/2,): theta^(-2i/D), float32 as Hugging Face computes them.
+
+    Llama 3's scaling (Meta's Llama 3.1 code) divides the low frequencies, whose wavelength
+    exceeds the original context / low_freq_factor, by `factor`; keeps the high ones, shorter
+    than original / high_freq_factor; and blends linearly in between."""
+    D = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, D, 2).float() / D))  # (D/2,)
+    s = config.rope_scaling
+    if s:
+        old = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        blended = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old / s["low_freq_factor"], inv_freq / s["factor"],
+                               torch.where(wavelen < old / s["high_freq_factor"], inv_freq, blended))
+    return inv_freq
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, D) by its tokens' angles, cos and sin (B, 1, T, D/2): dimension i
+    and i + D/2 form a pair (Hugging Face's rotate_half layout, so its q/k weights load as they
+    are). The product is taken in float32, then cast back."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, heads, T, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+# -----------------------------------------------------------------------------
 # The transformer
 
 
@@ -148,16 +213,22 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer  # which slice of the KV cache is ours
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         kv_dim = config.n_kv_head * config.head_dim
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)  # q, k, v
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias or config.qkv_bias)  # q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def forward(self, x, cache: KVCache | None = None, need_attn: bool = False, mask=None):
+    def forward(self, x, cache: KVCache | None = None, need_attn: bool = False, mask=None, rope=None):
         B, T, C = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            # RoPE under eviction: each key is rotated once, at its own absolute position, before
+            # it is cached. A compaction moves rotated keys between slots and never re-rotates
+            # them; the query is rotated at its position, cache.seen. Their dot product depends
+            # only on the distance between the two positions, wherever the key's slot now is.
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(self.layer, k, v)  # (B, Hkv, S, D): the live slots, this step's last
         S = k.shape[2]
@@ -192,27 +263,53 @@ def attention_with_probs(q, k, v, mask=None):
 
 
 class MLP(nn.Module):
+    """GPT-2: c_proj(gelu(c_fc(x))). SwiGLU (Llama, Qwen2): c_proj(silu(c_gate(x)) * c_fc(x))."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)  # "up" in Llama
+        self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.mlp == "swiglu" else None
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)  # "down" in Llama
 
     def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        if self.c_gate is None:
+            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x))
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without the mean and the bias. In float32,
+    then cast back, as Hugging Face's Llama does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, need_attn=False, mask=None):
-        a, received = self.attn(self.ln_1(x), cache, need_attn, mask)
+    def forward(self, x, cache=None, need_attn=False, mask=None, rope=None):
+        a, received = self.attn(self.ln_1(x), cache, need_attn, mask, rope)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, received
@@ -222,10 +319,15 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings, tied to the LM head
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned absolute positions
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        if config.positions == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned absolute positions
+        else:  # RoPE: nothing to learn; the frequencies are a buffer (not saved: derived from the config)
+            self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config)
+        # The LM head: wte's weights (tied), or a matrix of its own.
+        self.head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith("c_proj.weight"):
@@ -238,8 +340,8 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from final hidden states (..., C) -> (..., vocab); weights tied to wte."""
-        return hidden @ self.wte.weight.T
+        """Logits from final hidden states (..., C) -> (..., vocab)."""
+        return hidden @ (self.wte.weight if self.head is None else self.head.weight).T
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, need_attn: bool = False,
                 mask: torch.Tensor | None = None):
@@ -263,11 +365,17 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         if cache is not None and cache.length + T > cache.capacity:
             raise ValueError(f"KV cache overflow: {cache.length} live + {T} new > capacity {cache.capacity}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        pos = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T) absolute positions
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.positions == "learned":
+            x = x + self.wpe(pos)
+        else:  # every layer rotates q and k by these angles
+            angles = pos[:, None, :, None].float() * self.inv_freq  # (B, 1, T, D/2)
+            rope = angles.cos(), angles.sin()
         received = None
         for block in self.blocks:
-            x, r = block(x, cache, need_attn, mask)
+            x, r = block(x, cache, need_attn, mask, rope)
             if need_attn:
                 received = r if received is None else received + r
         if cache is not None:

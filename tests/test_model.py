@@ -8,15 +8,40 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import GPT, PRESETS, GPTConfig, KVCache, get_encoding
+from model import GPT, PRESETS, GPTConfig, KVCache, get_encoding, rope_frequencies
 
 MHA = GPTConfig(block_size=128, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, mlp_hidden=64)
 GQA = GPTConfig(block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
+# The Llama family's blocks: RMSNorm, SwiGLU, RoPE (with Llama 3's scaling, its original context
+# shrunk so that all three frequency bands occur at head_dim 8), GQA, an untied head; and Qwen2's
+# biases on q, k, v.
+LLAMA = GPTConfig(block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, bias=False,
+                  norm="rmsnorm", mlp="swiglu", positions="rope", rope_theta=500.0, tie_embeddings=False,
+                  rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                    original_max_position_embeddings=64))
+QWEN2 = GPTConfig(block_size=128, n_layer=2, n_head=4, n_kv_head=1, n_embd=32, mlp_hidden=48, bias=False,
+                  norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", positions="rope", qkv_bias=True, tie_embeddings=False)
+CONFIGS = dict(mha=MHA, gqa=GQA, llama=LLAMA, qwen2=QWEN2)
 
 
 def tiny_model(config, seed=0):
+    """A random model; biases and norm weights random too (their init is 0 and 1)."""
     torch.manual_seed(seed)
-    return GPT(config).eval()
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def rotate(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE the slow way: dimensions i and i + D/2 as one complex number, turned by the angle
+    position * inv_freq[i]. x (B, heads, T, D) at positions 0..T-1."""
+    D, T = x.shape[-1], x.shape[2]
+    z = torch.complex(x[..., :D // 2].double(), x[..., D // 2:].double())
+    z = z * torch.polar(torch.ones(T, D // 2, dtype=torch.double), torch.arange(T).double()[:, None] * inv_freq.double())
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
 
 
 def reference_forward(model: GPT, idx: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -24,13 +49,16 @@ def reference_forward(model: GPT, idx: torch.Tensor, visible: torch.Tensor) -> t
     the positions j with visible[b, i, j]. Returns final hidden states (B, T, C)."""
     B, T = idx.shape
     cfg = model.config
-    x = model.wte(idx) + model.wpe(torch.arange(T))
+    x = model.wte(idx) + (model.wpe(torch.arange(T)) if cfg.positions == "learned" else 0)
     for block in model.blocks:
         attn = block.attn
         h = block.ln_1(x)
         q, k, v = attn.c_attn(h).split([cfg.n_embd, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim], dim=2)
         q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
-        k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2).repeat_interleave(cfg.n_head // cfg.n_kv_head, 1)
+        k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if cfg.positions == "rope":
+            q, k = rotate(q, model.inv_freq), rotate(k, model.inv_freq)
+        k = k.repeat_interleave(cfg.n_head // cfg.n_kv_head, 1)
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2).repeat_interleave(cfg.n_head // cfg.n_kv_head, 1)
         s = (q @ k.transpose(-2, -1)) / math.sqrt(cfg.head_dim)  # (B, H, T, T)
         s = s.masked_fill(~visible[:, None], float("-inf"))
@@ -40,7 +68,7 @@ def reference_forward(model: GPT, idx: torch.Tensor, visible: torch.Tensor) -> t
     return model.ln_f(x)
 
 
-@pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cached_decoding_equals_uncached_forward(config, batch):
     model = tiny_model(config)
@@ -60,18 +88,19 @@ def test_cached_decoding_equals_uncached_forward(config, batch):
     assert torch.equal(cache.pos, torch.arange(40).expand(batch, 40))
 
 
-def test_chunked_prefill_on_a_warm_cache_equals_uncached():
-    model = tiny_model(GQA)
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_chunked_prefill_on_a_warm_cache_equals_uncached(config):
+    model = tiny_model(config)
     idx = torch.randint(0, 259, (2, 30))
     with torch.no_grad():
         _, full_hidden, _ = model(idx)
-        cache = KVCache(GQA, 2, capacity=30)
+        cache = KVCache(config, 2, capacity=30)
         model(idx[:, :10], cache)
         _, hidden, _ = model(idx[:, 10:30], cache)
     torch.testing.assert_close(hidden, full_hidden[:, 10:], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_eviction_oracle_compacted_cache_equals_masked_full_cache(config):
     """Decode with evictions; the reference recomputes everything with each query seeing
     exactly the slots that were in the compacted cache when it was decoded."""
@@ -142,11 +171,12 @@ def test_keep_in_chunks_equals_one_gather(data):
     assert torch.equal(cache.pos[:, :n], pos.gather(1, idx))
 
 
-def test_need_attn_gives_the_same_output_and_attention_that_sums_to_one_per_query():
-    model = tiny_model(GQA)
+@pytest.mark.parametrize("config", [GQA, LLAMA], ids=["gpt2", "llama"])
+def test_need_attn_gives_the_same_output_and_attention_that_sums_to_one_per_query(config):
+    model = tiny_model(config)
     idx = torch.randint(0, 259, (2, 12))
     with torch.no_grad():
-        c1, c2 = KVCache(GQA, 2, 13), KVCache(GQA, 2, 13)
+        c1, c2 = KVCache(config, 2, 13), KVCache(config, 2, 13)
         l1, h1, a1 = model(idx, c1)
         l2, h2, a2 = model(idx, c2, need_attn=True)
         assert a1 is None and a2.shape == (2, 12)
@@ -180,14 +210,36 @@ def test_cache_overflow_is_a_clear_error():
         model(torch.zeros(1, 5, dtype=torch.long), cache)
 
 
+def n_params(config: GPTConfig) -> int:
+    """Parameters of a model of this shape, counted without building it (on the meta device)."""
+    with torch.device("meta"):
+        return sum(t.numel() for t in GPT(config).parameters())
+
+
 def test_presets_have_the_shapes_they_claim():
     p = PRESETS["paper-8b"]
     assert (p.n_layer, p.n_embd, p.n_head, p.n_kv_head, p.head_dim) == (32, 4096, 32, 8, 128)
     assert p.block_size >= 16384
     assert 2 * p.n_embd * p.mlp_hidden == 3 * 4096 * 14336  # the SwiGLU's weight bytes
-    g = PRESETS["gpt2"]
-    n_params = sum(t.numel() for t in GPT(g).parameters())
-    assert 123e6 < n_params < 125e6
+    assert 123e6 < n_params(PRESETS["gpt2"]) < 125e6
+    # The published sizes: Llama 3.1 8B has 8,030,261,248 parameters; R1-Distill-Qwen-1.5B
+    # 1,777,088,000 (1.54B without its untied 151936 x 1536 LM head).
+    assert n_params(PRESETS["r1-llama-8b"]) == 8_030_261_248
+    assert n_params(PRESETS["r1-qwen-1.5b"]) == 1_777_088_000
+
+
+def test_rope_frequencies_follow_llama3_scaling():
+    """The three bands of Llama 3's scaling, at the real shape: wavelengths shorter than
+    8192 / 4 = 2048 positions unchanged, longer than 8192 divided by 8, blended between."""
+    inv = rope_frequencies(PRESETS["r1-llama-8b"])
+    plain = 1.0 / (500000.0 ** (torch.arange(0, 128, 2).float() / 128))
+    wavelen = 2 * math.pi / plain
+    high, low = wavelen < 2048, wavelen > 8192
+    assert high.sum() > 0 and low.sum() > 0 and (~high & ~low).sum() > 0
+    torch.testing.assert_close(inv[high], plain[high])
+    torch.testing.assert_close(inv[low], plain[low] / 8)
+    mid = ~high & ~low
+    assert ((inv[mid] < plain[mid]) & (inv[mid] > plain[mid] / 8)).all()
 
 
 def test_config_rejects_head_counts_that_do_not_divide():
