@@ -34,14 +34,17 @@ from cli import UsageError, check_output_path, check_positive, check_seed, resol
 from generate import DEFAULT_CKPT, generate, load_checkpoint
 from model import GPT, GPTConfig, KVCache, get_encoding
 
-# The task: task.py's defaults, a mixture of five families, ~2,900 tokens a problem.
-TASK = dict()
+# The task: task.py's mixture of five families, ~2,900 tokens a problem, each prompt naming its
+# family ("mode 3"), so that the model writes the family's kind of trace.
+TASK = dict(announce=True)
 # A curriculum: the first CURRICULUM fraction of the base model's steps use short traces (a few
 # filler sentences, ~500 tokens), which teach the table look-ups at a fraction of the cost.
-SHORT_TASK = dict(n_filler=(4, 12), n_review=4)
+SHORT_TASK = dict(TASK, n_filler=(4, 12), n_review=4)
 CURRICULUM = 0.4
+# The paper's model family in miniature: Llama's blocks (RMSNorm, SwiGLU, RoPE, GQA), 4.0M
+# parameters (SwiGLU's 688 hidden units hold the weights of a GELU MLP of 1024).
 CONFIG = GPTConfig(block_size=4096, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256,
-                   mlp_hidden=1024, bias=True)
+                   mlp_hidden=688, bias=False, norm="rmsnorm", mlp="swiglu", positions="rope")
 # The decoding settings stored with the checkpoint: budgets at these fractions of Full's mean
 # peak cache on validation problems (`budgets_on_validation`), with the paper's proportions
 # (window 0.4 x budget, ratio 0.3). The second is the default budget.
