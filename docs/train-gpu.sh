@@ -8,7 +8,7 @@ gpus=$(nvidia-smi -L | wc -l)
 mkdir -p "$out"
 i=0
 for s in $seeds; do
-  CUDA_VISIBLE_DEVICES=$(( i % gpus )) python train.py --seed "$s" --steps "$steps" --valid-problems 100 \
+  CUDA_VISIBLE_DEVICES=$(( i % gpus )) python train.py --seed "$s" --steps "$steps" --valid-problems 100 ${BLOCKS:+--blocks $BLOCKS} \
     --out "$out/seed$s.pt" --force > "$out/train-seed$s.log" 2>&1 &
   i=$(( i + 1 ))
 done

@@ -20,7 +20,7 @@ SMALL_TASK = dict(n_items=(2, 2), hops=2, n_distractors=2, n_filler=(0, 3), n_re
 
 @pytest.fixture
 def small_setup(monkeypatch):
-    monkeypatch.setattr(train, "CONFIG", SMALL)
+    monkeypatch.setattr(train, "CONFIGS", dict(llama=SMALL, gpt2=SMALL))
     monkeypatch.setattr(train, "TASK", SMALL_TASK)
     monkeypatch.setattr(train, "SHORT_TASK", dict(SMALL_TASK, n_filler=(0, 0)))
 
