@@ -20,6 +20,7 @@ read it with torch.load(..., weights_only=True).
 """
 
 import argparse
+import json
 import math
 import os
 import time
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import dynts
+import hf
 import task
 from cli import UsageError, check_output_path, check_positive, check_seed, resolve_device, run_cli
 from generate import DEFAULT_CKPT, generate, load_checkpoint
@@ -280,8 +282,22 @@ def thinking_features(model: GPT, problem: task.Problem, enc, device):
 
 def train_predictor(model: GPT, predictor: dynts.ImportancePredictor, n_traces: int, steps: int, batch_tokens: int,
                     lr: float, device, seed: int, log_every: int = 100):
-    """Regression of the labels of the thinking tokens of `n_traces` correct traces from their
-    hidden states, the base model frozen.
+    """The predictor of the tiny reasoner: the labels of the thinking tokens of `n_traces`
+    correct traces (the task's own, teacher-forced), then `fit_predictor`."""
+    enc = get_encoding()
+    hidden, targets = [], []
+    for p in task.problems("train", n_traces, seed=seed, **TASK):  # one trace at a time: labels need their own cache
+        h, labels, _ = thinking_features(model, p, enc, device)
+        hidden.append(h)
+        targets.append(labels)
+    X, Y = torch.cat(hidden), torch.cat(targets)  # (N, C), (N,): every thinking token
+    print(f"predictor data: {len(X)} thinking tokens of {n_traces} traces", flush=True)
+    fit_predictor(predictor, X, Y, steps, batch_tokens, lr, device, seed, log_every)
+
+
+def fit_predictor(predictor: dynts.ImportancePredictor, X: torch.Tensor, Y: torch.Tensor, steps: int,
+                  batch_tokens: int, lr: float, device, seed: int, log_every: int = 100):
+    """Regression of labels Y (N,) from hidden states X (N, C), the base model frozen.
 
     The paper regresses LABEL_SCALE * label by MSE. Our labels are heavy-tailed (a few tokens
     get 100x the mean), and plain MSE taught the predictor only that node letters matter: its
@@ -289,14 +305,7 @@ def train_predictor(model: GPT, predictor: dynts.ImportancePredictor, n_traces: 
     tokens kept: 0/30 with MSE, 30/30 with this loss). So the squared error is taken between
     log(1 + prediction) and log(1 + label): the same target, errors measured in ratios.
     """
-    enc = get_encoding()
-    hidden, targets = [], []
-    for p in task.problems("train", n_traces, seed=seed, **TASK):  # one trace at a time: labels need their own cache
-        h, labels, _ = thinking_features(model, p, enc, device)
-        hidden.append(h)
-        targets.append(LABEL_SCALE * labels)
-    X, Y = torch.cat(hidden), torch.cat(targets)  # (N, C), (N,): every thinking token
-    print(f"predictor data: {len(X)} thinking tokens of {n_traces} traces", flush=True)
+    X, Y = X.to(device, torch.float32), LABEL_SCALE * Y.to(device, torch.float32)
     gen = torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=0.0)
     progress = Progress("predictor", steps, log_every)
@@ -427,6 +436,137 @@ def budgets_on_validation(model: GPT, n: int, device) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# 6. The predictor for a real model (--hf): the paper's pipeline, on your problems
+
+
+def read_problems(path: str) -> list[dict]:
+    """[{"question": str, "answer": str}, ...] from a .jsonl file, one problem a line."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--problems {path}: no such file")
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                p = json.loads(line)
+                problems.append(dict(question=str(p["question"]), answer=str(p["answer"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise UsageError(f"--problems {path}: line {n} is not a JSON object with question and answer "
+                                 f"({type(e).__name__})") from None
+    if not problems:
+        raise UsageError(f"--problems {path}: no problems in it")
+    return problems
+
+
+def final_answer(text: str) -> str:
+    """What a reasoning model answered: the last \\boxed{...} of the text after `</think>` (the
+    convention of the paper's math benchmarks), else that whole text; spaces trimmed."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return text.strip()
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j].strip()
+    return text[i:].strip()
+
+
+def sample_trace(model: GPT, enc, meta: dict, question: str, max_new_tokens: int, temperature: float, generator):
+    """(prompt + generated ids, the index of `</think>` or None): one sampled answer under Full."""
+    prompt = hf.chat_prompt(question, enc, meta["bos"])
+    new, _ = generate(model, [prompt], dynts.Full(), max_new_tokens, temperature=temperature,
+                      eot_id=meta["eos_id"], vocab_limit=enc.n_vocab, generator=generator)
+    ids = prompt + new[0].tolist()
+    if meta["eos_id"] in ids[len(prompt):]:
+        ids = ids[:ids.index(meta["eos_id"], len(prompt)) + 1]
+    ends = [i for i in range(len(prompt), len(ids)) if ids[i] == meta["end_think_id"]]
+    return ids, len(prompt), (ends[0] if ends else None)
+
+
+def hf_traces(model, enc, meta, problems, work: str, samples: int, max_new_tokens: int, temperature: float,
+              device, seed: int):
+    """Stage 1 and 2 of the paper on a real model: for each problem, `samples` sampled traces;
+    the correct ones (final_answer == answer) get their labels (`importance_labels`) and their
+    thinking tokens' hidden states, saved to WORK/<problem>-<sample>.pt. A trace already saved
+    is skipped, so an interrupted run resumes where it stopped."""
+    os.makedirs(work, exist_ok=True)
+    jobs = [(i, k) for i in range(len(problems)) for k in range(samples)]
+    t0, done_now = time.perf_counter(), 0
+    for n, (i, k) in enumerate(jobs):
+        path = os.path.join(work, f"{i}-{k}.pt")
+        if os.path.exists(path):
+            continue
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i * 1000 + k)
+        ids, P, think_end = sample_trace(model, enc, meta, problems[i]["question"], max_new_tokens, temperature, gen)
+        answer = enc.decode(ids[think_end + 1:]).replace(meta["eos"], "") if think_end is not None else None
+        record = dict(correct=answer is not None and final_answer(answer) == problems[i]["answer"].strip(),
+                      length=len(ids), prompt_len=P)
+        if record["correct"] and think_end + 1 < len(ids):
+            tokens = torch.tensor(ids, device=device)
+            with torch.no_grad():
+                labels, hidden = importance_labels(model, tokens, think_end, len(ids))
+            thinking = slice(P, think_end + 1)  # as the tiny reasoner's: up to and including </think>
+            record.update(hidden=hidden[thinking].to("cpu", torch.float16), labels=labels[thinking].cpu())
+        torch.save(record, path + ".tmp")
+        os.replace(path + ".tmp", path)  # a trace is saved whole or not at all
+        done_now += 1
+        left = (time.perf_counter() - t0) / done_now * (len(jobs) - n - 1)
+        print(f"traces {n + 1}/{len(jobs)} | problem {i} sample {k}: {'correct' if record['correct'] else 'wrong'}, "
+              f"{len(ids) - P} tokens | {left / 60:.1f} min left", flush=True)
+    records = [torch.load(os.path.join(work, f"{i}-{k}.pt"), weights_only=True) for i, k in jobs]
+    return [r for r in records if "hidden" in r], len(records)
+
+
+def train_hf(hf_dir, problems=None, out=None, force=False, device=None, dtype="auto", samples=1, max_new_tokens=8192,
+             temperature=0.6, predictor_steps=1500, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
+             budget=None, window=None, ratio=0.3):
+    """`python train.py --hf DIR --problems FILE.jsonl`: a predictor for a Hugging Face model.
+    Writes a predictor-only checkpoint (generate.py --hf DIR --predictor OUT)."""
+    if os.path.exists(out) and not force:
+        raise UsageError(f"--out {out} exists: pass --force to overwrite it")
+    check_output_path("--out", out)
+    check_seed(seed)
+    for flag, value in [("--samples", samples), ("--max-new-tokens", max_new_tokens),
+                        ("--predictor-steps", predictor_steps), ("--predictor-batch-tokens", predictor_batch_tokens)]:
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if budget is None or window is None:
+        raise UsageError("--hf needs --budget and --window: the decoding settings stored with the predictor "
+                         "(the paper: 3000 / 1000 or 5000 / 2000, ratio 0.3)")
+    if problems is None:
+        raise UsageError("--hf needs --problems FILE.jsonl: one {\"question\": ..., \"answer\": ...} a line")
+    problems = read_problems(problems)
+    device = resolve_device(device)
+    dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16}[dtype]
+    try:
+        model, enc, meta = hf.load_hf(hf_dir, device=device, dtype=dtype)
+    except ValueError as e:
+        raise UsageError(f"--hf {e}") from None
+    print(f"{hf_dir}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(problems)} problems, "
+          f"{samples} samples each", flush=True)
+    traces, n = hf_traces(model, enc, meta, problems, out + ".traces", samples, max_new_tokens, temperature,
+                          device, seed)
+    if not traces:
+        raise UsageError(f"--problems: none of the {n} sampled traces was correct (and closed its thinking): "
+                         "no labels to train on; more --samples or --max-new-tokens?")
+    X = torch.cat([t["hidden"] for t in traces])
+    Y = torch.cat([t["labels"] for t in traces])
+    print(f"predictor data: {len(X)} thinking tokens of {len(traces)} correct traces (of {n})", flush=True)
+    predictor = dynts.ImportancePredictor(model.config.n_embd).to(device)
+    fit_predictor(predictor, X, Y, predictor_steps, predictor_batch_tokens, predictor_lr, device,
+                  seed=seed * 1_000_003 + 10 ** 7)
+    half = {k: v.detach().to("cpu", torch.float16) for k, v in predictor.state_dict().items()}
+    torch.save(dict(kind="dynts-predictor", config=asdict(model.config), model_dir=os.path.abspath(hf_dir),
+                    predictor=half, label_scale=LABEL_SCALE, decoding=dict(budget=budget, window=window, ratio=ratio),
+                    metrics=dict(traces=n, correct=len(traces), tokens=len(X), predictor_steps=predictor_steps,
+                                 seed=seed)), out)
+    print(f"saved {out} ({os.path.getsize(out) / 2**20:.1f} MiB)")
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -437,9 +577,35 @@ def save_checkpoint(path, model, predictor, metrics, decoding):
                     label_scale=LABEL_SCALE, model=half(model), predictor=half(predictor), metrics=metrics), path)
 
 
-def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batch_size=None, lr=2e-3,
+DEFAULT_HF_PREDICTOR = "dynts-predictor.pt"  # train.py --hf's --out, unless given
+# Flags of one pipeline only: naming one in the other is an error, never silently ignored.
+TINY_ONLY = dict(base="--base", steps="--steps", batch_size="--batch-size", lr="--lr", blocks="--blocks",
+                 predictor_traces="--predictor-traces", eval_traces="--eval-traces", finetune_steps="--finetune-steps",
+                 finetune_lr="--finetune-lr", valid_problems="--valid-problems")
+HF_ONLY = dict(problems="--problems", samples="--samples", max_new_tokens="--max-new-tokens",
+               temperature="--temperature", budget="--budget", window="--window", ratio="--ratio", dtype="--dtype")
+
+
+def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batch_size=None, lr=None,
          predictor_traces=None, predictor_steps=None, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
-         eval_traces=None, finetune_steps=None, finetune_lr=3e-4, valid_problems=None, blocks="gpt2"):
+         eval_traces=None, finetune_steps=None, finetune_lr=None, valid_problems=None, blocks=None,
+         hf_dir=None, **hf_flags):
+    tiny = dict(base=base, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks, predictor_traces=predictor_traces,
+                eval_traces=eval_traces, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+                valid_problems=valid_problems)
+    given = lambda names: [flag for name, flag in names.items() if (hf_flags | tiny).get(name) is not None]
+    if hf_dir is not None:
+        if given(TINY_ONLY):
+            raise UsageError(f"{given(TINY_ONLY)[0]} is for the tiny reasoner; with --hf it would be ignored")
+        out = DEFAULT_HF_PREDICTOR if out == DEFAULT_CKPT else out
+        return train_hf(hf_dir, out=out, force=force, device=device, predictor_steps=predictor_steps or 1500,
+                        predictor_batch_tokens=predictor_batch_tokens, predictor_lr=predictor_lr, seed=seed,
+                        **{k: v for k, v in hf_flags.items() if v is not None})
+    if given(HF_ONLY):
+        raise UsageError(f"{given(HF_ONLY)[0]} is for --hf DIR (a real model); the tiny reasoner does not use it")
+    lr = 2e-3 if lr is None else lr
+    finetune_lr = 3e-4 if finetune_lr is None else finetune_lr
+    blocks = "gpt2" if blocks is None else blocks
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # (fails now, not after training)
@@ -456,7 +622,7 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     predictor_traces = predictor_traces if predictor_traces is not None else (500 if cuda else 60)
     predictor_steps = predictor_steps if predictor_steps is not None else 1500
     eval_traces = eval_traces if eval_traces is not None else (100 if cuda else 20)
-    finetune_steps = finetune_steps if finetune_steps is not None else 0
+    finetune_steps = finetune_steps if finetune_steps is not None else 0  # (the ablation: off)
     valid_problems = valid_problems if valid_problems is not None else (200 if cuda else 4)
     for name, value in [("--steps", steps), ("--batch-size", batch_size), ("--predictor-traces", predictor_traces),
                         ("--predictor-steps", predictor_steps), ("--predictor-batch-tokens", predictor_batch_tokens),
@@ -518,20 +684,32 @@ def parse_args(argv=None):
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--steps", type=int, help="base-model steps (default: 4500 on cuda, 60 on cpu)")
     p.add_argument("--batch-size", type=int, help="problems per base-model step (default: 32 on cuda, 4 on cpu)")
-    p.add_argument("--lr", type=float, default=2e-3, help="base-model peak learning rate")
+    p.add_argument("--lr", type=float, help="base-model peak learning rate (default: 2e-3)")
     p.add_argument("--predictor-traces", type=int, help="correct traces labelled for the predictor (default: 500 / 60)")
     p.add_argument("--predictor-steps", type=int, help="predictor steps (default: 1500)")
     p.add_argument("--predictor-batch-tokens", type=int, default=4096, help="thinking tokens per predictor step")
     p.add_argument("--predictor-lr", type=float, default=1e-3, help="predictor peak learning rate")
-    p.add_argument("--blocks", default="gpt2", help="the base model's blocks: gpt2 (LayerNorm, GELU, learned "
+    p.add_argument("--blocks", help="the base model's blocks: gpt2 (LayerNorm, GELU, learned "
                    "positions) or llama (RMSNorm, SwiGLU, RoPE: its predictor ranks poorly, see README)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training problems")
-    p.add_argument("--finetune-steps", type=int, default=0, help="the ablation: base-model steps on the caches "
+    p.add_argument("--finetune-steps", type=int, help="the ablation: base-model steps on the caches "
                    "DynTS alone leaves, then the predictor again (default: 0, off)")
-    p.add_argument("--finetune-lr", type=float, default=3e-4, help="stage 4 peak learning rate")
+    p.add_argument("--finetune-lr", type=float, help="stage 4 peak learning rate (default: 3e-4)")
     p.add_argument("--eval-traces", type=int, help="held-out traces for the ranking quality (default: 100 / 20)")
     p.add_argument("--valid-problems", type=int, help="validation problems on which the budgets are chosen "
                    "(default: 200 / 4)")
+    g = p.add_argument_group("a real model: the predictor for a local Hugging Face checkpoint (Llama 3, Qwen2)")
+    g.add_argument("--hf", dest="hf_dir", metavar="DIR", help="the checkpoint folder (config.json, *.safetensors, "
+                   "tokenizer.json); needs `pip install safetensors`; nothing is downloaded")
+    g.add_argument("--problems", help="a .jsonl file, one {\"question\": ..., \"answer\": ...} a line; a trace is "
+                   "correct when the last \\boxed{} after </think> (or all of it) equals the answer")
+    g.add_argument("--samples", type=int, help="sampled traces per problem (default: 1)")
+    g.add_argument("--max-new-tokens", type=int, help="the longest trace (default: 8192)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (default: 0.6, R1's)")
+    g.add_argument("--budget", type=int, help="the KV budget stored with the predictor (required with --hf)")
+    g.add_argument("--window", type=int, help="the recent window stored with the predictor (required with --hf)")
+    g.add_argument("--ratio", type=float, help="the fraction of older tokens kept (default: 0.3)")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="weights (default: bfloat16 on cuda)")
     return p.parse_args(argv)
 
 

@@ -2,16 +2,20 @@
 on a miniature task."""
 
 import math
+import os
+from dataclasses import asdict
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import dynts
 import eval as evaluate
 import generate
 import task
 import train
+from cli import UsageError
 from model import GPT, GPTConfig, KVCache, attention_with_probs, get_encoding
 
 SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
@@ -325,3 +329,68 @@ def test_the_checkpoint_error_survives_an_exception_with_no_message(monkeypatch)
     monkeypatch.setattr(generate, "GPT", broken)
     with pytest.raises(generate.UsageError, match=r"not a checkpoint of this project \(RuntimeError\)$"):
         generate.load_checkpoint(generate.DEFAULT_CKPT)
+
+
+# -----------------------------------------------------------------------------
+# train.py --hf: the paper's pipeline on a real model's folder (here the tiny Llama fixture)
+
+HF_LLAMA = os.path.join(os.path.dirname(__file__), "fixtures", "hf-llama")
+
+
+def test_final_answer_reads_the_last_boxed_answer():
+    assert train.final_answer("so \\boxed{3} hmm, no: \\boxed{\\frac{1}{2}} ") == "\\frac{1}{2}"
+    assert train.final_answer("  42 \n") == "42"
+    assert train.final_answer("\\boxed{7") == "7"
+
+
+def test_hf_pipeline_labels_correct_traces_trains_resumes_and_writes_a_predictor(tmp_path, monkeypatch):
+    """A random tiny model never closes its thinking, so sample_trace is scripted: problem 0's
+    trace is right, problem 1's wrong. The labels, the predictor, the checkpoint and the resume
+    are the real code on the real loader's model."""
+    pytest.importorskip("safetensors")
+    import generate
+    import hf
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"question": "1+1?", "answer": "2"}\n\n{"question": "2+2?", "answer": "4"}\n')
+    calls = []
+
+    def scripted(model, enc, meta, question, max_new_tokens, temperature, generator):
+        calls.append(question)
+        prompt = hf.chat_prompt(question, enc, meta["bos"])
+        thinking = enc.encode_ordinary("let me add the two numbers, carefully.")
+        answer = enc.encode_ordinary("\\boxed{2}")
+        ids = prompt + thinking + [meta["end_think_id"]] + answer + [meta["eos_id"]]
+        return ids, len(prompt), len(prompt) + len(thinking)
+
+    monkeypatch.setattr(train, "sample_trace", scripted)
+    out = str(tmp_path / "pred.pt")
+    argv = ["--hf", HF_LLAMA, "--problems", str(problems), "--out", out, "--budget", "64", "--window", "16",
+            "--predictor-steps", "5", "--device", "cpu"]
+    train.main(**vars(train.parse_args(argv)))
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["kind"] == "dynts-predictor" and ckpt["decoding"] == dict(budget=64, window=16, ratio=0.3)
+    assert ckpt["metrics"]["traces"] == 2 and ckpt["metrics"]["correct"] == 1
+    model, enc, meta = hf.load_hf(HF_LLAMA)
+    assert ckpt["config"] == asdict(model.config)
+    saved = torch.load(out + ".traces/0-0.pt", weights_only=True)
+    n_thinking = len(enc.encode_ordinary("let me add the two numbers, carefully.")) + 1  # and </think>
+    assert saved["correct"] and saved["hidden"].shape == (n_thinking, model.config.n_embd)
+    # Mean attention of the answer's queries: a part of one probability distribution per query.
+    assert (saved["labels"] >= 0).all() and 0 < saved["labels"].sum() <= 1 + 1e-5
+    assert not torch.load(out + ".traces/1-0.pt", weights_only=True)["correct"]
+    # Resumed: nothing sampled again, the same predictor data.
+    calls.clear()
+    train.main(**vars(train.parse_args(argv + ["--force"])))
+    assert calls == []
+    predictor = dynts.ImportancePredictor(model.config.n_embd)
+    predictor.load_state_dict(ckpt["predictor"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hf", HF_LLAMA, "--steps", "3"], "--steps is for the tiny reasoner"),
+    (["--problems", "x.jsonl"], "--problems is for --hf DIR"),
+    (["--hf", HF_LLAMA, "--budget", "64", "--window", "16"], "--hf needs --problems"),
+])
+def test_hf_flags_of_the_other_pipeline_are_errors(argv, message):
+    with pytest.raises(UsageError, match=message):
+        train.main(**vars(train.parse_args(argv)))
