@@ -97,15 +97,16 @@ def analytic(model: GPT, batch_size: int, predictor=None) -> dict:
     cfg = model.config
     elt = model.wte.weight.element_size()
     linear = sum(p.numel() for p in model.blocks.parameters() if p.dim() == 2)  # the blocks' Linear weights
-    lm_head = model.wte.weight.numel()  # tied: the LM head is a matmul with the embedding
+    head = model.wte if model.head is None else model.head  # tied: the LM head is a matmul with the embedding
+    lm_head = head.weight.numel()
     pred = sum(p.numel() for p in predictor.parameters() if p.dim() == 2) if predictor is not None else 0
-    # Read per step: every block parameter, the LM head (which covers the embedding rows looked
-    # up), the final norm, one learned-position row.
+    # Read per step: every block parameter, the LM head (which, tied, covers the embedding rows
+    # looked up), the final norm, one learned-position row (none with RoPE).
     read = sum(p.numel() for p in model.blocks.parameters()) + lm_head + sum(p.numel() for p in model.ln_f.parameters())
     return dict(
         matmul_params=linear + lm_head,
         predictor_matmul_params=pred,
-        weight_bytes=(read + cfg.n_embd) * elt,
+        weight_bytes=(read + (cfg.n_embd if cfg.positions == "learned" else 0)) * elt,
         predictor_bytes=sum(p.numel() for p in predictor.parameters()) * elt if predictor is not None else 0,
         kv_slot_bytes=cfg.n_layer * 2 * batch_size * cfg.n_kv_head * cfg.head_dim * elt,  # one slot, all rows
         attn_flops_per_slot=4 * cfg.n_layer * cfg.n_head * cfg.head_dim,  # QK^T + AV, one token, one slot
@@ -430,6 +431,10 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         raise UsageError(f"--prompt-len {prompt_len} plus --steps {steps} exceeds the block_size {cfg.block_size} "
                          f"of --preset {preset}")
     device = resolve_device(device)
+    if cuda_graphs and (cfg.norm, cfg.mlp, cfg.positions, cfg.tie_embeddings) != ("layernorm", "gelu", "learned", True):
+        raise UsageError(f"--cuda-graphs: the fast path covers GPT-2's blocks only so far (LayerNorm, GELU, learned "
+                         f"positions, tied head); --preset {preset} has {cfg.norm}, {cfg.mlp}, {cfg.positions}; "
+                         "drop --cuda-graphs for the plain path")
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
     if dtype == "auto":
