@@ -14,6 +14,11 @@ The file has the shape of a scorer:
 Scores are aligned with the cache slots: `policy.scores[b, s]` belongs to the token in slot s
 of row b, and moves with it when the cache is compacted.
 
+A batch of prompts of different lengths is left-padded (model.KVCache): each row's positions
+start at 0 at its first real token, and a slot with a negative position is empty. The budget
+counts each row's real tokens: a row evicts when it holds `budget` of them, keeps what it
+would keep alone, and never keeps an empty slot over a real token (`Policy.select`).
+
 The policies: Full (never evicts), Window, StreamingLLM, DynTS; the paper's other baselines
 H2O (accumulated, or the last step's attention as the official DynTS code ran it), SnapKV,
 R-KV (attention-based: only they make the model return attention) and SepLLM; and DynTS's
@@ -78,6 +83,23 @@ def select_keep(scores: torch.Tensor, n_keep: int, window: int) -> torch.Tensor:
     return torch.cat([chosen.sort(dim=1).values, recent], dim=1)  # (B, n_keep)
 
 
+def with_empty_slots(idx: torch.Tensor, due: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The slots to keep (B, n) when only some rows are due: a due row keeps its row of idx
+    (B, n_keep), any other row all its real slots, `real` (B, L) bool. The cache keeps one length
+    for all rows, n, the most any row keeps: a row that keeps fewer carries that many more of
+    its slots along, the latest others (older than its window), as empty slots: -1."""
+    keeps = torch.where(due[:, None], torch.zeros_like(real).scatter(1, idx, True), real)  # (B, L)
+    n = int(keeps.sum(dim=1).max())
+    carried = select_keep(keeps.float(), n, 0)  # (B, n): every kept slot, then the latest others
+    return carried.masked_fill(~keeps.gather(1, carried), -1)
+
+
+def row_ends(lengths):
+    """Prompt lengths as something positions compare with: an int (one length), or a (B, 1)
+    tensor (one per row) against positions (B, T)."""
+    return lengths if isinstance(lengths, int) else torch.tensor(lengths, dtype=torch.long).view(-1, 1)
+
+
 # -----------------------------------------------------------------------------
 # Policies: each one only says how a slot is scored
 
@@ -86,7 +108,8 @@ class Policy:
     """Evicts when the cache holds `budget` slots: keeps the last `window`, and of the older
     ones the top `max(protected, floor(ratio * (L - window)))` by score, where `protected`
     is the number of +inf (never evicted) older slots, the most of any row. All rows keep the
-    same count; each row keeps its own slots.
+    same count; each row keeps its own slots. (In a ragged batch, only the rows that hold
+    `budget` real tokens evict: see `select`.)
 
     Subclasses implement `score`; attention-based ones also `add_attention`, to rescore old slots.
     """
@@ -94,7 +117,8 @@ class Policy:
     name = "?"
     needs_attention = False  # ask the model for the attention each slot receives (slow path)
 
-    def __init__(self, budget: int, window: int, ratio: float = 0.3, prompt_len: int = 0):
+    def __init__(self, budget: int, window: int, ratio: float = 0.3, prompt_len: int | list[int] = 0):
+        longest = prompt_len if isinstance(prompt_len, int) else max(prompt_len)  # a list: one per row
         if not 0 < ratio <= 1:
             raise ValueError(f"--ratio must be in (0, 1], got {ratio}")
         if not 0 <= window < budget:
@@ -102,21 +126,25 @@ class Policy:
         if window + math.floor(ratio * (budget - window)) >= budget:
             raise ValueError(f"--ratio {ratio} keeps all {budget - window} older tokens of a full cache: "
                              "nothing would be evicted (lower --ratio)")
-        if prompt_len and prompt_len + window >= budget:
-            raise ValueError(f"--budget {budget} must exceed the protected prompt ({prompt_len} tokens) "
+        if longest and longest + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the protected prompt ({longest} tokens) "
                              f"plus --window {window}")
         self.budget, self.window, self.ratio = budget, window, ratio
         self.prompt_len = prompt_len  # positions below it are never evicted (0: nothing protected)
+        self.prompt_end = row_ends(prompt_len)  # the same, to compare with positions (B, T)
 
     def reset(self, batch_size: int, capacity: int, device=None):
         """Start a generation: one score per cache slot, preallocated like the cache."""
         self.scores = torch.zeros(batch_size, capacity, device=device)  # (B, capacity)
         self.positions = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # each slot's token
         self.length = 0  # live slots, as in the cache
+        if torch.is_tensor(self.prompt_end):
+            self.prompt_end = self.prompt_end.to(device)
 
     def score(self, tokens, hidden, positions) -> torch.Tensor:
-        """Scores (B, T) of T new tokens (B, T) at absolute positions (T,), from their final
-        hidden states (B, T, C). The default, 0, suits policies that score by attention later."""
+        """Scores (B, T) of T new tokens (B, T) at positions (B, T) (each row's own: negative for
+        left padding) or (T,) (the same in every row), from their final hidden states (B, T, C).
+        The default, 0, suits policies that score by attention later."""
         return torch.zeros(tokens.shape, device=tokens.device)
 
     def observe(self, tokens, hidden, positions, attn=None):
@@ -136,21 +164,34 @@ class Policy:
         return cache_length >= self.budget
 
     def select(self, cache=None) -> torch.Tensor:
-        """The slots to keep (B, n_keep): window + max(protected, floor(ratio * (L - window)))."""
+        """The slots to keep (B, n): window + max(protected, floor(ratio * (L - window))).
+
+        A row is due when none of its L slots is empty: it holds `budget` real tokens. Due rows
+        keep that count (`protected`: the most +inf older slots of any due row). A row that
+        still holds empty slots (a ragged batch's left padding, or slots given up before) has
+        fewer real tokens than the budget, so it keeps them all and gives up empty slots only,
+        as it would alone. Rows that keep fewer than the row that keeps the most carry empty
+        slots along, -1 in idx (`with_empty_slots`). Prompts of one length: every row is due at
+        every eviction, and idx holds no -1."""
         L, live = self.length, self.ranking(cache)
-        protected = int((live[:, :L - self.window] == INF).sum(dim=1).max())
+        real = self.positions[:, :L] >= 0  # (B, L): False at empty slots
+        due = real.all(dim=1)  # (B,)
+        protected = int((live[:, :L - self.window] == INF).sum(dim=1).masked_fill(~due, 0).max())
         n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
         # The budget is a hard bound: a row whose protected tokens fill the cache (an answer
         # that never ends) loses its oldest protected tokens, one per step.
-        return select_keep(live, min(n_keep, L - 1), self.window)
+        idx = select_keep(live, min(n_keep, L - 1), self.window)  # (B, n_keep): what the due rows keep
+        return idx if bool(due.all()) else with_empty_slots(idx, due, real)
 
     def ranking(self, cache=None) -> torch.Tensor:
-        """What select() ranks the live slots by (B, L): the selection scores, and +inf for the
-        protected prompt, whatever the scores say."""
+        """What select() ranks the live slots by (B, L): the selection scores, +inf for each
+        row's protected prompt, whatever the scores say, and -inf for empty slots (left padding:
+        never protected; select never lets a row keep one over a real token)."""
         live = self.selection_scores(cache)
+        pos = self.positions[:, :self.length]  # (B, L)
         if self.prompt_len:
-            live = live.masked_fill(self.positions[:, :self.length] < self.prompt_len, INF)
-        return live
+            live = live.masked_fill((pos >= 0) & (pos < self.prompt_end), INF)
+        return live.masked_fill(pos < 0, -INF)
 
     def selection_scores(self, cache) -> torch.Tensor:
         """The live slots' scores (B, L): the recorded ones. R-KV adds the keys' redundancy here,
@@ -158,10 +199,11 @@ class Policy:
         return self.scores[:, :self.length]
 
     def keep(self, idx: torch.Tensor):
-        """Follow the cache's compaction: the kept slots' scores move with them."""
-        n = idx.shape[1]
-        self.scores[:, :n] = self.scores[:, :self.length].gather(1, idx)
-        self.positions[:, :n] = self.positions[:, :self.length].gather(1, idx)
+        """Follow the cache's compaction: the kept slots' scores move with them; an entry -1
+        makes its slot empty, as in model.KVCache.keep."""
+        n, src = idx.shape[1], idx.clamp(min=0)
+        self.scores[:, :n] = self.scores[:, :self.length].gather(1, src).masked_fill(idx < 0, 0.0)
+        self.positions[:, :n] = self.positions[:, :self.length].gather(1, src).masked_fill(idx < 0, -1)
         self.length = n
 
 
@@ -171,7 +213,7 @@ class Full(Policy):
     name = "full"
 
     def __init__(self):
-        self.budget, self.window, self.ratio, self.prompt_len = None, 0, 1.0, 0
+        self.budget, self.window, self.ratio, self.prompt_len, self.prompt_end = None, 0, 1.0, 0, 0
 
     def should_evict(self, cache_length):
         return False
@@ -212,14 +254,17 @@ class DynTS(Policy):
 
     name = "dynts"
 
-    def __init__(self, budget, window, ratio, predictor: ImportancePredictor, prompt_len: int,
+    def __init__(self, budget, window, ratio, predictor: ImportancePredictor, prompt_len: int | list[int],
                  end_think_id: int, eot_id: int, protect_prompt: bool = True):
         super().__init__(budget, window, ratio, prompt_len if protect_prompt else 0)
         self.predictor, self.end_think_id, self.eot_id = predictor, end_think_id, eot_id
-        self.question_len = prompt_len  # generation starts here, protected or not
+        self.question_len = prompt_len  # generation starts here, protected or not (a list: per row)
+        self.question_end = row_ends(prompt_len)  # the same, to compare with positions (B, T)
 
     def reset(self, batch_size, capacity, device=None):
         super().reset(batch_size, capacity, device)
+        if torch.is_tensor(self.question_end):
+            self.question_end = self.question_end.to(device)
         self.answering = torch.zeros(batch_size, dtype=torch.bool, device=device)  # wrote </think>
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # wrote end-of-text
 
@@ -229,7 +274,7 @@ class DynTS(Policy):
 
     def score(self, tokens, hidden, positions):
         s = self.predict(hidden)  # (B, T)
-        generated = tokens.masked_fill((positions < self.question_len).expand(tokens.shape), -1)  # the prompt: no token
+        generated = tokens.masked_fill((positions < self.question_end).expand(tokens.shape), -1)  # the prompt: no token
         answering = self.answering[:, None] | strictly_after(generated, self.end_think_id)  # (B, T)
         done = self.done[:, None] | strictly_after(generated, self.eot_id)  # (B, T)
         s = s.masked_fill(answering, INF).masked_fill(done, -INF)
@@ -299,7 +344,7 @@ class BottomAll(DynTS):
         super().__init__(budget, window, ratio, predictor, prompt_len, end_think_id, eot_id, protect_prompt=False)
 
     def score(self, tokens, hidden, positions):
-        return -super().score(tokens, hidden, positions).masked_fill(positions < self.question_len, INF)
+        return -super().score(tokens, hidden, positions).masked_fill(positions < self.question_end, INF)
 
 
 class NoQuestion(DynTS):
@@ -312,7 +357,7 @@ class NoQuestion(DynTS):
         super().__init__(budget, window, ratio, predictor, prompt_len, end_think_id, eot_id, protect_prompt=False)
 
     def score(self, tokens, hidden, positions):
-        return super().score(tokens, hidden, positions).masked_fill(positions < self.question_len, 0.0)
+        return super().score(tokens, hidden, positions).masked_fill(positions < self.question_end, 0.0)
 
 
 # -----------------------------------------------------------------------------
@@ -356,16 +401,19 @@ class SnapKV(Policy):
         self.obs_window, self.kernel = obs_window, kernel
 
     def add_attention(self, attn):
-        if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
-            self.scores[:, :self.length] += attn
+        # A row's eviction comes when it holds `budget` real tokens: is this one of the last queries before it?
+        near = (self.positions[:, :self.length] >= 0).sum(dim=1) > self.budget - self.obs_window  # (B,)
+        self.scores[:, :self.length] += torch.where(near[:, None], attn, 0.0)
 
     def selection_scores(self, cache):
-        s = self.scores[:, None, :self.length]  # (B, 1, L)
-        return F.max_pool1d(s, self.kernel, stride=1, padding=self.kernel // 2)[:, 0]
+        empty = self.positions[:, :self.length] < 0  # (B, L): an empty slot lends its neighbours nothing
+        s = self.scores[:, None, :self.length].masked_fill(empty[:, None], -INF)  # (B, 1, L)
+        return F.max_pool1d(s, self.kernel, stride=1, padding=self.kernel // 2)[:, 0].masked_fill(empty, 0.0)
 
     def keep(self, idx):
+        evicted = (idx >= 0).sum(dim=1) < (self.positions[:, :self.length] >= 0).sum(dim=1)  # (B,): lost a real token
         super().keep(idx)
-        self.scores.zero_()  # the next eviction observes its own window
+        self.scores.masked_fill_(evicted[:, None], 0.0)  # their next eviction observes its own window
 
 
 class RKV(SnapKV):
@@ -386,9 +434,14 @@ class RKV(SnapKV):
         importance = importance / importance.sum(dim=1, keepdim=True).clamp_min(1e-12)
         L = self.length
         k = F.normalize(cache.kv[:, 0, :, :, :L].float(), dim=-1)  # (n_layer, B, Hkv, L, D)
+        real = self.positions[:, :L] >= 0  # (B, L)
+        others = max(L - 1, 1)  # the other live keys
+        if not real.all():  # (a ragged batch) an empty slot's key, garbage, is nobody's neighbour
+            k = k * real[None, :, None, :, None]
+            others = (real.sum(dim=1) - 1).clamp(min=1)[None, :, None, None]  # (1, B, 1, 1)
         # mean_i cos(k_i, k_j) over the other keys i = (k_j . sum_i k_i - 1) / (L - 1): O(L), not O(L^2)
-        similarity = ((k * k.sum(dim=3, keepdim=True)).sum(dim=-1) - 1) / max(L - 1, 1)  # (n_layer, B, Hkv, L)
-        redundancy = similarity.mean(dim=(0, 2)).softmax(dim=1)  # (B, L)
+        similarity = ((k * k.sum(dim=3, keepdim=True)).sum(dim=-1) - 1) / others  # (n_layer, B, Hkv, L)
+        redundancy = similarity.mean(dim=(0, 2)).masked_fill(~real, -INF).softmax(dim=1)  # (B, L)
         return self.lam * importance - (1 - self.lam) * redundancy
 
 

@@ -45,7 +45,8 @@ class AnswerOracle(dynts.DynTS):
 
     name = "oracle"
 
-    def __init__(self, budget, window, ratio, model, answers: list[list[int]], prompt_len, end_think_id, eot_id):
+    def __init__(self, budget, window, ratio, model, answers: list[list[int]], prompt_len: int | list[int],
+                 end_think_id, eot_id):
         super().__init__(budget, window, ratio, None, prompt_len, end_think_id, eot_id)
         self.model, self.answers = model, answers  # one row's ids: </think> and its answer
 
@@ -57,8 +58,11 @@ class AnswerOracle(dynts.DynTS):
         attention = torch.zeros_like(recorded)
         for A in sorted({len(a) for a in self.answers}):  # the rows whose answers have A tokens, as one batch
             rows = [b for b, a in enumerate(self.answers) if len(a) == A]
-            look = KVCache(self.model.config, len(rows), L + A, device=cache.kv.device, dtype=cache.kv.dtype)
+            look = KVCache(self.model.config, len(rows), L + A, device=cache.kv.device, dtype=cache.kv.dtype,
+                           pad=cache.pad[rows])
             look.kv[:, :, :, :, :L] = cache.kv[:, :, rows, :, :L]
+            look.pos[:, :L] = cache.pos[rows, :L]  # (its empty slots stay masked)
+            look.ragged = cache.ragged
             look.length, look.seen = L, min(cache.seen, self.model.config.block_size - A)  # (the last positions)
             ids = torch.tensor([self.answers[b] for b in rows], device=cache.kv.device)
             _, _, received = self.model(ids, look, need_attn=True)  # (rows, L + A)
@@ -69,29 +73,28 @@ class AnswerOracle(dynts.DynTS):
 @torch.no_grad()
 def run_policy(name, model, predictor, problems, budget, window, ratio, batch_size, enc) -> list[dict]:
     """Decode `problems` under one policy: one record per problem (correct, item accuracy, the
-    cache's peak and mean length over the forwards)."""
+    cache's peak and mean length over the forwards). Prompts of different lengths share a
+    batch, left-padded (generate.generate)."""
     records = []
     for i in range(0, len(problems), batch_size):
         batch = problems[i:i + batch_size]
         prompts = [enc.encode(p.prompt, allowed_special="all") for p in batch]
-        if len({len(p) for p in prompts}) != 1:
-            raise ValueError("eval.py batches prompts of one length; this task's prompts differ")
-        P = len(prompts[0])
+        P = [len(p) for p in prompts]
         if name == "oracle":
             answers = [enc.encode(END_THINK + p.answer, allowed_special="all") for p in batch]
             policy = AnswerOracle(budget, window, ratio, model, answers, P, enc.encode_single_token(END_THINK),
                                   enc.eot_token)
         else:
             policy = make_policy(name, budget, window, ratio, predictor, P, enc)
-        lengths = []  # the cache's length after each forward: the tokens that step attended to
-        tokens, stats = generate(model, prompts, policy, model.config.block_size - P, eot_id=enc.eot_token,
-                                 vocab_limit=enc.n_vocab, on_step=lengths.append)
-        for p, row in zip(batch, tokens.tolist()):
+        lengths = []  # (B,) after each forward: the tokens each row held, the ones that step attended to
+        tokens, stats = generate(model, prompts, policy, model.config.block_size - max(P), eot_id=enc.eot_token,
+                                 vocab_limit=enc.n_vocab, on_step=lambda cache: lengths.append(cache.live_tokens()))
+        for p, row, held in zip(batch, tokens.tolist(), torch.stack(lengths, dim=1).tolist()):
             n = row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row)  # this row's own tokens
             text = enc.decode(row[:n])
             records.append(dict(policy=name, budget=budget, family=p.family, correct=task.check_answer(p, text),
-                                items=task.item_accuracy(p, text), peak_kv=max(lengths[:n]),
-                                mean_kv=sum(lengths[:n]) / n, seconds=stats["seconds"] / len(batch)))
+                                items=task.item_accuracy(p, text), peak_kv=max(held[:n]),
+                                mean_kv=sum(held[:n]) / n, seconds=stats["seconds"] / len(batch)))
     return records
 
 
@@ -313,7 +316,7 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
                  cache_bytes(model.config, min(batch_size, n * len(task.FAMILIES)), capacity,
                              getattr(torch, dtype).itemsize), device)
     problems = [p for f in task.FAMILIES for p in task.problems(split, n, seed=seed, family=f, **meta["task"])]
-    prompt_len = len(enc.encode(problems[0].prompt, allowed_special="all"))
+    prompt_len = max(len(enc.encode(p.prompt, allowed_special="all")) for p in problems)  # the longest
     for b, _ in levels:
         if b <= prompt_len:
             raise UsageError(f"--budget {b} must exceed the prompt's {prompt_len} tokens")

@@ -1,4 +1,5 @@
-"""Generate with a KV-cache policy: `python generate.py --dynts`.
+"""Generate with a KV-cache policy: `python generate.py --dynts`, or on a real checkpoint
+`python generate.py --hf DeepSeek-R1-Distill-Qwen-1.5B --predictor pred.pt --dynts --prompt "..."`.
 
 The decode loop is `generate()`: prefill the prompt, then one token at a time: forward ->
 the policy scores the new slot -> when the cache holds `budget` slots, select what to keep and
@@ -11,10 +12,12 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import dynts
+import hf as hf_loader
 import task
 import view
 from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_positive,
@@ -25,6 +28,7 @@ DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", 
 BASELINES = ["window", "streaming", "sepllm", "h2o", "h2o-last", "snapkv", "rkv"]  # "+p": the prompt protected too
 ABLATIONS = ["dynts-random", "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 POLICIES = ["full", "dynts"] + BASELINES + [b + "+p" for b in BASELINES] + ABLATIONS
+NEEDS_PREDICTOR = ["dynts", "dynts-bottom", "dynts-noprompt", "bottom-all", "noquestion"]  # (the random ones do not)
 
 
 # -----------------------------------------------------------------------------
@@ -52,25 +56,92 @@ def load_checkpoint(path: str, device="cpu", flag: str = "--ckpt"):
             if not torch.isfinite(tensor).all():
                 raise ValueError(f"the weights {name!r} are not finite")
     except Exception as e:  # truncated, another format, another config: one line, naming the file
-        first = (str(e).splitlines() or [""])[0]  # (some exceptions have no message)
-        raise UsageError(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__}"
-                         + (f": {first}" if first else "") + ")") from None  # the whole first line
+        raise UsageError(f"{flag} {path}: not a checkpoint of this project ({one_line(e)})") from None
     return model, predictor, meta
+
+
+def one_line(e: Exception) -> str:
+    """An exception's type and the whole first line of its message (some have none)."""
+    first = (str(e).splitlines() or [""])[0]
+    return type(e).__name__ + (f": {first}" if first else "")
 
 
 def check_fields(meta: dict):
     """The checkpoint's settings have the types generate.py and eval.py rely on."""
     if not isinstance(meta["task"], dict):
         raise ValueError(f"the field 'task' must be a dict of task.py settings, got {type(meta['task']).__name__}")
-    d = meta["decoding"]
+    check_decoding(meta["decoding"])
+
+
+def check_decoding(d):
+    """The decoding defaults: budget, window and ratio, numbers."""
     for field, kind in [("budget", int), ("window", int), ("ratio", (int, float))]:
         if not isinstance(d, dict) or not isinstance(d.get(field), kind) or isinstance(d.get(field), bool):
             raise ValueError(f"the field 'decoding.{field}' is missing or not a number")
 
 
-def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None) -> dynts.Policy:
+def load_predictor(path: str, config: GPTConfig, flag: str = "--predictor"):
+    """(predictor, meta) from a predictor-only checkpoint, as `train.py --hf` writes it: kind
+    "dynts-predictor", the config of the model it was trained on (it must be `config`), that
+    model's folder, the predictor's weights, the label scale, the decoding defaults (budget,
+    window, ratio) and the training metrics."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: no such file (train one with "
+                         "`python train.py --hf DIR --problems FILE.jsonl`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("kind") != "dynts-predictor":
+            raise ValueError("its kind is not 'dynts-predictor'")
+        theirs = GPTConfig(**ckpt["config"])
+        if theirs != config:
+            field = next(f for f in vars(config) if getattr(config, f) != getattr(theirs, f))
+            raise UsageError(f"{flag} {path}: a predictor for another model ({ckpt['model_dir']}: {field} "
+                             f"{getattr(theirs, field)}, this one's is {getattr(config, field)})")
+        predictor = dynts.ImportancePredictor(config.n_embd)
+        predictor.load_state_dict(ckpt["predictor"])
+        meta = dict(model_dir=ckpt["model_dir"], label_scale=ckpt["label_scale"], decoding=ckpt["decoding"],
+                    metrics=ckpt.get("metrics", {}))
+        check_decoding(meta["decoding"])
+        for name, tensor in ckpt["predictor"].items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"the weights {name!r} are not finite")
+    except UsageError:
+        raise
+    except Exception as e:  # truncated, another format: one line, naming the file
+        raise UsageError(f"{flag} {path}: not a predictor checkpoint of this project ({one_line(e)})") from None
+    return predictor, meta
+
+
+def open_hf(folder: str):
+    """hf.load_hf in two halves: (config, enc, meta) from the small files now, so that every
+    setting is checked before the weights are read; `load_hf_weights` later. meta: hf.special_ids."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"--hf {folder}: not a folder (a Hugging Face checkpoint: config.json, *.safetensors, "
+                         "tokenizer.json)")
+    config = hf_loader.config_from_hf(folder / "config.json")
+    enc = hf_loader.encoding_from_hf(folder / "tokenizer.json")
+    if enc.max_token_value >= config.vocab_size:
+        raise ValueError(f"{folder}: tokenizer.json has id {enc.max_token_value}, "
+                         f"past config.json's vocab_size {config.vocab_size}")
+    return config, enc, hf_loader.special_ids(folder, enc)
+
+
+def load_hf_weights(folder: str, config: GPTConfig, device: str, dtype: torch.dtype, also: int = 0) -> GPT:
+    """The other half: the weights, cast to dtype on device, once they and `also` bytes (the
+    KV cache) are known to fit."""
+    with torch.device("meta"):  # shapes only: no memory, no random init; load_weights fills it
+        model = GPT(config)
+    nbytes = sum(p.numel() for p in model.parameters()) * dtype.itemsize
+    check_memory(f"--hf {folder} ({str(dtype).removeprefix('torch.')} weights and the KV cache)", nbytes + also, device)
+    return hf_loader.load_weights(model, Path(folder), device, dtype).eval()
+
+
+def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None, end_think_id=None,
+                eot_id=None) -> dynts.Policy:
     """A policy by name. A baseline's name + "+p" protects the prompt as DynTS does (the
-    paper's baselines did not)."""
+    paper's baselines did not). prompt_len: an int, or a list, one per row (a ragged batch).
+    DynTS's `</think>` and end-of-text ids: the byte encoding's, unless given."""
     if name == "full":
         return dynts.Full()
     base, protect = name.removesuffix("+p"), name.endswith("+p")
@@ -86,8 +157,9 @@ def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=N
         kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
                 "dynts-noprompt": dynts.NoProtectedPrompt, "random-all": dynts.RandomAll,
                 "bottom-all": dynts.BottomAll, "noquestion": dynts.NoQuestion}[name]
-        return kind(budget, window, ratio, predictor, prompt_len,
-                    end_think_id=enc.encode_single_token(END_THINK), eot_id=enc.eot_token)
+        end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
+        return kind(budget, window, ratio, predictor, prompt_len, end_think_id=end_think_id,
+                    eot_id=enc.eot_token if eot_id is None else eot_id)
     raise UsageError(f"--policy {name!r}: choose one of {', '.join(POLICIES)}")
 
 
@@ -112,21 +184,29 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
              eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
              on_token=None, on_evict=None, on_step=None, log=None):
     """Sample continuations under a cache policy: `num_samples` of one prompt (a list of ids),
-    or one of each row of prompts (B, P), all of one length.
+    or one of each prompt of a list (of id lists, of any lengths) or a tensor (B, P).
 
     Returns (new tokens (B, N) long, stats dict). A row stops at `eot_id`; the loop stops when
-    every row has. `on_token(token_of_row_0)`, `on_step(cache_length)` after each forward and
+    every row has. `on_token(token_of_row_0)`, `on_step(cache)` after each forward and
     `on_evict(before, cache)` let a caller show progress (and tests look at the cache); `log`, a
     view.TraceLog, records what each eviction removed, for the pictures. Logits at ids >=
     vocab_limit (beyond the tokenizer) are never sampled.
     """
     device = model.wte.weight.device
     config = model.config
-    prompt = torch.as_tensor(prompt, device=device)
-    prompt = prompt.expand(num_samples, -1) if prompt.dim() == 1 else prompt  # (B, P): one prompt per row
-    B, P = prompt.shape
+    prompt = prompt.tolist() if torch.is_tensor(prompt) else prompt
+    one = not prompt or isinstance(prompt[0], int)  # one prompt, or one per row
+    rows = [list(prompt)] * num_samples if one else [list(row) for row in prompt]
+    # Prompts of different lengths are left-padded, so that each row's next token goes into the
+    # same slot; the cache gives the padding negative positions, and no real token attends to it.
+    if not all(rows):
+        raise ValueError("every prompt needs at least one token")
+    P = max(len(row) for row in rows)
+    pad = [P - len(row) for row in rows]
+    prompt = torch.tensor([[0] * n + row for n, row in zip(pad, rows)], device=device)  # (B, P); id 0 never read
+    B = len(rows)
     capacity = policy.budget if policy.budget is not None else P + max_new_tokens
-    cache = KVCache(config, B, capacity, device=device, dtype=model.wte.weight.dtype)
+    cache = KVCache(config, B, capacity, device=device, dtype=model.wte.weight.dtype, pad=pad)
     policy.reset(B, capacity, device)
     need_attn = policy.needs_attention
     stats = dict(policy=policy.name, batch=B, prompt_tokens=P, evictions=0, peak_kv_tokens=0, kv_token_steps=0,
@@ -134,17 +214,17 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 
     def step(tokens):  # one forward, then the policy's bookkeeping and, when due, an eviction
         logits, hidden, attn = model(tokens, cache, need_attn=need_attn)
-        positions = torch.arange(cache.seen - tokens.shape[1], cache.seen, device=device)
+        positions = cache.pos[:, cache.length - tokens.shape[1]:cache.length]  # (B, T): each row's own
         policy.observe(tokens, hidden, positions, attn)
         stats["peak_kv_tokens"] = max(stats["peak_kv_tokens"], cache.length)
         stats["kv_token_steps"] += cache.length  # for the mean cache length over the forwards
         if on_step:
-            on_step(cache.length)
+            on_step(cache)
         if log:
             log.on_step(cache.length)
         if policy.should_evict(cache.length):
             before = cache.length
-            idx = policy.select(cache)  # (B, n_keep)
+            idx = policy.select(cache)  # (B, n_keep); -1: a slot left empty (ragged batches, see dynts.py)
             if log:
                 log.on_select(cache, idx)
             cache.keep(idx)
@@ -192,10 +272,12 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
-         ckpt=DEFAULT_CKPT, init="ckpt", preset="tiny", stats_json=None, html_path=None, plot_path=None,
-         out=sys.stdout):
+         ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
+         plot_path=None, out=sys.stdout):
     """Run one generation and print sample 0 as it is written, then a summary (and, on a
-    terminal, the trace again with the evicted tokens dimmed). Returns stats."""
+    terminal, the trace again with the evicted tokens dimmed). Returns stats. The model: `ckpt`
+    (train.py's; default ckpt/tiny-reasoner.pt), random weights of `preset`, or `hf`, a Hugging
+    Face checkpoint folder (hf.py) with, for DynTS, `predictor_path` (train.py --hf writes one)."""
     for flag, path in [("--stats-json", stats_json), ("--html", html_path), ("--plot", plot_path)]:
         check_output_path(flag, path)
     check_matplotlib("--plot", plot_path)
@@ -210,6 +292,10 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         raise UsageError("--prompt and --problem: give one (a problem is a prompt of the checkpoint's task)")
     if problem is not None and not 0 <= problem < 10**4:
         raise UsageError(f"--problem must be in [0, 10000), got {problem}")
+    if hf is not None:
+        check_hf_settings(hf, ckpt, init, prompt, policy, predictor_path, budget, window)
+    elif predictor_path is not None:
+        raise UsageError("--predictor is for --hf models (a --ckpt checkpoint holds its own predictor)")
     if policy == "full" and any(v is not None for v in (budget, window, ratio)):
         print("generate.py: note: --policy full never evicts; --budget, --window and --ratio are ignored",
               file=sys.stderr)
@@ -218,14 +304,8 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     torch.manual_seed(seed)
 
-    if init == "random":
-        if preset not in PRESETS:
-            raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        check_memory(f"--preset {preset} (built in float32)", weight_bytes(PRESETS[preset]), "cpu")
-        model, predictor = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd)
-        meta = dict(encoding="bytes-think", task=None, decoding=dict(budget=256, window=64, ratio=0.3))
-    else:
-        model, predictor, meta = load_checkpoint(ckpt)
+    model, predictor, config, enc, meta = open_model(ckpt, init, preset, hf, predictor_path)
+    eos_id, end_think_id = meta["eos_id"], meta["end_think_id"]
     the_problem = None
     if prompt is None and meta["task"] is None:
         prompt = "Question: how far back does the answer look? <think>"
@@ -233,47 +313,52 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         problem = problem or 0
         the_problem = task.problems("eval", problem + 1, **meta["task"])[problem]
         prompt = the_problem.prompt
+    if hf is not None and not prompt.startswith(meta["bos"]):  # a question: into R1-Distill's chat format
+        ids = hf_loader.chat_prompt(prompt, enc, meta["bos"])
+    else:
+        ids = enc.encode(prompt, allowed_special="all")
     budget = meta["decoding"]["budget"] if budget is None else budget
     window = meta["decoding"]["window"] if window is None else window
     ratio = meta["decoding"]["ratio"] if ratio is None else ratio
 
-    model.to(device=device, dtype=getattr(torch, dtype)).eval()
-    predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
-    enc = get_encoding(meta["encoding"])
-    ids = enc.encode(prompt, allowed_special="all")
-    if not ids:
+    if not ids or not prompt:
         raise UsageError("--prompt is empty")
-    if len(ids) >= model.config.block_size:
+    if len(ids) >= config.block_size:
         raise UsageError(f"--prompt: its {len(ids)} tokens leave no room below the model's block_size "
-                         f"{model.config.block_size}")
-    if max_new_tokens is None:  # up to the model's last position (a random model: 512 tokens at most)
-        max_new_tokens = model.config.block_size - len(ids)
-        if init == "random":
-            max_new_tokens = min(512, max_new_tokens)
+                         f"{config.block_size}")
+    if max_new_tokens is None:  # up to the model's last position (a random model: 512 tokens, --hf: 32768 at most)
+        max_new_tokens = config.block_size - len(ids)
+        if init == "random" or hf is not None:
+            max_new_tokens = min(512 if hf is None else 32768, max_new_tokens)
     for name, value, low in [("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
                              ("--top-k", top_k, 1), ("--budget", budget, 1), ("--window", window, 0)]:
         if value is not None and value < low:
             raise UsageError(f"{name} must be >= {low}, got {value}")
     if temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
-    if len(ids) + max_new_tokens > model.config.block_size:
+    if len(ids) + max_new_tokens > config.block_size:
         raise UsageError(f"--max-new-tokens {max_new_tokens} plus the prompt's {len(ids)} tokens exceeds "
-                         f"the model's block_size {model.config.block_size}")
+                         f"the model's block_size {config.block_size}")
     if policy != "full" and len(ids) >= budget:
         raise UsageError(f"--budget {budget} must exceed the prompt's {len(ids)} tokens")
-    pol = make_policy(policy, budget, window, ratio, predictor, len(ids), enc)
+    pol = make_policy(policy, budget, window, ratio, predictor, len(ids), enc, end_think_id, eos_id)
     capacity = pol.budget if pol.budget is not None else len(ids) + max_new_tokens
-    check_memory(f"the KV cache of --num-samples {num_samples} x {capacity} slots",
-                 cache_bytes(model.config, num_samples, capacity, getattr(torch, dtype).itemsize), device)
+    nbytes = cache_bytes(config, num_samples, capacity, getattr(torch, dtype).itemsize)
+    check_memory(f"the KV cache of --num-samples {num_samples} x {capacity} slots", nbytes, device)
 
+    if model is None:
+        model = load_hf_weights(hf, config, device, getattr(torch, dtype), also=nbytes)
+    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    if predictor is not None:
+        predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    out.write(prompt)
+    out.write(enc.decode(ids))
     on_token = lambda t: (out.write(decoder.decode(enc.decode_single_token_bytes(t))), out.flush())
     on_evict = lambda before, cache: out.write(f"[evict {before}->{cache.length}]")
     log = view.TraceLog(pol) if html_path or plot_path or out.isatty() else None  # only for the pictures
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
-                             eot_id=enc.eot_token, vocab_limit=enc.n_vocab, generator=gen,
+                             eot_id=eos_id, vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_evict=on_evict, log=log)
     stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=dtype)
     out.write("\n\n")
@@ -283,7 +368,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG'}"
                   + (f" | {sum(correct)}/{len(correct)} samples correct" if len(correct) > 1 else "") + "\n")
     out.write(summary(stats) + "\n")
-    rows = [row[:row.index(enc.eot_token) + 1] if enc.eot_token in row else row for row in tokens.tolist()]
+    rows = [row[:row.index(eos_id) + 1] if eos_id in row else row for row in tokens.tolist()]
     pieces = [view.token_texts(enc, ids + row) for row in rows]  # each row's tokens, prompt first
     if log and out.isatty():  # the trace once more, the evicted tokens dimmed
         out.write("\n" + view.ansi(log, pieces[0]) + "\n")
@@ -303,6 +388,46 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     return stats
 
 
+def open_model(ckpt, init, preset, hf, predictor_path):
+    """(model, predictor, config, enc, meta): train.py's checkpoint `ckpt`, random weights of
+    `preset`, or the Hugging Face folder `hf`, whose weights are read later (model None), once
+    every setting has been checked. meta: the task, the decoding defaults, and the ids of
+    end-of-text (where a row stops) and `</think>` (where its thinking ends)."""
+    if hf is not None:
+        config, enc, meta = open_hf(hf)
+        predictor, defaults = load_predictor(predictor_path, config) if predictor_path else (None, {})
+        decoding = defaults.get("decoding", dict(budget=None, window=None, ratio=0.3))
+        return None, predictor, config, enc, dict(meta, task=None, decoding=decoding)
+    if init == "random":
+        if preset not in PRESETS:
+            raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        check_memory(f"--preset {preset} (built in float32)", weight_bytes(PRESETS[preset]), "cpu")
+        model, predictor = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd)
+        meta = dict(encoding="bytes-think", task=None, decoding=dict(budget=256, window=64, ratio=0.3))
+    else:
+        model, predictor, meta = load_checkpoint(DEFAULT_CKPT if ckpt is None else ckpt)
+    enc = get_encoding(meta["encoding"])
+    return model, predictor, model.config, enc, dict(meta, eos_id=enc.eot_token,
+                                                     end_think_id=enc.encode_single_token(END_THINK))
+
+
+def check_hf_settings(hf, ckpt, init, prompt, policy, predictor_path, budget, window):
+    """What --hf needs, checked before anything is read: no other model, a prompt (a real model
+    has no built-in problem), a predictor for the policies that use one, and a budget and window
+    where no predictor file gives them."""
+    if ckpt is not None or init == "random":
+        raise UsageError(f"--hf and {'--ckpt' if ckpt is not None else '--init random'}: give one model")
+    if prompt is None:
+        raise UsageError(f"--hf {hf} needs --prompt: a question (put in R1-Distill's chat format), or a whole "
+                         "prompt that starts with the bos token")
+    if policy in NEEDS_PREDICTOR and predictor_path is None:
+        raise UsageError(f"--policy {policy} with --hf needs --predictor FILE: train one with "
+                         f"`python train.py --hf {hf} --problems FILE.jsonl`")
+    if policy != "full" and predictor_path is None and (budget is None or window is None):
+        raise UsageError(f"--policy {policy} with --hf needs --budget and --window (no --predictor file to "
+                         "take them from)")
+
+
 def summary(s: dict) -> str:
     return (f"policy {s['policy']} (budget {s['budget']}, window {s['window']}, ratio {s['ratio']}) | "
             f"{s['batch']} x {s['new_tokens']} tokens generated | evictions {s['evictions']} | "
@@ -319,7 +444,8 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the checkpoint's)")
     p.add_argument("--ratio", type=float, help="fraction of the older tokens kept at an eviction, in (0, 1]")
     p.add_argument("--prompt", help="the prompt text (special tokens such as <think> allowed); "
-                   "default: a held-out problem of the checkpoint's task")
+                   "default: a held-out problem of the checkpoint's task. With --hf: a question, put in "
+                   "R1-Distill's chat format, or a whole prompt starting with the bos token")
     p.add_argument("--problem", type=int, help="which held-out problem to solve, 0-9999 (default: 0)")
     p.add_argument("--max-new-tokens", type=int, help="the most tokens to generate per sample "
                    "(default: up to the model's block_size)")
@@ -330,10 +456,14 @@ def parse_args(argv=None):
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint from train.py")
+    p.add_argument("--ckpt", help="checkpoint from train.py (default: ckpt/tiny-reasoner.pt)")
     p.add_argument("--init", choices=["ckpt", "random"], default="ckpt",
                    help="load --ckpt, or random weights of --preset (mechanics only)")
     p.add_argument("--preset", default="tiny", help=f"model shape for --init random: {', '.join(PRESETS)}")
+    p.add_argument("--hf", metavar="DIR", help="a Hugging Face checkpoint folder instead (Llama 3 / Qwen2: "
+                   "R1-Distill); needs --prompt")
+    p.add_argument("--predictor", dest="predictor_path", metavar="FILE", help="with --hf: the importance "
+                   "predictor that `python train.py --hf DIR` wrote (needed by dynts; gives the budget defaults)")
     p.add_argument("--stats-json", help="also write the summary as JSON to this path")
     p.add_argument("--html", dest="html_path", help="write a page of the trace: each token shaded by its score, "
                    "the evicted ones greyed (self-contained HTML)")

@@ -119,18 +119,30 @@ class KVCache:
     """Keys and values of every layer, allocated once and written in place.
 
     `kv` holds all layers in one buffer so that one index compacts them all. Only the first
-    `length` slots are live. `pos[b, s]` is the absolute position of the token in slot s of
-    row b: after evictions the slots are no longer their positions. `seen` counts every token
-    ever written, so the next token's position is `seen`, whatever `length` is.
+    `length` slots are live. `pos[b, s]` is the position of the token in slot s of row b:
+    after evictions the slots are no longer their positions. `seen` counts every token ever
+    written (left padding included), so the next token's position in row b is
+    `seen - pad[b]`, whatever `length` is.
+
+    A batch of prompts of different lengths is left-padded (as the official DynTS code does):
+    row b starts with `pad[b]` padding tokens, so that every row's last prompt token is in the
+    same slot. Row b's positions start at 0 at its first real token; its padding gets negative
+    positions. A slot with a negative position is *empty*: left padding, or a slot a row gave up
+    at an eviction while another row still needed the length (dynts.Policy.select). No real
+    token attends to an empty slot (GPT.forward masks them) and no policy keeps one over a real
+    token.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, capacity: int, device=None, dtype=None):
+    def __init__(self, config: GPTConfig, batch_size: int, capacity: int, device=None, dtype=None, pad=None):
         self.capacity = capacity
         shape = (config.n_layer, 2, batch_size, config.n_kv_head, capacity, config.head_dim)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, k|v, B, Hkv, capacity, D)
         self.pos = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # (B, capacity)
+        pad = [0] * batch_size if pad is None else pad
+        self.pad = torch.as_tensor(pad, dtype=torch.long, device=device)  # (B,): left-padding tokens of each row
+        self.ragged = bool(self.pad.any())  # may a slot be empty? (then every forward masks the empty ones)
         self.length = 0  # live slots, the same for every row
-        self.seen = 0  # tokens written so far = the next token's position
+        self.seen = 0  # tokens written so far, padding included: one step counter for all rows
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's keys and values (B, Hkv, T, D) after the live slots and return the
@@ -140,27 +152,41 @@ class KVCache:
         self.kv[layer, 1, :, :, self.length:end] = v
         return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
 
+    def next_positions(self, n: int) -> torch.Tensor:
+        """(B, n): the positions of the next n tokens of each row, negative for its padding."""
+        return torch.arange(self.seen, self.seen + n, device=self.pos.device) - self.pad[:, None]
+
     def advance(self, n: int):
         """Make the n slots just written by every layer live; called once per forward."""
-        self.pos[:, self.length:self.length + n] = torch.arange(self.seen, self.seen + n, device=self.pos.device)
+        self.pos[:, self.length:self.length + n] = self.next_positions(n)
         self.length += n
         self.seen += n
 
     def keep(self, idx: torch.Tensor, chunk: int = 32):
-        """Compact every layer to the slots idx (B, n_keep), each row sorted ascending, in place.
+        """Compact every layer to the slots idx (B, n_keep), in place: row b's slot j takes slot
+        idx[b, j]. The non-negative entries of each row are ascending with idx[b, j] >= j; an entry
+        -1 makes slot j empty (a row that keeps fewer slots than another: see dynts.Policy.select).
 
         One index serves all layers and heads; each slot's position moves with it. The slots
-        move `chunk` at a time, first to last: a sorted row has idx[j] >= j, so a chunk never
-        overwrites a slot that a later chunk still reads. What is in flight is one chunk of
-        slots, not a second copy of the kept cache (at paper-8b, batch 8: 32 MiB, not 3 GB)."""
+        move `chunk` at a time, first to last: idx[j] >= j, so a chunk never overwrites a slot
+        that a later chunk still reads (an empty entry reads its own slot: nothing moves). What is
+        in flight is one chunk of slots, not a second copy of the kept cache (at paper-8b, batch
+        8: 32 MiB, not 3 GB)."""
         n = idx.shape[1]
         L, _, B, Hkv, _, D = self.kv.shape
+        empty = idx < 0  # (B, n)
+        idx = torch.where(empty, torch.arange(n, device=idx.device), idx)  # (B, n): the slot each slot reads
         for a in range(0, n, chunk):
             src = idx[:, a:a + chunk]  # (B, c): the chunk's slots, all >= a
             c = src.shape[1]
             self.kv[:, :, :, :, a:a + c] = self.kv.gather(4, src.view(1, 1, B, 1, c, 1).expand(L, 2, B, Hkv, c, D))
-        self.pos[:, :n] = self.pos.gather(1, idx)
+        self.pos[:, :n] = self.pos.gather(1, idx).masked_fill(empty, -1)
         self.length = n
+        self.ragged = self.ragged or bool(empty.any())
+
+    def live_tokens(self) -> torch.Tensor:
+        """(B,): the real tokens each row holds: its live slots less the empty ones."""
+        return (self.pos[:, :self.length] >= 0).sum(dim=1)
 
     def live_bytes(self, n: int | None = None) -> int:
         """Bytes of keys and values in n live slots (default: the live ones), what a decode step reads."""
@@ -235,7 +261,7 @@ class CausalSelfAttention(nn.Module):
         # Query i (of T) sits at slot S - T + i and sees every slot up to its own: all cached
         # slots are older than this step's tokens, whatever evictions did to them. A decode step
         # (T == 1) sees everything; a prefill of an empty cache (S == T) is plain causal.
-        if mask is not None:  # given by the caller (training under simulated eviction)
+        if mask is not None:  # training under simulated eviction, or a ragged batch's empty slots
             mask = mask[:, None]  # (B, 1, T, S)
         elif T > 1 and (S > T or need_attn):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
@@ -349,9 +375,10 @@ class GPT(nn.Module):
 
         Without a cache this is the plain causal forward over positions 0..T-1 (training, and
         the reference the tests compare against). With a cache, the tokens take positions
-        cache.seen.. and attend to every live slot; T > 1 is a prefill, T == 1 a decode step.
-        `mask` (B, T, T) bool, without a cache only, replaces the causal mask: which tokens each
-        query sees (train.py uses it to simulate evictions).
+        cache.seen.. (less each row's left padding, cache.pad) and attend to every live slot that
+        is not empty; T > 1 is a prefill, T == 1 a decode step. `mask` (B, T, T) bool, without a
+        cache only, replaces the causal mask: which tokens each query sees (train.py uses it to
+        simulate evictions).
 
         Returns (logits of the last position (B, vocab), final hidden states (B, T, C), and,
         only when need_attn, the attention each live slot received (B, S): summed over this
@@ -365,13 +392,19 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         if cache is not None and cache.length + T > cache.capacity:
             raise ValueError(f"KV cache overflow: {cache.length} live + {T} new > capacity {cache.capacity}")
-        pos = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T) absolute positions
+        if cache is not None:  # (B, T): each row's own positions, negative for its left padding
+            pos = cache.next_positions(T)
+        else:
+            pos = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
+        if cache is not None and cache.ragged:
+            mask = self.empty_slot_mask(cache, pos)  # (B, T, S)
         x = self.wte(idx)  # (B, T, C)
         rope = None
+        # Padding tokens take position 0 here: their outputs are never read, only kept finite.
         if self.config.positions == "learned":
-            x = x + self.wpe(pos)
+            x = x + self.wpe(pos.clamp(min=0))
         else:  # every layer rotates q and k by these angles
-            angles = pos[:, None, :, None].float() * self.inv_freq  # (B, 1, T, D/2)
+            angles = pos.clamp(min=0)[:, None, :, None].float() * self.inv_freq  # (B, 1, T, D/2)
             rope = angles.cos(), angles.sin()
         received = None
         for block in self.blocks:
@@ -385,3 +418,17 @@ class GPT(nn.Module):
         if need_attn:
             received = received / self.config.n_layer
         return logits, hidden, received
+
+    @staticmethod
+    def empty_slot_mask(cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+        """(B, T, S) bool: which live slots (this step's T tokens at positions pos (B, T) last)
+        each new token attends to, when some slots may be empty (a ragged batch). A real token
+        sees the slots up to its own that hold real tokens, never an empty one: its row then
+        computes exactly what it computes alone. A padding token (only in a prefill, all of them
+        before the row's first real token) sees the padding up to itself, so that its output,
+        never read, stays finite: a query that sees nothing would give NaN, and NaN keys and
+        values in the cache would poison even the queries that mask them (0 * NaN)."""
+        T, S = pos.shape[1], cache.length + pos.shape[1]
+        real = torch.cat([cache.pos[:, :cache.length], pos], dim=1) >= 0  # (B, S): slots holding real tokens
+        causal = torch.ones(T, S, dtype=torch.bool, device=pos.device).tril(diagonal=S - T)  # (T, S)
+        return causal & (real[:, None, :] | (pos < 0)[:, :, None])  # (B, T, S)

@@ -37,16 +37,16 @@ class TraceLog:
     def _record(self, cache, ranking):
         pos = cache.pos[:, :ranking.shape[1]].tolist()
         for b, (row_pos, row_score) in enumerate(zip(pos, ranking.tolist())):
-            self.scores.update(((b, p), s) for p, s in zip(row_pos, row_score))
+            self.scores.update(((b, p), s) for p, s in zip(row_pos, row_score) if p >= 0)  # (not empty slots)
 
     def on_select(self, cache, idx):
         """Called after select, before the compaction: the live slots still hold every token."""
         self._record(cache, self.policy.ranking(cache).float())
         step = len(self.lengths) - 1
-        kept = torch.zeros(cache.pos.shape[0], cache.length, dtype=torch.bool, device=idx.device)
-        kept.scatter_(1, idx, True)
+        kept = torch.zeros(cache.pos.shape[0], cache.length + 1, dtype=torch.bool, device=idx.device)
+        kept.scatter_(1, idx.masked_fill(idx < 0, cache.length), True)  # (an empty slot, -1: the extra column)
         for b, (row_pos, row_kept) in enumerate(zip(cache.pos[:, :cache.length].tolist(), kept.tolist())):
-            self.evicted.update(((b, p), step) for p, k in zip(row_pos, row_kept) if not k)
+            self.evicted.update(((b, p), step) for p, k in zip(row_pos, row_kept) if not k and p >= 0)
 
     def finish(self, cache):
         """The live tokens' final ranking (Full ranks nothing: its scores stay empty)."""

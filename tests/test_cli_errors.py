@@ -4,10 +4,24 @@ or the file, and no traceback, before any long work. One case per class of mista
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
+import torch
+
+import dynts
+import hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HF_LLAMA = os.path.join("tests", "fixtures", "hf-llama")
+
+
+def qwen2_predictor(path):
+    """A predictor-only checkpoint (train.py --hf's format) for the tiny Qwen2 fixture."""
+    config = hf.config_from_hf(os.path.join(ROOT, "tests", "fixtures", "hf-qwen2", "config.json"))
+    torch.save(dict(kind="dynts-predictor", config=asdict(config), model_dir="tests/fixtures/hf-qwen2",
+                    predictor=dynts.ImportancePredictor(config.n_embd).state_dict(), label_scale=1e4,
+                    decoding=dict(budget=64, window=8, ratio=0.3), metrics={}), path)
 
 CASES = [  # (script, arguments, what the line must name)
     ("generate.py", ["--device", "tpu"], "--device"),                                # devices
@@ -26,12 +40,19 @@ CASES = [  # (script, arguments, what the line must name)
     ("eval.py", ["--n", "100000000"], "--n"),                                         # hangs
     ("view.py", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
     ("eval.py", ["--ranking-traces", "-1"], "--ranking-traces"),
+    ("generate.py", ["--hf", HF_LLAMA, "--ckpt", "{tmp}/empty.pt", "--prompt", "hi"], "--hf and --ckpt"),  # --hf
+    ("generate.py", ["--hf", HF_LLAMA], "--prompt"),
+    ("generate.py", ["--hf", HF_LLAMA, "--prompt", "hi", "--dynts"], "--predictor"),
+    ("generate.py", ["--hf", HF_LLAMA, "--prompt", "hi", "--dynts", "--predictor", "{tmp}/qwen2-predictor.pt"],
+     "a predictor for another model"),
 ]
 
 
 @pytest.mark.parametrize("script,argv,names", CASES, ids=[f"{s} {a[0]}" for s, a, _ in CASES])
 def test_one_line_no_traceback(script, argv, names, tmp_path):
     open(tmp_path / "empty.pt", "wb").close()
+    if "{tmp}/qwen2-predictor.pt" in argv:
+        qwen2_predictor(tmp_path / "qwen2-predictor.pt")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if "--device" not in argv and script != "view.py":  # (view.py has no --device)
         argv = argv + ["--device", "cpu"]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dynts
@@ -195,6 +195,109 @@ def test_policy_invariants_over_a_generation(name, run):
             evictions += 1
             assert policy.length == n < budget
     assert evictions >= (prompt_len + steps - budget >= 0)  # the budget was hit: at least one eviction
+
+
+# -----------------------------------------------------------------------------
+# Ragged batches: left padding, a budget of real tokens per row
+
+
+RAGGED_POLICIES = ["window", "streaming", "sepllm", "window+p", "streaming+p", "sepllm+p", "h2o", "h2o-last", "h2o+p",
+                   "dynts", "dynts-bottom", "dynts-noprompt", "bottom-all", "noquestion"]  # (not random, not pooled)
+
+
+@st.composite
+def ragged_run(draw):
+    name = draw(st.sampled_from(RAGGED_POLICIES))
+    B, window = draw(st.integers(2, 3)), draw(st.integers(0, 8))
+    budget = draw(st.integers(window + 8, 48))
+    ratio = draw(st.floats(0.1, 0.9))
+    share = math.floor(ratio * (budget - window))  # the older slots an eviction keeps, by ratio
+    assume(share >= 4 and window + share < budget)  # room for the 4 sinks and the prompts, and something evicted
+    prompts = [draw(st.integers(1, share)) for _ in range(B)]  # protected slots never decide the count
+    return name, budget, window, ratio, prompts, draw(st.integers(1, 100)), draw(st.integers(0, 2**16))
+
+
+def tables(B, n, seed):
+    """What each row's token at each position is, and its score and the attention its slot
+    receives at every step: they depend only on (row, position)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 250, (B, n), generator=g)
+    tokens[torch.rand(B, n, generator=g) < 0.2] = ord(".")  # separators
+    return tokens, torch.randn(B, n, generator=g).round(), torch.rand(B, n, generator=g)  # scores with ties
+
+
+def drive_rows(name, budget, window, ratio, prompts, steps, table):
+    """Decode left-padded rows under a policy, as generate.py does, the padding garbage: NaN
+    scores and the special tokens. Returns, per row, the positions its cache holds after each
+    forward, and checks each eviction."""
+    tokens, scores, attention = table
+    B, P = len(prompts), max(prompts)
+    policy = build(name, budget, window, ratio, prompts)
+    policy.reset(B, budget)
+    cache = KVCache(KV_CONFIG, B, budget, pad=[P - p for p in prompts])
+    held = [[] for _ in range(B)]
+    for T in [P] + [1] * steps:
+        pos = cache.next_positions(T)  # (B, T): negative for the padding
+        at = pos.clamp(min=0)
+        hidden = torch.stack([scores.gather(1, at), torch.zeros(B, T)], dim=-1).masked_fill((pos < 0)[..., None], NAN)
+        toks = tokens.gather(1, at).masked_fill(pos < 0, END_THINK).masked_fill(pos == -1, EOT)
+        cache.advance(T)
+        live = cache.pos[:, :cache.length]
+        attn = attention.gather(1, live.clamp(min=0)).masked_fill(live < 0, 0.0) if policy.needs_attention else None
+        policy.observe(toks, hidden, pos, attn)
+        assert policy.length == cache.length <= budget and (cache.live_tokens() <= budget).all()
+        if policy.should_evict(cache.length):
+            assert (policy.ranking(cache)[live < 0] == -INF).all()  # padding is never protected
+            idx = policy.select(cache)
+            for b in range(B):
+                if (live[b] < 0).any():  # not due: keeps every real token, gives up padding only
+                    assert live[b, idx[b][idx[b] >= 0]].tolist() == live[b][live[b] >= 0].tolist()
+            cache.keep(idx)
+            policy.keep(idx)
+            assert policy.length == cache.length < budget
+        for b in range(B):
+            held[b].append([p for p in cache.pos[b, :cache.length].tolist() if p >= 0])
+    return held
+
+
+@settings(max_examples=40, deadline=None)
+@given(run=ragged_run())
+def test_a_ragged_batch_keeps_in_each_row_what_the_row_keeps_alone(run):
+    """Left-padded rows of different prompt lengths: each row evicts when it holds `budget` real
+    tokens and keeps, after every forward, exactly the positions it keeps decoded alone; the
+    cache never exceeds the budget, padding is never protected, and a row not due to evict gives
+    up only padding. (Random scores, and SnapKV's and R-KV's pooling over slots, are left out.)"""
+    name, budget, window, ratio, prompts, steps, seed = run
+    table = tables(len(prompts), max(prompts) + steps, seed)
+    held = drive_rows(name, budget, window, ratio, prompts, steps, table)
+    for b, p in enumerate(prompts):
+        assert held[b] == drive_rows(name, budget, window, ratio, [p], steps, [x[b:b + 1] for x in table])[0]
+
+
+def test_a_row_with_padding_gives_up_padding_before_any_real_token():
+    """Prompts of 3 and 1 tokens. When row 0 holds the budget, row 1 holds 8 real tokens and 2
+    padding slots: row 0 evicts, row 1 keeps its 8 real tokens, and as the cache keeps 8 slots,
+    row 0 carries two empty ones (-1)."""
+    policy = dynts.DynTS(budget=10, window=2, ratio=0.5, predictor=ScoreIsHidden(), prompt_len=[3, 1],
+                         end_think_id=END_THINK, eot_id=EOT)
+    policy.reset(2, 10)
+    cache = KVCache(KV_CONFIG, 2, 10, pad=[0, 2])
+    scores = torch.tensor([[9.0, 9, 9, 1, 5, 2, 7, 3, 0, 0], [NAN, NAN, 9, 4, 1, 6, 8, 2, 5, 3]])
+    hidden = torch.stack([scores, torch.zeros(2, 10)], dim=-1)  # (2, 10, 2)
+    for s in [slice(0, 3)] + [slice(i, i + 1) for i in range(3, 10)]:  # the prefill, then one token a step
+        pos = cache.next_positions(s.stop - s.start)
+        cache.advance(s.stop - s.start)
+        policy.observe(torch.zeros_like(pos), hidden[:, s], pos)
+    assert cache.pos[1].tolist() == [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert policy.ranking(cache)[1].tolist() == [-INF, -INF, INF, 4, 1, 6, 8, 2, 5, 3]  # padding: last, unprotected
+    # row 0 is due: window 2 + max(3 protected, floor(0.5 * 8)) = 6 slots: its prompt, the best
+    # of slots 3-7 (slot 6) and the window; slots 5 and 7 come along empty
+    idx = policy.select(cache)
+    assert idx.tolist() == [[0, 1, 2, -1, 6, -1, 8, 9], [2, 3, 4, 5, 6, 7, 8, 9]]
+    cache.keep(idx)
+    policy.keep(idx)
+    assert cache.pos[:, :8].tolist() == [[0, 1, 2, -1, 6, -1, 8, 9], [0, 1, 2, 3, 4, 5, 6, 7]]
+    assert cache.live_tokens().tolist() == [6, 8] and policy.positions[:, :8].tolist() == cache.pos[:, :8].tolist()
 
 
 def test_dynts_keeps_the_top_predicted_thinking_tokens():

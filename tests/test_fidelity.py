@@ -396,7 +396,7 @@ def ours_predictor_loss(pred, label):
 def test_predictor_loss_and_labels():
     import train
     assert train.LABEL_SCALE == 1e4  # the official Llama transform; no per-model transform
-    source = " ".join(inspect.getsource(train.train_predictor).split())
+    source = " ".join(inspect.getsource(train.fit_predictor).split())
     assert "F.mse_loss(torch.log1p(predictor(X[idx])), torch.log1p(Y[idx]))" in source  # log space, no weight
 
     # ours measures errors in ratios: twice too high costs the same on a small and a large label

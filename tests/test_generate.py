@@ -5,15 +5,18 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
 
 import dynts
 import generate
+import hf
 from model import GPT, GPTConfig, get_encoding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")  # tiny Llama 3 and Qwen2 checkpoints (tests/test_hf.py)
 CFG = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
 ENC = get_encoding()
 
@@ -101,6 +104,43 @@ def test_rows_stop_at_end_of_text_and_pad_with_it():
     assert len({row.index(ENC.eot_token) for row in tokens.tolist()}) > 1  # rows end at different steps
 
 
+LLAMA_CFG = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, bias=False,
+                      norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False)
+
+
+@pytest.mark.parametrize("config", [CFG, LLAMA_CFG], ids=["gpt2", "llama"])
+def test_a_ragged_batch_decodes_what_each_prompt_decodes_alone(config):
+    """Prompts of 5, 20 and 40 tokens in one batch, left-padded: greedy decoding gives each row
+    exactly the tokens it gets alone, under Full and under DynTS (a random predictor) with a
+    budget of 64 that every row fills several times; the cache never holds more than 64 slots.
+    (The ratio's share, floor(0.8 * 56) = 44 older slots, exceeds every prompt, so no row's
+    count depends on another's protected tokens.)"""
+    torch.manual_seed(0)
+    model, predictor = GPT(config).eval(), dynts.ImportancePredictor(config.n_embd).eval()
+    with torch.no_grad():  # sharpen GPT-2's init, so that what the cache holds matters
+        for p in model.parameters():
+            p.mul_(8 if config is CFG else 1)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (5, 20, 40)]
+
+    def decode(name, rows):
+        policy = generate.make_policy(name, 64, 8, 0.8, predictor, [len(r) for r in rows], ENC)
+        sizes = []  # after each forward: the slots, and the real tokens of each row
+        tokens, stats = generate.generate(model, rows, policy, 96, vocab_limit=256,
+                                          on_step=lambda cache: sizes.append((cache.length, cache.live_tokens())))
+        return tokens, stats, sizes
+
+    batch = {}
+    for name in ["full", "dynts"]:
+        batch[name], stats, sizes = decode(name, prompts)
+        for b, prompt in enumerate(prompts):
+            alone, alone_stats, _ = decode(name, [prompt])
+            assert batch[name][b].tolist() == alone[0].tolist(), (name, b)
+            assert name == "full" or alone_stats["evictions"] >= 3
+    assert stats["peak_kv_tokens"] == 64 and all(n <= 64 and (live <= n).all() for n, live in sizes)
+    assert not torch.equal(batch["full"], batch["dynts"])  # the evictions mattered
+
+
 # -----------------------------------------------------------------------------
 # The command line
 
@@ -171,6 +211,89 @@ def test_cli_bad_input_in_a_real_process_has_no_traceback():
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert p.stderr.strip().count("\n") == 0 and "--ratio" in p.stderr and "Traceback" not in p.stderr
+
+
+# -----------------------------------------------------------------------------
+# --hf: a Hugging Face checkpoint folder
+
+
+def predictor_file(path, fixture: str, decoding: dict) -> str:
+    """A predictor-only checkpoint with random weights, in the format train.py --hf writes."""
+    config = hf.config_from_hf(os.path.join(FIXTURES, fixture, "config.json"))
+    torch.manual_seed(0)
+    torch.save(dict(kind="dynts-predictor", config=asdict(config), model_dir=os.path.join(FIXTURES, fixture),
+                    predictor=dynts.ImportancePredictor(config.n_embd).state_dict(), label_scale=1e4,
+                    decoding=decoding, metrics={}), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("fixture", ["hf-llama", "hf-qwen2"])
+def test_hf_checkpoint_generates_under_full_and_dynts(fixture, tmp_path, monkeypatch, capfd):
+    folder = os.path.join(FIXTURES, fixture)
+    _, enc, meta = hf.load_hf(folder)
+    question = "What is 12 + 30?"
+    ids = hf.chat_prompt(question, enc, meta["bos"])
+    calls = []  # what main hands generate(): the policy, and the id it stops at
+    real = generate.generate
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: calls.append((a[2], k["eot_id"])) or real(*a, **k))
+
+    generate.cli(["--hf", folder, "--prompt", question, "--max-new-tokens", "20", "--device", "cpu"])
+    text = capfd.readouterr().out
+    assert text.startswith(enc.decode(ids)) and "policy full" in text and "on cpu (float32)" in text
+    assert calls[-1][1] == meta["eos_id"]
+
+    path = predictor_file(tmp_path / "predictor.pt", fixture, dict(budget=len(ids) + 6, window=4, ratio=0.3))
+    stats = generate.main(hf=folder, predictor_path=path, policy="dynts", prompt=question, max_new_tokens=20,
+                          device="cpu", out=io.StringIO())
+    policy, eos = calls[-1]
+    assert (stats["budget"], stats["window"], stats["ratio"]) == (len(ids) + 6, 4, 0.3)  # the file's defaults
+    assert stats["evictions"] >= 2 and stats["peak_kv_tokens"] == len(ids) + 6
+    assert (policy.end_think_id, policy.eot_id, eos) == (meta["end_think_id"], meta["eos_id"], meta["eos_id"])
+    assert policy.prompt_len == len(ids)  # the whole chat prompt is protected
+
+    out = io.StringIO()  # a prompt that starts with the bos token is used as it is
+    whole = enc.decode(ids) + "Let me see"
+    generate.main(hf=folder, prompt=whole, policy="window", budget=len(ids) + 8, window=2, max_new_tokens=3,
+                  device="cpu", out=out)
+    assert out.getvalue().startswith(whole)
+    assert calls[-1][0].budget == len(ids) + 8
+
+
+def test_hf_mistakes_are_one_line_naming_the_flag_or_file(tmp_path):
+    llama = os.path.join(FIXTURES, "hf-llama")
+    qwen_predictor = predictor_file(tmp_path / "qwen2.pt", "hf-qwen2", dict(budget=64, window=8, ratio=0.3))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--hf", llama, "--ckpt", "x.pt", "--prompt", "hi"], "--hf and --ckpt"),
+        (["--hf", llama, "--init", "random", "--prompt", "hi"], "--hf and --init random"),
+        (["--hf", llama], "needs --prompt"),
+        (["--hf", llama, "--problem", "3"], "needs --prompt"),
+        (["--hf", llama, "--prompt", "hi", "--dynts"], "python train.py --hf"),
+        (["--hf", llama, "--prompt", "hi", "--policy", "dynts-bottom"], "needs --predictor FILE"),
+        (["--hf", llama, "--prompt", "hi", "--policy", "h2o"], "needs --budget and --window"),
+        (["--hf", llama, "--prompt", "hi", "--policy", "h2o", "--budget", "5", "--window", "1"], "--budget 5"),
+        (["--hf", llama, "--prompt", "hi", "--dynts", "--predictor", qwen_predictor], "a predictor for another model"),
+        (["--hf", llama, "--prompt", "hi", "--dynts", "--predictor", str(junk)], "junk.pt: not a predictor"),
+        (["--hf", llama, "--prompt", "hi", "--dynts", "--predictor", str(tmp_path / "no.pt")], "no.pt: no such file"),
+        (["--hf", str(tmp_path / "nowhere"), "--prompt", "hi"], "nowhere: not a folder"),
+        (["--hf", str(tmp_path), "--prompt", "hi"], "config.json: no such file"),
+        (["--predictor", qwen_predictor], "--predictor is for --hf"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            generate.cli(argv + ["--device", "cpu"])
+        assert isinstance(e.value.code, str) and message in e.value.code and "\n" not in e.value.code, argv
+
+
+def test_load_predictor_checks_the_model_it_was_trained_on(tmp_path):
+    decoding = dict(budget=64, window=8, ratio=0.3)
+    llama = hf.config_from_hf(os.path.join(FIXTURES, "hf-llama", "config.json"))
+    with pytest.raises(generate.UsageError, match=r"qwen2.pt: a predictor for another model \(.*hf-qwen2: norm_eps"):
+        generate.load_predictor(predictor_file(tmp_path / "qwen2.pt", "hf-qwen2", decoding), llama)
+    predictor, meta = generate.load_predictor(predictor_file(tmp_path / "llama.pt", "hf-llama", decoding), llama)
+    assert meta["decoding"] == decoding and meta["label_scale"] == 1e4
+    assert isinstance(predictor, dynts.ImportancePredictor)
 
 
 @pytest.mark.parametrize("name", generate.POLICIES)

@@ -67,7 +67,8 @@ def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
     log = view.TraceLog(policy)
     lengths = []
     tokens, _ = generate.generate(model, list(range(20)), policy, 120, num_samples=2, temperature=1.0,
-                                  generator=torch.Generator().manual_seed(0), on_step=lengths.append, log=log)
+                                  generator=torch.Generator().manual_seed(0), log=log,
+                                  on_step=lambda cache: lengths.append(cache.length))
     for row in range(2):
         live = log.live(row, 20 + tokens.shape[1])  # (steps, positions)
         assert live.sum(dim=1).tolist() == lengths
