@@ -149,10 +149,13 @@ def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=N
     if base in BASELINES:
         if base == "sepllm":
             separators = [enc.encode_single_token(c) for c in dynts.SepLLM.SEPARATORS]
-            return dynts.SepLLM(budget, window, ratio, separators, prompt_len=p)
-        kind = {"window": dynts.Window, "streaming": dynts.StreamingLLM, "h2o": dynts.H2O, "h2o-last": dynts.H2OLast,
-                "snapkv": dynts.SnapKV, "rkv": dynts.RKV}[base]
-        return kind(budget, window, ratio, prompt_len=p)
+            policy = dynts.SepLLM(budget, window, ratio, separators, prompt_len=p)
+        else:
+            kind = {"window": dynts.Window, "streaming": dynts.StreamingLLM, "h2o": dynts.H2O,
+                    "h2o-last": dynts.H2OLast, "snapkv": dynts.SnapKV, "rkv": dynts.RKV}[base]
+            policy = kind(budget, window, ratio, prompt_len=p)
+        policy.name = name  # "h2o+p" in summaries and pictures, not the class's "h2o"
+        return policy
     if name == "dynts" or name in ABLATIONS:
         kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
                 "dynts-noprompt": dynts.NoProtectedPrompt, "random-all": dynts.RandomAll,
