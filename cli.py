@@ -69,8 +69,9 @@ def check_memory(what: str, nbytes: int, device: str):
 def weight_bytes(config: GPTConfig, element_size: int = 4) -> int:
     """The model's weights, counted from its config (biases and norms left out: they are tiny)."""
     C, H, L, kv = config.n_embd, config.mlp_hidden, config.n_layer, config.n_kv_head * config.head_dim
-    per_layer = C * (C + 2 * kv) + C * C + 2 * C * H
-    return element_size * ((config.vocab_size + config.block_size) * C + L * per_layer)
+    per_layer = C * (C + 2 * kv) + C * C + (3 if config.mlp == "swiglu" else 2) * C * H
+    tables = config.vocab_size * (1 if config.tie_embeddings else 2) + (config.block_size if config.positions == "learned" else 0)
+    return element_size * (tables * C + L * per_layer)
 
 
 def cache_bytes(config: GPTConfig, batch: int, capacity: int, element_size: int) -> int:

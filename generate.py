@@ -113,28 +113,20 @@ def load_predictor(path: str, config: GPTConfig, flag: str = "--predictor"):
 
 
 def open_hf(folder: str):
-    """hf.load_hf in two halves: (config, enc, meta) from the small files now, so that every
-    setting is checked before the weights are read; `load_hf_weights` later. meta: hf.special_ids."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    """hf.load_hf in two halves: (config, enc, meta) from the small files now (hf.open_hf), so
+    that every setting is checked before the weights are read; `load_hf_weights` later."""
+    if not Path(folder).is_dir():
         raise UsageError(f"--hf {folder}: not a folder (a Hugging Face checkpoint: config.json, *.safetensors, "
                          "tokenizer.json)")
-    config = hf_loader.config_from_hf(folder / "config.json")
-    enc = hf_loader.encoding_from_hf(folder / "tokenizer.json")
-    if enc.max_token_value >= config.vocab_size:
-        raise ValueError(f"{folder}: tokenizer.json has id {enc.max_token_value}, "
-                         f"past config.json's vocab_size {config.vocab_size}")
-    return config, enc, hf_loader.special_ids(folder, enc)
+    return hf_loader.open_hf(folder)
 
 
 def load_hf_weights(folder: str, config: GPTConfig, device: str, dtype: torch.dtype, also: int = 0) -> GPT:
     """The other half: the weights, cast to dtype on device, once they and `also` bytes (the
     KV cache) are known to fit."""
-    with torch.device("meta"):  # shapes only: no memory, no random init; load_weights fills it
-        model = GPT(config)
-    nbytes = sum(p.numel() for p in model.parameters()) * dtype.itemsize
+    nbytes = weight_bytes(config, dtype.itemsize)
     check_memory(f"--hf {folder} ({str(dtype).removeprefix('torch.')} weights and the KV cache)", nbytes + also, device)
-    return hf_loader.load_weights(model, Path(folder), device, dtype).eval()
+    return hf_loader.load_model(folder, config, device, dtype)
 
 
 def make_policy(name, budget, window, ratio, predictor=None, prompt_len=0, enc=None, end_think_id=None,

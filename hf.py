@@ -287,10 +287,9 @@ def special_ids(folder: Path, enc: tiktoken.Encoding) -> dict:
     return meta
 
 
-def load_hf(folder, device="cpu", dtype: torch.dtype | None = None):
-    """(model, enc, meta) from a checkpoint folder: config.json, *.safetensors, tokenizer.json
-    and tokenizer_config.json. The weights are cast to `dtype` (None: as stored); meta holds the
-    bos / eos strings and the ids of bos, eos, <｜User｜>, <｜Assistant｜>, <think>, </think>."""
+def open_hf(folder):
+    """(config, enc, meta) from a checkpoint folder's small files: config.json, tokenizer.json and
+    tokenizer_config.json; the weights are not read. meta: special_ids."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
@@ -299,7 +298,19 @@ def load_hf(folder, device="cpu", dtype: torch.dtype | None = None):
     if enc.max_token_value >= config.vocab_size:
         raise ValueError(f"{folder}: tokenizer.json has id {enc.max_token_value}, "
                          f"past config.json's vocab_size {config.vocab_size}")
-    meta = special_ids(folder, enc)
+    return config, enc, special_ids(folder, enc)
+
+
+def load_model(folder, config: GPTConfig, device="cpu", dtype: torch.dtype | None = None) -> GPT:
+    """The model of `config` with the folder's weights, cast to `dtype` (None: as stored)."""
     with torch.device("meta"):  # shapes only: no memory, no random init; load_weights fills it
         model = GPT(config)
-    return load_weights(model, folder, device, dtype).eval(), enc, meta
+    return load_weights(model, Path(folder), device, dtype).eval()
+
+
+def load_hf(folder, device="cpu", dtype: torch.dtype | None = None):
+    """(model, enc, meta) from a checkpoint folder: config.json, *.safetensors, tokenizer.json
+    and tokenizer_config.json. The weights are cast to `dtype` (None: as stored); meta holds the
+    bos / eos strings and the ids of bos, eos, <｜User｜>, <｜Assistant｜>, <think>, </think>."""
+    config, enc, meta = open_hf(folder)
+    return load_model(folder, config, device, dtype), enc, meta

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 import dynts
 import hf
 import task
-from cli import UsageError, check_output_path, check_positive, check_seed, resolve_device, run_cli
-from generate import DEFAULT_CKPT, generate, load_checkpoint
+from cli import UsageError, cache_bytes, check_output_path, check_positive, check_seed, resolve_device, run_cli
+from generate import DEFAULT_CKPT, generate, load_checkpoint, load_hf_weights, open_hf
 from model import GPT, GPTConfig, KVCache, get_encoding
 
 # The task: task.py's mixture of five families, ~2,900 tokens a problem, each prompt naming its
@@ -485,6 +485,23 @@ def sample_trace(model: GPT, enc, meta: dict, question: str, max_new_tokens: int
     return ids, len(prompt), (ends[0] if ends else None)
 
 
+def check_resume(work: str, settings: dict):
+    """A folder of saved traces (train.py --hf) keeps the settings they were sampled with: a
+    resumed run with other settings is refused, before the model is loaded."""
+    os.makedirs(work, exist_ok=True)
+    saved = os.path.join(work, "settings.json")
+    if os.path.exists(saved):
+        with open(saved, encoding="utf-8") as f:
+            before = json.load(f)
+        changed = [k for k in settings if before.get(k) != settings[k]]
+        if changed:
+            raise UsageError(f"{work}: its traces were sampled with other settings ({', '.join(changed)}); "
+                             "delete it or use another --out")
+    else:
+        with open(saved, "w", encoding="utf-8") as f:
+            json.dump(settings, f)
+
+
 def hf_traces(model, enc, meta, problems, work: str, samples: int, max_new_tokens: int, temperature: float,
               device, seed: int):
     """Stage 1 and 2 of the paper on a real model: for each problem, `samples` sampled traces;
@@ -541,8 +558,12 @@ def train_hf(hf_dir, problems=None, out=None, force=False, device=None, dtype="a
     device = resolve_device(device)
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16}[dtype]
-    try:
-        model, enc, meta = hf.load_hf(hf_dir, device=device, dtype=dtype)
+    check_resume(out + ".traces", dict(problems=problems, samples=samples, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, seed=seed))
+    try:  # the small files first; the weights once they and the longest trace's KV cache fit
+        config, enc, meta = open_hf(hf_dir)
+        longest = max(len(hf.chat_prompt(p["question"], enc, meta["bos"])) for p in problems) + max_new_tokens
+        model = load_hf_weights(hf_dir, config, device, dtype, also=cache_bytes(config, 1, longest, dtype.itemsize))
     except ValueError as e:
         raise UsageError(f"--hf {e}") from None
     print(f"{hf_dir}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(problems)} problems, "

@@ -382,6 +382,8 @@ def test_hf_pipeline_labels_correct_traces_trains_resumes_and_writes_a_predictor
     calls.clear()
     train.main(**vars(train.parse_args(argv + ["--force"])))
     assert calls == []
+    with pytest.raises(UsageError, match="sampled with other settings \\(samples\\)"):  # before loading anything
+        train.main(**vars(train.parse_args(argv + ["--force", "--samples", "2"])))
     predictor = dynts.ImportancePredictor(model.config.n_embd)
     predictor.load_state_dict(ckpt["predictor"])
 
