@@ -642,8 +642,8 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     batch_size = batch_size if batch_size is not None else (32 if cuda else 4)
     predictor_traces = predictor_traces if predictor_traces is not None else (500 if cuda else 60)
     # 6000: chosen on validation traces (seed 1, `docs/next/predictor-steps-valid-cpu.txt`): at 1500
-    # the predictor was under-trained (Spearman 0.89, 77% of traces keep all three answers at 30%;
-    # 6000 steps: 0.93 and 83%, the labels themselves 85%).
+    # the predictor was under-trained (Spearman 0.89, 46/60 traces keep all three answers at 30%;
+    # 6000 steps: 0.93 and 50/60, the labels themselves 51/60; of 60 traces, within the intervals).
     predictor_steps = predictor_steps if predictor_steps is not None else (6000 if cuda else 1500)
     eval_traces = eval_traces if eval_traces is not None else (100 if cuda else 20)
     finetune_steps = finetune_steps if finetune_steps is not None else 0  # (the ablation: off)
