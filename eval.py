@@ -88,7 +88,8 @@ def run_policy(name, model, predictor, problems, budget, window, ratio, batch_si
             policy = make_policy(name, budget, window, ratio, predictor, P, enc)
         lengths = []  # (B,) after each forward: the tokens each row held, the ones that step attended to
         tokens, stats = generate(model, prompts, policy, model.config.block_size - max(P), eot_id=enc.eot_token,
-                                 vocab_limit=enc.n_vocab, on_step=lambda cache: lengths.append(cache.live_tokens()))
+                                 vocab_limit=enc.n_vocab, on_step=lambda cache: lengths.append(cache.live_tokens()),
+                                 check_every=32)
         for p, row, held in zip(batch, tokens.tolist(), torch.stack(lengths, dim=1).tolist()):
             n = row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row)  # this row's own tokens
             text = enc.decode(row[:n])

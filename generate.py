@@ -177,7 +177,7 @@ def sample(logits, temperature: float, top_k: int | None, generator=None) -> tor
 def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 0.0, top_k: int | None = None,
              eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
-             on_token=None, on_evict=None, on_step=None, log=None):
+             on_token=None, on_evict=None, on_step=None, log=None, check_every: int = 1):
     """Sample continuations under a cache policy: `num_samples` of one prompt (a list of ids),
     or one of each prompt of a list (of id lists, of any lengths) or a tensor (B, P).
 
@@ -186,6 +186,11 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     `on_evict(before, cache)` let a caller show progress (and tests look at the cache); `log`, a
     view.TraceLog, records what each eviction removed, for the pictures. Logits at ids >=
     vocab_limit (beyond the tokenizer) are never sampled.
+
+    `check_every` > 1 asks whether every row has finished only every that many steps: asking
+    makes the CPU wait for the GPU, so each step's launches no longer overlap the step before
+    (eval.py's batches). Up to check_every - 1 steps then run after the last row finished; the
+    tokens are cut where it did, the stats and callbacks count every forward.
     """
     device = model.wte.weight.device
     config = model.config
@@ -245,7 +250,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
         out.append(token)
         if on_token:
             on_token(int(token[0, 0]))
-        if (eot_id is not None and bool(done.all())) or i == max_new_tokens - 1:
+        if (eot_id is not None and (i + 1) % check_every == 0 and bool(done.all())) or i == max_new_tokens - 1:
             break
         logits = step(token)
     if device.type == "cuda":
@@ -254,6 +259,8 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     if log:
         log.finish(cache)
     tokens = torch.cat(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=device)
+    if check_every > 1 and eot_id is not None and bool(done.all()):  # cut the steps after the last row finished
+        tokens = tokens[:, :int((tokens == eot_id).int().argmax(dim=1).max()) + 1]
     stats.update(new_tokens=tokens.shape[1], seconds=seconds, tokens_per_s=B * tokens.shape[1] / seconds,
                  mean_kv_tokens=stats.pop("kv_token_steps") / max(1, len(out)),
                  peak_kv_live_bytes=cache.live_bytes(stats["peak_kv_tokens"]),

@@ -268,6 +268,14 @@ class CausalSelfAttention(nn.Module):
         if need_attn:  # the slow path: materialize the probabilities for the policy
             y, probs = attention_with_probs(q, k, v, mask)
             received = probs.sum(dim=2).mean(dim=1)  # (B, S): summed over queries, mean over heads
+        elif T == 1 and self.n_head > self.n_kv_head:
+            # A decode step under GQA: the `group` query heads of one key/value head attend to the
+            # same keys with the same mask, so they go in as that head's `group` queries. Nothing
+            # copies the cache once per query head (which enable_gqa may do, outside flash attention).
+            group = self.n_head // self.n_kv_head
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, group, self.head_dim), k, v,
+                                               attn_mask=mask).reshape(B, self.n_head, 1, self.head_dim)
+            received = None
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(T > 1 and mask is None),
                                                enable_gqa=True)
@@ -277,15 +285,17 @@ class CausalSelfAttention(nn.Module):
 
 
 def attention_with_probs(q, k, v, mask=None):
-    """Plain softmax attention that also returns the probabilities (B, H, T, S)."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)  # (B, H, S, D)
-    v = v.repeat_interleave(group, dim=1)  # (B, H, S, D)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    """Plain softmax attention that also returns the probabilities (B, H, T, S). Query head h
+    reads key/value head h // group (GQA): the group's queries are stacked, (B, Hkv, group * T,
+    D), so the keys and values are read as they are, not copied once per query head."""
+    (B, H, T, D), (Hkv, S) = q.shape, k.shape[1:3]
+    group = H // Hkv
+    scores = (q.reshape(B, Hkv, group * T, D) @ k.transpose(-2, -1)).view(B, H, T, S) / math.sqrt(D)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.float().softmax(dim=-1).to(q.dtype)
-    return probs @ v, probs  # (B, H, T, D), (B, H, T, S)
+    probs = scores.float().softmax(dim=-1).to(q.dtype)  # (B, H, T, S)
+    y = probs.view(B, Hkv, group * T, S) @ v  # (B, Hkv, group * T, D)
+    return y.view(B, H, T, D), probs
 
 
 class MLP(nn.Module):

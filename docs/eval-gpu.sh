@@ -8,6 +8,7 @@
 # Pool them afterwards with `python eval.py --merge OUT_DIR/*.json`.
 # usage: bash docs/eval-gpu.sh CKPT_DIR OUT_DIR [DEADLINE_S] [PROCS_PER_GPU] [LEVELS] [SEEDS]
 set -u
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # many processes share the CPU
 export ck=$1 out=$2 deadline=$(( $(date +%s) + ${3:-520} ))
 per_gpu=${4:-3} levels=${5:-"0.3 0.45 0.2 0.6"} seeds=${6:-"0 1 2"}
 export gpus=$(nvidia-smi -L | wc -l)

@@ -102,6 +102,10 @@ def test_rows_stop_at_end_of_text_and_pad_with_it():
         first = row.index(ENC.eot_token)
         assert row[first:] == [ENC.eot_token] * (len(row) - first)
     assert len({row.index(ENC.eot_token) for row in tokens.tolist()}) > 1  # rows end at different steps
+    # Asking whether all rows finished only every 16 steps (eval.py) gives the same tokens.
+    lazy, _ = generate.generate(model, [1, 2, 3], dynts.Full(), 50, num_samples=4, temperature=1.0,
+                                eot_id=ENC.eot_token, generator=torch.Generator().manual_seed(0), check_every=16)
+    assert torch.equal(lazy, tokens)
 
 
 LLAMA_CFG = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, bias=False,
