@@ -430,9 +430,16 @@ def budgets_on_validation(model: GPT, n: int, device) -> dict:
     new = [row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row) for row in rows]
     peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
     budgets = [round(f * peak) for f in BUDGET_FRACTIONS]
-    print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}", flush=True)
+    # Full's accuracy here, per family: a seed's health is judged on validation, never on the test problems.
+    solved = {f: [0, 0] for f in task.FAMILIES}
+    for p, row, k in zip(problems, rows, new):
+        solved[p.family][0] += task.check_answer(p, enc.decode(row[:k]))
+        solved[p.family][1] += 1
+    full_valid = {f: round(k / m, 4) for f, (k, m) in solved.items() if m}
+    print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}; Full solves "
+          + ", ".join(f"{f} {k}/{m}" for f, (k, m) in solved.items() if m), flush=True)
     return dict(budget=budgets[1], window=round(0.4 * budgets[1]), ratio=0.3, budgets=budgets,
-                window_fraction=0.4, full_peak_valid=peak, n_valid=n)
+                window_fraction=0.4, full_peak_valid=peak, n_valid=n, full_valid=full_valid)
 
 
 # -----------------------------------------------------------------------------

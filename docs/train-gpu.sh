@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Train the tiny reasoner on the GPU: one train.py process per seed, one seed per GPU (round
-# robin), all at once; each writes OUT_DIR/seed<S>.pt and OUT_DIR/train-seed<S>.log.
+# robin), all at once; each writes OUT_DIR/seed<S>.pt and OUT_DIR/train-seed<S>.log, and the
+# last line of each log is printed every minute.
 # usage: bash docs/train-gpu.sh OUT_DIR "SEEDS" [STEPS]
+# On the device machine, keep OUT_DIR under an ignored folder (out/): a later call on the same
+# warm machine still finds it there; copy the checkpoints to $OUT one file each (8 files of at
+# most 16 MiB come back).
 set -u
 out=$1 seeds=$2 steps=${3:-3000}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}  # the processes share the CPU (each builds its eviction masks there)
 gpus=$(nvidia-smi -L | wc -l)
 mkdir -p "$out"
 i=0
+pids=()
 for s in $seeds; do
   CUDA_VISIBLE_DEVICES=$(( i % gpus )) python train.py --seed "$s" --steps "$steps" --valid-problems 100 ${BLOCKS:+--blocks $BLOCKS} \
     --out "$out/seed$s.pt" --force > "$out/train-seed$s.log" 2>&1 &
+  pids+=($!)
   i=$(( i + 1 ))
 done
-wait
-tail -n 3 "$out"/train-seed*.log
+(while sleep 60; do tail -qn 1 "$out"/train-seed*.log; done) &
+progress=$!
+wait "${pids[@]}"
+kill $progress
+tail -n 4 "$out"/train-seed*.log

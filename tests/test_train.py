@@ -87,6 +87,7 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     assert d["budgets"] == [round(f * d["full_peak_valid"]) for f in train.BUDGET_FRACTIONS]
     assert d["budget"] == d["budgets"][1] and d["window"] == round(0.4 * d["budget"]) and d["ratio"] == 0.3
     assert d["n_valid"] == 4 and d["full_peak_valid"] <= SMALL.block_size
+    assert d["full_valid"] and set(d["full_valid"]) <= set(task.FAMILIES) and all(0 <= v <= 1 for v in d["full_valid"].values())
     ckpt = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in ckpt["model"].values())
 
