@@ -10,6 +10,9 @@ item, Pass@1 per family, the KV cache's peak and mean length; a paired test (McN
 of DynTS against the best baseline at each budget. `--merge` pools the per-problem records of
 several runs (model seeds, or workers that split the policies), with the mean +- sd over
 model seeds. `--plot` draws Pass@1 against the KV budget, pooled and per family.
+
+`--hf DIR --problems FILE.jsonl` runs the same comparison on a real model from disk (hf.py) and
+your questions, graded by the final answer; DynTS with the predictor `train.py --hf` wrote.
 """
 
 import argparse
@@ -18,15 +21,20 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 import dynts
+import hf
 import task
 import train
 from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
                  run_cli)
-from generate import ABLATIONS, BASELINES, DEFAULT_CKPT, POLICIES, generate, load_checkpoint, make_policy
+from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, NEEDS_PREDICTOR, POLICIES, generate, load_checkpoint,
+                      load_hf_weights, load_predictor, make_policy)
+from generate import open_hf as generate_open_hf
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
@@ -70,32 +78,62 @@ class AnswerOracle(dynts.DynTS):
         return torch.where(recorded.isinf(), recorded, attention)  # protected and padding slots as DynTS has them
 
 
+@dataclass
+class Case:
+    """One problem as run_policy decodes it: the prompt's ids, its family, and how to grade what
+    the model wrote after the prompt: text -> (correct, the share of answer items right)."""
+    prompt: list[int]
+    family: str
+    grade: Callable[[str], tuple[bool, float]]
+    answer: list[int] | None = None  # `</think>` and the correct answer's ids: the oracle's labels
+
+
+def task_cases(problems: list[task.Problem], enc) -> list[Case]:
+    """The tiny reasoner's problems: graded by task.py (exact answer, and per item)."""
+    grade = lambda p: lambda text: (task.check_answer(p, text), task.item_accuracy(p, text))
+    return [Case(enc.encode(p.prompt, allowed_special="all"), p.family, grade(p),
+                 enc.encode(END_THINK + p.answer, allowed_special="all")) for p in problems]
+
+
+def hf_cases(problems: list[dict], enc, meta: dict) -> list[Case]:
+    """A real model's problems (train.read_problems): each question in its chat format, graded by
+    the final answer after `</think>` (train.final_answer: the last \\boxed{}) against the answer."""
+    def grade(answer):
+        def check(text):
+            after = text.split(END_THINK, 1)[1] if END_THINK in text else None  # no answer without </think>
+            ok = after is not None and train.final_answer(after.replace(meta["eos"], "")) == answer.strip()
+            return ok, float(ok)
+        return check
+    return [Case(hf.chat_prompt(p["question"], enc, meta["bos"]), "all", grade(p["answer"])) for p in problems]
+
+
 @torch.no_grad()
-def run_policy(name, model, predictor, problems, budget, window, ratio, batch_size, enc) -> list[dict]:
-    """Decode `problems` under one policy: one record per problem (correct, item accuracy, the
+def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio, batch_size, enc, max_new_tokens=None,
+               eot_id=None, end_think_id=None) -> list[dict]:
+    """Decode `cases` under one policy: one record per problem (correct, item accuracy, the
     cache's peak and mean length over the forwards). Prompts of different lengths share a
-    batch, left-padded (generate.generate)."""
+    batch, left-padded (generate.generate). End-of-text and `</think>`: the byte encoding's
+    unless given (a real model's)."""
+    eot_id = enc.eot_token if eot_id is None else eot_id
+    end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
     records = []
-    for i in range(0, len(problems), batch_size):
-        batch = problems[i:i + batch_size]
-        prompts = [enc.encode(p.prompt, allowed_special="all") for p in batch]
-        P = [len(p) for p in prompts]
+    for i in range(0, len(cases), batch_size):
+        batch = cases[i:i + batch_size]
+        P = [len(c.prompt) for c in batch]
         if name == "oracle":
-            answers = [enc.encode(END_THINK + p.answer, allowed_special="all") for p in batch]
-            policy = AnswerOracle(budget, window, ratio, model, answers, P, enc.encode_single_token(END_THINK),
-                                  enc.eot_token)
+            policy = AnswerOracle(budget, window, ratio, model, [c.answer for c in batch], P, end_think_id, eot_id)
         else:
-            policy = make_policy(name, budget, window, ratio, predictor, P, enc)
+            policy = make_policy(name, budget, window, ratio, predictor, P, enc, end_think_id, eot_id)
         lengths = []  # (B,) after each forward: the tokens each row held, the ones that step attended to
-        tokens, stats = generate(model, prompts, policy, model.config.block_size - max(P), eot_id=enc.eot_token,
+        steps = model.config.block_size - max(P) if max_new_tokens is None else max_new_tokens
+        tokens, stats = generate(model, [c.prompt for c in batch], policy, steps, eot_id=eot_id,
                                  vocab_limit=enc.n_vocab, on_step=lambda cache: lengths.append(cache.live_tokens()),
                                  check_every=32)
-        for p, row, held in zip(batch, tokens.tolist(), torch.stack(lengths, dim=1).tolist()):
-            n = row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row)  # this row's own tokens
-            text = enc.decode(row[:n])
-            records.append(dict(policy=name, budget=budget, family=p.family, correct=task.check_answer(p, text),
-                                items=task.item_accuracy(p, text), peak_kv=max(held[:n]),
-                                mean_kv=sum(held[:n]) / n, seconds=stats["seconds"] / len(batch)))
+        for c, row, held in zip(batch, tokens.tolist(), torch.stack(lengths, dim=1).tolist()):
+            n = row.index(eot_id) + 1 if eot_id in row else len(row)  # this row's own tokens
+            correct, items = c.grade(enc.decode(row[:n]))
+            records.append(dict(policy=name, budget=budget, family=c.family, correct=correct, items=items,
+                                peak_kv=max(held[:n]), mean_kv=sum(held[:n]) / n, seconds=stats["seconds"] / len(batch)))
     return records
 
 
@@ -198,8 +236,10 @@ def plot(rows: list[dict], path: str):
     main = ["full", "oracle", "dynts", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
             "sepllm+p", "sepllm", "streaming", "window"]
     names = [n for n in main if any(r["policy"] == n for r in rows)]
-    panels = ["pooled"] + list(task.FAMILIES)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharey=True)
+    panels = ["pooled"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
+    cols = min(3, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5 * cols, 4.25 * -(-len(panels) // cols)),
+                             sharey=True, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         for i, name in enumerate(names):
             rs = sorted((r for r in rows if r["policy"] == name), key=lambda r: r["peak_kv"])
@@ -224,8 +264,10 @@ def plot(rows: list[dict], path: str):
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
         ax.set_xlabel("mean peak KV cache (tokens per problem)")
-    axes[0, 0].set_ylabel("Pass@1 (%)")
-    axes[1, 0].set_ylabel("Pass@1 (%)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Pass@1 (%)")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -247,12 +289,29 @@ def report(records: list[dict]) -> dict:
 # Command line
 
 
-def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=None, ratio=None, budgets=None,
-         fractions=None, split="eval", batch_size=None, device=None, dtype="float32", ranking_traces=None, json_path=None, plot_path=None,
-         merge=None):
+def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, ratio=None, budgets=None,
+         fractions=None, split=None, batch_size=None, device=None, dtype=None, ranking_traces=None, json_path=None,
+         plot_path=None, merge=None, hf_dir=None, problems_path=None, predictor_path=None, max_new_tokens=None):
     check_output_path("--json", json_path)
     check_output_path("--plot", plot_path)
     check_matplotlib("--plot", plot_path)
+    tiny_only = dict(ckpt="--ckpt", n="--n", seed="--seed", split="--split", fractions="--fractions",
+                     ranking_traces="--ranking-traces")
+    values = dict(ckpt=ckpt, n=n, seed=seed, split=split, fractions=fractions, ranking_traces=ranking_traces)
+    given = [flag for name, flag in tiny_only.items() if values[name] is not None]
+    if hf_dir is not None and not merge:
+        if given:
+            raise UsageError(f"{given[0]} is for the tiny reasoner's checkpoint; with --hf it would be ignored")
+        return main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, ratio, budgets, max_new_tokens,
+                       batch_size, device, dtype, json_path, plot_path)
+    for flag, value in [("--problems", problems_path), ("--predictor", predictor_path),
+                        ("--max-new-tokens", max_new_tokens)]:
+        if value is not None:
+            raise UsageError(f"{flag} is for --hf DIR (a real model); the tiny reasoner does not use it")
+    ckpt = DEFAULT_CKPT if ckpt is None else ckpt
+    seed = 0 if seed is None else seed
+    split = "eval" if split is None else split
+    dtype = "float32" if dtype is None else dtype
     if merge:  # pool earlier runs' records: no decoding
         records, ranking = [], []
         for path in merge:
@@ -317,7 +376,8 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
                  cache_bytes(model.config, min(batch_size, n * len(task.FAMILIES)), capacity,
                              getattr(torch, dtype).itemsize), device)
     problems = [p for f in task.FAMILIES for p in task.problems(split, n, seed=seed, family=f, **meta["task"])]
-    prompt_len = max(len(enc.encode(p.prompt, allowed_special="all")) for p in problems)  # the longest
+    cases = task_cases(problems, enc)
+    prompt_len = max(len(c.prompt) for c in cases)  # the longest
     for b, _ in levels:
         if b <= prompt_len:
             raise UsageError(f"--budget {b} must exceed the prompt's {prompt_len} tokens")
@@ -332,7 +392,7 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
 
     records = []
     for name, b, f in runs:
-        rs = run_policy(name, model, predictor, problems, b, window_of(b) if b else 0, ratio, batch_size, enc)
+        rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc)
         for i, r in enumerate(rs):
             r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
         records += rs
@@ -343,6 +403,82 @@ def main(ckpt=DEFAULT_CKPT, n=None, seed=0, policies=None, budget=None, window=N
               f"labels; first result statements in its top 10%: {ranking['decisive_recall_top10']:.1%}")
     result = dict(records=records, ranking=ranking, n=n, seed=seed, split=split, device=device, dtype=dtype, ckpt=ckpt,
                   **report(records))
+    return finish(result, json_path, plot_path)
+
+
+def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, ratio, budgets, max_new_tokens, batch_size,
+            device, dtype, json_path, plot_path):
+    """The comparison on a real model (a local Hugging Face folder, hf.py) and your problems: every
+    policy decodes every question greedily, in the model's chat format, at each budget; a
+    problem is solved when the final answer (the last \\boxed{} after `</think>`) is its answer.
+    DynTS and the ablations that rank by it need the predictor `train.py --hf` wrote, whose
+    budget, window and ratio are the defaults."""
+    if problems_path is None:
+        raise UsageError(f"--hf {hf_dir} needs --problems FILE.jsonl (one {{\"question\": ..., \"answer\": ...}} a line)")
+    names = POLICY_SETS.get(policies or "default") or policies.split(",")
+    for name in names:
+        if name not in POLICIES:
+            raise UsageError(f"--policies: unknown policy {name!r} for --hf; choose from {', '.join(POLICIES)} "
+                             "(the oracle needs the model's own correct answer: not with --hf)")
+    if predictor_path is None and any(name in NEEDS_PREDICTOR for name in names):
+        raise UsageError(f"--policies {','.join(names)} with --hf needs --predictor FILE for DynTS: train one with "
+                         f"`python train.py --hf {hf_dir} --problems FILE.jsonl`")
+    cases_in = train.read_problems(problems_path)
+    config, enc, meta = generate_open_hf(hf_dir)
+    predictor, defaults = load_predictor(predictor_path, config) if predictor_path else (None, {})
+    d = defaults.get("decoding", {})
+    budget = d.get("budget") if budget is None else budget
+    window = d.get("window") if window is None else window
+    ratio = d.get("ratio", 0.3) if ratio is None else ratio
+    if budgets:
+        try:
+            levels = [int(b) for b in budgets.split(",")]
+        except ValueError:
+            raise UsageError(f"--budgets {budgets!r}: give comma-separated integers, e.g. 2048,4096") from None
+    else:
+        levels = [budget]
+    if any(name != "full" for name in names) and (None in levels or window is None):
+        raise UsageError("--hf: a policy that evicts needs --budget (or --budgets) and --window, or a --predictor "
+                         "file that gives them")
+    if not 0 < ratio <= 1:
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
+    cases = hf_cases(cases_in, enc, meta)
+    longest = max(len(c.prompt) for c in cases)
+    max_new_tokens = min(8192, config.block_size - longest) if max_new_tokens is None else max_new_tokens
+    batch_size = 8 if batch_size is None else batch_size
+    for flag, value, low in [("--max-new-tokens", max_new_tokens, 1), ("--batch-size", batch_size, 1),
+                             ("--window", window, 0)]:
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    if longest + max_new_tokens > config.block_size:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} plus the longest prompt's {longest} tokens exceeds the "
+                         f"model's block_size {config.block_size}")
+    for b in levels:
+        if b is not None and b <= longest:
+            raise UsageError(f"--budget {b} must exceed the longest prompt's {longest} tokens")
+    for name in names:  # bad settings fail now, not after the weights are read
+        for b in ([None] if name == "full" else levels):
+            make_policy(name, b, window, ratio, predictor, longest, enc, meta["end_think_id"], meta["eos_id"])
+    device = resolve_device(device)
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    capacity = longest + max_new_tokens if "full" in names else max(levels)
+    nbytes = cache_bytes(config, min(batch_size, len(cases)), capacity, getattr(torch, dtype).itemsize)
+    model = load_hf_weights(hf_dir, config, device, getattr(torch, dtype), also=nbytes).eval()
+    if predictor is not None:
+        predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
+    print(f"{len(cases)} problems from {problems_path}, {hf_dir}, budgets {levels}, window {window}, ratio {ratio}, "
+          f"up to {max_new_tokens} new tokens, on {device} ({dtype})", flush=True)
+    records = []
+    for name in names:
+        for b in ([None] if name == "full" else levels):
+            rs = run_policy(name, model, predictor, cases, b, window if b else 0, ratio, batch_size, enc,
+                            max_new_tokens, meta["eos_id"], meta["end_think_id"])
+            for i, r in enumerate(rs):
+                r.update(problem=i, fraction=None, model_seed=0, window=window if b else None)
+            records += rs
+            print(table(summarize(rs)).splitlines()[1], flush=True)
+    result = dict(records=records, ranking=None, n=len(cases), split=problems_path, device=device, dtype=dtype,
+                  ckpt=hf_dir, predictor=predictor_path, **report(records))
     return finish(result, json_path, plot_path)
 
 
@@ -357,10 +493,10 @@ def finish(result, json_path, plot_path):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint from train.py")
+    p.add_argument("--ckpt", help=f"checkpoint from train.py (default: {DEFAULT_CKPT})")
     p.add_argument("--n", type=int, help="held-out problems per family (default: 100 on cuda, 1 on cpu)")
-    p.add_argument("--seed", type=int, default=0, help="which held-out problems")
-    p.add_argument("--split", choices=["eval", "valid"], default="eval", help="the test problems, or the "
+    p.add_argument("--seed", type=int, help="which held-out problems (default: 0)")
+    p.add_argument("--split", choices=["eval", "valid"], help="the test problems (default), or the "
                    "validation ones (for choosing settings without looking at the test problems)")
     p.add_argument("--policies", help="comma-separated policies, or a set: 'all' (default on cuda) or 'default' "
                    "(full,dynts; default on cpu)")
@@ -372,7 +508,8 @@ def parse_args(argv=None):
     p.add_argument("--ratio", type=float, help="fraction of older tokens kept (default: the checkpoint's, 0.3)")
     p.add_argument("--batch-size", type=int, help="problems decoded together (default: 500 on cuda, 10 on cpu)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and KV cache")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="weights and KV cache (default: float32; "
+                   "with --hf, bfloat16 on cuda)")
     p.add_argument("--ranking-traces", type=int, help="held-out traces for the predictor's Spearman; 0 skips it "
                    "(default: 100 / 4)")
     p.add_argument("--json", dest="json_path", help="write the per-problem records and the summary as JSON here "
@@ -380,6 +517,14 @@ def parse_args(argv=None):
     p.add_argument("--plot", dest="plot_path", help="PNG of Pass@1 against the KV budget (needs matplotlib)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="pool the records of earlier --json runs instead of "
                    "decoding (seeds, or workers that split the policies)")
+    g = p.add_argument_group("a real model: the comparison on a local Hugging Face checkpoint (Llama 3, Qwen2)")
+    g.add_argument("--hf", dest="hf_dir", metavar="DIR", help="the checkpoint folder (config.json, *.safetensors, "
+                   "tokenizer.json); nothing is downloaded")
+    g.add_argument("--problems", dest="problems_path", metavar="FILE", help="a .jsonl file, one {\"question\": ..., "
+                   "\"answer\": ...} a line; solved when the last \\boxed{} after </think> is the answer")
+    g.add_argument("--predictor", dest="predictor_path", metavar="FILE", help="DynTS's predictor for this model "
+                   "(train.py --hf writes one; its budget, window and ratio are the defaults)")
+    g.add_argument("--max-new-tokens", type=int, help="the longest answer (default: 8192)")
     return p.parse_args(argv)
 
 

@@ -310,3 +310,26 @@ def test_only_attention_based_policies_make_the_model_compute_attention(name, mo
     policy = generate.make_policy(name, 48, 8, 0.3, dynts.ImportancePredictor(CFG.n_embd), 12, ENC)
     assert bool(calls) == policy.needs_attention == (name.removesuffix("+p") in ("h2o", "h2o-last", "snapkv", "rkv"))
     assert stats["peak_kv_tokens"] <= (48 if name != "full" else 72)
+
+
+def test_eval_hf_grades_final_answers_and_batches_ragged_prompts(tmp_path):
+    """eval.py --hf: questions of different lengths in one left-padded batch give the records each
+    gets alone (every policy, DynTS evicting); the cache stays within the budget; a final answer
+    is the last \\boxed{} after </think>."""
+    import eval as evaluate
+    folder = os.path.join(FIXTURES, "hf-llama")
+    _, enc, meta = hf.load_hf(folder)
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("\n".join(json.dumps(dict(question=q, answer="42")) for q in
+                                  ["What is 12 + 30?", "Six times seven, written as digits, is what number exactly?"]))
+    path = predictor_file(tmp_path / "predictor.pt", "hf-llama", dict(budget=80, window=8, ratio=0.3))
+    runs = {b: evaluate.main(hf_dir=folder, problems_path=str(problems), predictor_path=path, batch_size=b,
+                             policies="full,dynts,h2o+p", max_new_tokens=60, device="cpu") for b in (1, 2)}
+    key = lambda r: (r["policy"], r["problem"], r["correct"], r["peak_kv"], round(r["mean_kv"], 6))
+    assert sorted(map(key, runs[1]["records"])) == sorted(map(key, runs[2]["records"]))
+    assert len(runs[2]["records"]) == 6 and all(r["peak_kv"] <= 80 for r in runs[2]["records"] if r["policy"] != "full")
+    assert max(r["peak_kv"] for r in runs[2]["records"] if r["policy"] == "full") > 80  # so DynTS did evict
+    grade = evaluate.hf_cases([dict(question="q", answer=" 42 ")], enc, meta)[0].grade
+    assert grade("so \\boxed{41}, no: \\boxed{42}</think>The answer is \\boxed{42}.") == (True, 1.0)
+    assert grade("\\boxed{42} but no end of thinking") == (False, 0.0)
+    assert grade("</think>\\boxed{4{2}}") == (False, 0.0)

@@ -18,6 +18,8 @@ import train
 from cli import UsageError
 from model import GPT, GPTConfig, KVCache, attention_with_probs, get_encoding
 
+HF_LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf-llama")
+
 SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
 SMALL_TASK = dict(n_items=(2, 2), hops=2, n_distractors=2, n_filler=(0, 3), n_review=2)
 
@@ -150,7 +152,13 @@ def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
     (["--n", "0"], "--n"), (["--policies", "full,bogus"], "--policies"), (["--batch-size", "0"], "--batch-size"),
     (["--budget", "0"], "--budget"), (["--ratio", "0"], "--ratio"), (["--budgets", "600,x"], "--budgets"),
     (["--budgets", ""], "--budgets is empty"), (["--n", "100000000"], "--n"), (["--seed", str(2**70)], "--seed"),
-    (["--ranking-traces", "-1"], "--ranking-traces"), (["--json", "/no/such/folder/x.json"], "--json")])
+    (["--ranking-traces", "-1"], "--ranking-traces"), (["--json", "/no/such/folder/x.json"], "--json"),
+    # a real model (--hf): what it needs, and the flags of the other pipeline
+    (["--hf", HF_LLAMA], "needs --problems"), (["--problems", "p.jsonl"], "--problems is for --hf"),
+    (["--predictor", "p.pt"], "--predictor is for --hf"), (["--hf", HF_LLAMA, "--n", "3"], "--n is for the tiny"),
+    (["--hf", HF_LLAMA, "--problems", "p.jsonl", "--policies", "oracle"], "oracle needs the model's own"),
+    (["--hf", HF_LLAMA, "--problems", "p.jsonl", "--policies", "dynts"], "needs --predictor FILE"),
+    (["--hf", HF_LLAMA, "--problems", "/no/such.jsonl", "--policies", "full"], "/no/such.jsonl: no such file")])
 def test_eval_bad_flags(argv, message):
     with pytest.raises(SystemExit) as e:
         evaluate.cli(argv + ["--device", "cpu"])
