@@ -116,6 +116,7 @@ class Policy:
 
     name = "?"
     needs_attention = False  # ask the model for the attention each slot receives (slow path)
+    graph_safe = True  # may `score` be replayed as a CUDA graph (fastpath.GraphedObserve): no generator of its own
 
     def __init__(self, budget: int, window: int, ratio: float = 0.3, prompt_len: int | list[int] = 0):
         longest = prompt_len if isinstance(prompt_len, int) else max(prompt_len)  # a list: one per row
@@ -291,6 +292,7 @@ class RandomThinking(DynTS):
     """Ablation: random thinking tokens instead of the predicted ones."""
 
     name = "dynts-random"
+    graph_safe = False  # its generator's state would not advance in a replayed graph
 
     def reset(self, batch_size, capacity, device=None):
         super().reset(batch_size, capacity, device)

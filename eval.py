@@ -20,6 +20,7 @@ import gzip
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
@@ -32,7 +33,7 @@ import task
 import train
 from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
                  run_cli)
-from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, NEEDS_PREDICTOR, POLICIES, generate, load_checkpoint,
+from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, NEEDS_ATTENTION, NEEDS_PREDICTOR, POLICIES, generate, load_checkpoint,
                       load_hf_weights, load_predictor, make_policy)
 from generate import open_hf as generate_open_hf
 from model import END_THINK, KVCache, get_encoding
@@ -109,11 +110,12 @@ def hf_cases(problems: list[dict], enc, meta: dict) -> list[Case]:
 
 @torch.no_grad()
 def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio, batch_size, enc, max_new_tokens=None,
-               eot_id=None, end_think_id=None) -> list[dict]:
+               eot_id=None, end_think_id=None, cuda_graphs=False) -> list[dict]:
     """Decode `cases` under one policy: one record per problem (correct, item accuracy, the
     cache's peak and mean length over the forwards). Prompts of different lengths share a
     batch, left-padded (generate.generate). End-of-text and `</think>`: the byte encoding's
-    unless given (a real model's)."""
+    unless given (a real model's). `cuda_graphs`: the fast path (fastpath.py) for the policies
+    that need no attention weights, where the prompts have one length."""
     eot_id = enc.eot_token if eot_id is None else eot_id
     end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
     records = []
@@ -128,7 +130,8 @@ def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio,
         steps = model.config.block_size - max(P) if max_new_tokens is None else max_new_tokens
         tokens, stats = generate(model, [c.prompt for c in batch], policy, steps, eot_id=eot_id,
                                  vocab_limit=enc.n_vocab, on_step=lambda cache: lengths.append(cache.live_tokens()),
-                                 check_every=32)
+                                 check_every=32, cuda_graphs=cuda_graphs and not policy.needs_attention
+                                 and len(set(P)) == 1)
         for c, row, held in zip(batch, tokens.tolist(), torch.stack(lengths, dim=1).tolist()):
             n = row.index(eot_id) + 1 if eot_id in row else len(row)  # this row's own tokens
             correct, items = c.grade(enc.decode(row[:n]))
@@ -291,7 +294,8 @@ def report(records: list[dict]) -> dict:
 
 def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, ratio=None, budgets=None,
          fractions=None, split=None, batch_size=None, device=None, dtype=None, ranking_traces=None, json_path=None,
-         plot_path=None, merge=None, hf_dir=None, problems_path=None, predictor_path=None, max_new_tokens=None):
+         plot_path=None, merge=None, hf_dir=None, problems_path=None, predictor_path=None, max_new_tokens=None,
+         cuda_graphs=False):
     check_output_path("--json", json_path)
     check_output_path("--plot", plot_path)
     check_matplotlib("--plot", plot_path)
@@ -303,7 +307,7 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
         if given:
             raise UsageError(f"{given[0]} is for the tiny reasoner's checkpoint; with --hf it would be ignored")
         return main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, ratio, budgets, max_new_tokens,
-                       batch_size, device, dtype, json_path, plot_path)
+                       batch_size, device, dtype, json_path, plot_path, cuda_graphs)
     for flag, value in [("--problems", problems_path), ("--predictor", predictor_path),
                         ("--max-new-tokens", max_new_tokens)]:
         if value is not None:
@@ -345,6 +349,7 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
         if name not in POLICIES + REFERENCES:
             raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES + ['oracle'])}, "
                              f"or a set: {', '.join(POLICY_SETS)}")
+    check_graphs(cuda_graphs, device, names)
     model, predictor, meta = load_checkpoint(ckpt)
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
     predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
@@ -392,7 +397,8 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
 
     records = []
     for name, b, f in runs:
-        rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc)
+        rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc,
+                        cuda_graphs=cuda_graphs)
         for i, r in enumerate(rs):
             r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
         records += rs
@@ -407,7 +413,7 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
 
 
 def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, ratio, budgets, max_new_tokens, batch_size,
-            device, dtype, json_path, plot_path):
+            device, dtype, json_path, plot_path, cuda_graphs=False):
     """The comparison on a real model (a local Hugging Face folder, hf.py) and your problems: every
     policy decodes every question greedily, in the model's chat format, at each budget; a
     problem is solved when the final answer (the last \\boxed{} after `</think>`) is its answer.
@@ -460,6 +466,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
         for b in ([None] if name == "full" else levels):
             make_policy(name, b, window, ratio, predictor, longest, enc, meta["end_think_id"], meta["eos_id"])
     device = resolve_device(device)
+    check_graphs(cuda_graphs, device, names)
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     capacity = longest + max_new_tokens if "full" in names else max(levels)
     nbytes = cache_bytes(config, min(batch_size, len(cases)), capacity, getattr(torch, dtype).itemsize)
@@ -472,7 +479,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     for name in names:
         for b in ([None] if name == "full" else levels):
             rs = run_policy(name, model, predictor, cases, b, window if b else 0, ratio, batch_size, enc,
-                            max_new_tokens, meta["eos_id"], meta["end_think_id"])
+                            max_new_tokens, meta["eos_id"], meta["end_think_id"], cuda_graphs)
             for i, r in enumerate(rs):
                 r.update(problem=i, fraction=None, model_seed=0, window=window if b else None)
             records += rs
@@ -480,6 +487,19 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     result = dict(records=records, ranking=None, n=len(cases), split=problems_path, device=device, dtype=dtype,
                   ckpt=hf_dir, predictor=predictor_path, **report(records))
     return finish(result, json_path, plot_path)
+
+
+def check_graphs(cuda_graphs: bool, device: str, names: list[str]):
+    """--cuda-graphs needs CUDA; the policies that score by attention weights run without graphs, and
+    the user is told which."""
+    if not cuda_graphs:
+        return
+    if not device.startswith("cuda"):
+        raise UsageError(f"--cuda-graphs needs a CUDA device, not {device}")
+    plain = [name for name in names if name in NEEDS_ATTENTION]
+    if plain:
+        print(f"eval.py: note: --cuda-graphs: {', '.join(plain)} score by attention weights and run without graphs",
+              file=sys.stderr)
 
 
 def finish(result, json_path, plot_path):
@@ -517,6 +537,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", dest="plot_path", help="PNG of Pass@1 against the KV budget (needs matplotlib)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="pool the records of earlier --json runs instead of "
                    "decoding (seeds, or workers that split the policies)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph "
+                   "(fastpath.py); the policies that score by attention weights run without")
     g = p.add_argument_group("a real model: the comparison on a local Hugging Face checkpoint (Llama 3, Qwen2)")
     g.add_argument("--hf", dest="hf_dir", metavar="DIR", help="the checkpoint folder (config.json, *.safetensors, "
                    "tokenizer.json); nothing is downloaded")

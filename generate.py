@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import dynts
+import fastpath
 import hf as hf_loader
 import task
 import view
@@ -28,6 +29,7 @@ DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt", 
 BASELINES = ["window", "streaming", "sepllm", "h2o", "h2o-last", "snapkv", "rkv"]  # "+p": the prompt protected too
 ABLATIONS = ["dynts-random", "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 POLICIES = ["full", "dynts"] + BASELINES + [b + "+p" for b in BASELINES] + ABLATIONS
+NEEDS_ATTENTION = [b + p for b in ("h2o", "h2o-last", "snapkv", "rkv") for p in ("", "+p")]  # (no --cuda-graphs)
 NEEDS_PREDICTOR = ["dynts", "dynts-bottom", "dynts-noprompt", "bottom-all", "noquestion"]  # (the random ones do not)
 
 
@@ -177,7 +179,7 @@ def sample(logits, temperature: float, top_k: int | None, generator=None) -> tor
 def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 0.0, top_k: int | None = None,
              eot_id: int | None = None, vocab_limit: int | None = None, generator=None,
-             on_token=None, on_evict=None, on_step=None, log=None, check_every: int = 1):
+             on_token=None, on_evict=None, on_step=None, log=None, check_every: int = 1, cuda_graphs: bool = False):
     """Sample continuations under a cache policy: `num_samples` of one prompt (a list of ids),
     or one of each prompt of a list (of id lists, of any lengths) or a tensor (B, P).
 
@@ -191,6 +193,11 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     makes the CPU wait for the GPU, so each step's launches no longer overlap the step before
     (eval.py's batches). Up to check_every - 1 steps then run after the last row finished; the
     tokens are cut where it did, the stats and callbacks count every forward.
+
+    `cuda_graphs`: decode steps replay one CUDA graph each (fastpath.py, the speed layer; on the
+    CPU the same step runs eagerly, for tests), and so does the policy's scoring where it can;
+    the cache compacts in place. Not for policies that score by attention weights, nor for
+    prompts of different lengths (ValueError, before any work).
     """
     device = model.wte.weight.device
     config = model.config
@@ -206,16 +213,21 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
     prompt = torch.tensor([[0] * n + row for n, row in zip(pad, rows)], device=device)  # (B, P); id 0 never read
     B = len(rows)
     capacity = policy.budget if policy.budget is not None else P + max_new_tokens
+    need_attn = policy.needs_attention
+    if cuda_graphs and need_attn:
+        raise ValueError(f"--cuda-graphs: policy {policy.name} scores by attention weights; run it without graphs")
+    if cuda_graphs and any(pad):
+        raise ValueError("--cuda-graphs: prompts of different lengths (a left-padded batch) run without graphs")
     cache = KVCache(config, B, capacity, device=device, dtype=model.wte.weight.dtype, pad=pad)
     policy.reset(B, capacity, device)
-    need_attn = policy.needs_attention
+    forward, observe, keep = model, policy.observe, KVCache.keep  # the plain path; --cuda-graphs swaps them
     stats = dict(policy=policy.name, batch=B, prompt_tokens=P, evictions=0, peak_kv_tokens=0, kv_token_steps=0,
                  kv_allocated_bytes=cache.allocated_bytes())
 
     def step(tokens):  # one forward, then the policy's bookkeeping and, when due, an eviction
-        logits, hidden, attn = model(tokens, cache, need_attn=need_attn)
+        logits, hidden, attn = forward(tokens, cache, need_attn=need_attn)
         positions = cache.pos[:, cache.length - tokens.shape[1]:cache.length]  # (B, T): each row's own
-        policy.observe(tokens, hidden, positions, attn)
+        observe(tokens, hidden, positions, attn)
         stats["peak_kv_tokens"] = max(stats["peak_kv_tokens"], cache.length)
         stats["kv_token_steps"] += cache.length  # for the mean cache length over the forwards
         if on_step:
@@ -227,7 +239,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
             idx = policy.select(cache)  # (B, n_keep); -1: a slot left empty (ragged batches, see dynts.py)
             if log:
                 log.on_select(cache, idx)
-            cache.keep(idx)
+            keep(cache, idx)
             policy.keep(idx)
             stats["evictions"] += 1
             if on_evict:
@@ -240,6 +252,12 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     logits = step(prompt)  # prefill
+    if cuda_graphs:  # the fast path, from the first decode step: captured once the cache holds the prompt
+        capture = device.type == "cuda"
+        forward = fastpath.GraphedDecode(model, cache, capture=capture)
+        if type(policy).observe is dynts.Policy.observe and policy.graph_safe:
+            observe = fastpath.GraphedObserve(policy, forward, capture=capture)
+        keep = fastpath.keep_in_place
     done = torch.zeros(B, 1, dtype=torch.bool, device=device)
     out = []
     for i in range(max_new_tokens):
@@ -275,7 +293,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
-         plot_path=None, out=sys.stdout):
+         plot_path=None, cuda_graphs=False, out=sys.stdout):
     """Run one generation and print sample 0 as it is written, then a summary (and, on a
     terminal, the trace again with the evicted tokens dimmed). Returns stats. The model: `ckpt`
     (train.py's; default ckpt/tiny-reasoner.pt), random weights of `preset`, or `hf`, a Hugging
@@ -298,10 +316,14 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         check_hf_settings(hf, ckpt, init, prompt, policy, predictor_path, budget, window)
     elif predictor_path is not None:
         raise UsageError("--predictor is for --hf models (a --ckpt checkpoint holds its own predictor)")
+    if cuda_graphs and policy in NEEDS_ATTENTION:
+        raise UsageError(f"--cuda-graphs: --policy {policy} scores by attention weights; run it without graphs")
     if policy == "full" and any(v is not None for v in (budget, window, ratio)):
         print("generate.py: note: --policy full never evicts; --budget, --window and --ratio are ignored",
               file=sys.stderr)
     device = resolve_device(device)
+    if cuda_graphs and not device.startswith("cuda"):
+        raise UsageError(f"--cuda-graphs needs a CUDA device, not {device}")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     torch.manual_seed(seed)
@@ -361,7 +383,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     log = view.TraceLog(pol) if html_path or plot_path or out.isatty() else None  # only for the pictures
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
                              eot_id=eos_id, vocab_limit=enc.n_vocab, generator=gen,
-                             on_token=on_token, on_evict=on_evict, log=log)
+                             on_token=on_token, on_evict=on_evict, log=log, cuda_graphs=cuda_graphs)
     stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=dtype)
     out.write("\n\n")
     if the_problem is not None:
@@ -456,6 +478,8 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
     p.add_argument("--seed", type=int, default=1337, help="random seed (model init and sampling)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph "
+                   "(fastpath.py; not for policies that score by attention weights)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--ckpt", help="checkpoint from train.py (default: ckpt/tiny-reasoner.pt)")

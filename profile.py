@@ -34,8 +34,8 @@ in a long trace: DynTS protects the prompt and scores every generated token with
 predictor. Tokens are greedy (argmax), so every run decodes the same trajectory.
 
 `--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph, with a split-KV
-attention kernel that reads the live length from the device: see the marked section at the
-bottom. The plain path is GPT.forward, as in generate.py.
+attention kernel that reads the live length from the device: fastpath.py, the speed layer, for
+both block families. The plain path is GPT.forward, as in generate.py.
 
 This file is named as the issue asks, and shadows the standard library's `profile` module:
 see the shim just below.
@@ -63,16 +63,17 @@ import copy
 import dataclasses
 import datetime
 import json
-import math
 import time
 
 import torch
 
 import dynts
+import view
 from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, resolve_device, run_cli,
                  weight_bytes)
-from generate import POLICIES, make_policy
-from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding
+from fastpath import GraphedDecode, GraphedObserve, keep_in_place
+from generate import NEEDS_ATTENTION, POLICIES, make_policy
+from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -236,6 +237,11 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
     if device.type == "cuda":  # the prefill's activations are gone: from here on, decoding's peak
         rec["prefill_peak_alloc_bytes"] = torch.cuda.max_memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    def collect(i):  # the step and policy times of steps up to i not yet collected (after a sync)
+        n = len(rec["step_s"])
+        rec["step_s"] += [clock.seconds(a, b) for a, b in zip(starts[n:i], starts[n + 1:i + 1])]
+        rec["policy_s"] += [clock.seconds(a, b) for a, b in zip(fwd_end[n:i], pol_end[n:i])]
+
     starts = [clock.stamp()]
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
@@ -246,15 +252,11 @@ def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps
                 rec["peak_alloc_bytes"][i] = torch.cuda.max_memory_allocated()
             if on_mark:
                 clock.sync()
-                n = len(rec["step_s"])
-                rec["step_s"] += [clock.seconds(a, b) for a, b in zip(starts[n:i], starts[n + 1:i + 1])]
-                rec["policy_s"] += [clock.seconds(a, b) for a, b in zip(fwd_end[n:i], pol_end[n:i])]
+                collect(i)
                 on_mark(i, rec)
     clock.sync()
     rec["wall_s"] = time.perf_counter() - t0
-    n = len(rec["step_s"])
-    rec["step_s"] += [clock.seconds(a, b) for a, b in zip(starts[n:-1], starts[n + 1:])]
-    rec["policy_s"] += [clock.seconds(a, b) for a, b in zip(fwd_end[n:], pol_end[n:])]
+    collect(steps)
     del forward, observe, cache
     return rec
 
@@ -353,52 +355,8 @@ def format_multipliers(name: str, ms: list[dict], base: str = "full") -> str:
 
 
 def plot(result: dict, path: str):
-    """Three panels against decoding steps, like the paper's figure: throughput, KV memory, GFLOPs
-    per token, with the DynTS / full multipliers written at the marks."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    a, batch, w = result["analytic"], result["config"]["batch_size"], result["config"]["tput_window"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    for name, rec in result["records"].items():
-        with_pred = name == "dynts"
-        steps = list(range(1, len(rec["step_s"]) + 1))
-        csum = [0.0]
-        for s in rec["step_s"]:
-            csum.append(csum[-1] + s)
-        tput = [batch * (i - max(0, i - w)) / (csum[i] - csum[max(0, i - w)]) for i in steps]
-        label = {"full": "full cache (Transformers)", "dynts": "DynTS"}.get(name, name)
-        line, = axes[0].plot(steps, tput, label=label, lw=1.2)
-        roof = [batch * result["copy_bandwidth_Bps"] / bytes_per_step(a, k, with_pred) for k in rec["kv_read"]]
-        axes[0].plot(steps, roof, color=line.get_color(), ls=":", lw=1, label=f"{label}, memory roofline")
-        axes[1].plot(steps, [k * a["kv_slot_bytes"] / 1e9 for k in rec["kv_held"]], color=line.get_color(), lw=1.2,
-                     label=f"{label}, live")
-        axes[1].axhline(rec["kv_buffer_bytes"] / 1e9, color=line.get_color(), ls="--", lw=0.8, label=f"{label}, buffers")
-        axes[2].plot(steps, [flops_per_token(a, k, with_pred) / 1e9 for k in rec["kv_read"]], color=line.get_color(),
-                     lw=1.2, label=label)
-    rows = {r["step"]: r for r in result["marks"].get("dynts", [])}
-    shown = [m for m in result["multipliers"].get("dynts", []) if m["step"] in PAPER_MARKS] \
-        or result["multipliers"].get("dynts", [])  # a short run: at its own marks
-    for m in shown:
-        r = rows[m["step"]]
-        for ax, y, v in [(axes[0], r["tokens_per_s"], m["throughput"]), (axes[1], r["kv_live_gb"], m["kv_live"]),
-                         (axes[2], r["gflops_per_token"], m["gflops"])]:
-            ax.annotate(f"{v:.2f}x", (m["step"], y), textcoords="offset points", xytext=(0, 6), ha="center",
-                        fontsize=8, color="C1")
-    for ax, title in zip(axes, ["throughput (tokens/s)", "KV memory (GB)", "GFLOPs per token"]):
-        ax.set_ylim(bottom=0)
-        ax.set_title(title + (": DynTS / full at the marks" if ax is axes[0] else ""))
-        ax.set_xlabel("decoding steps")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    c = result["config"]
-    fig.suptitle(f"{c['preset']}, batch {c['batch_size']}, prompt {c['prompt_len']}, {c['dtype']}, "
-                 f"{result['device_name']}{', CUDA graphs' if c['cuda_graphs'] else ''} | DynTS budget {c['budget']}, "
-                 f"window {c['window']}, ratio {c['ratio']} | {result['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    """The three-panel figure of a run's result (this file's JSON): view.plot_profile, with the formulas above."""
+    view.plot_profile(result, path, flops_per_token, bytes_per_step, PAPER_MARKS)
 
 
 # -----------------------------------------------------------------------------
@@ -430,11 +388,10 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     if prompt_len + steps > cfg.block_size:
         raise UsageError(f"--prompt-len {prompt_len} plus --steps {steps} exceeds the block_size {cfg.block_size} "
                          f"of --preset {preset}")
+    if cuda_graphs and any(name in NEEDS_ATTENTION for name in names):
+        raise UsageError(f"--cuda-graphs: {next(n for n in names if n in NEEDS_ATTENTION)} scores by attention "
+                         "weights; profile it without graphs")
     device = resolve_device(device)
-    if cuda_graphs and (cfg.norm, cfg.mlp, cfg.positions, cfg.tie_embeddings) != ("layernorm", "gelu", "learned", True):
-        raise UsageError(f"--cuda-graphs: the fast path covers GPT-2's blocks only so far (LayerNorm, GELU, learned "
-                         f"positions, tied head); --preset {preset} has {cfg.norm}, {cfg.mlp}, {cfg.positions}; "
-                         "drop --cuda-graphs for the plain path")
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
     if dtype == "auto":
@@ -458,6 +415,8 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         make_policy(name, budget, window, ratio, None, prompt_len, enc)
     with torch.device(device):
         model = GPT(cfg).to(getattr(torch, dtype)).eval()
+        if cfg.positions == "rope":  # RoPE's frequencies stay float32, as hf.load_model keeps them (.to rounds buffers)
+            model.inv_freq = rope_frequencies(cfg)
         predictor = dynts.ImportancePredictor(cfg.n_embd).to(getattr(torch, dtype)).eval() if "dynts" in names else None
     a = analytic(model, batch_size, predictor)
     bandwidth = copy_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
@@ -530,7 +489,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph with a "
-                   "split-KV attention kernel (CUDA and Triton only; the plain path is GPT.forward)")
+                   "split-KV attention kernel (fastpath.py; CUDA only, its kernels need Triton; the plain path is "
+                   "GPT.forward)")
     p.add_argument("--every", type=int, default=1000, help="report every this many steps, besides the paper's "
                    "marks 2k, 5k, 7k, 10k, 12k, 15k (default: 1000)")
     p.add_argument("--tput-window", type=int, default=100, help="throughput at a mark is over this many steps up "
@@ -544,309 +504,6 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     run_cli("profile.py", main, parse_args, argv)
-
-
-# -----------------------------------------------------------------------------
-# Fast path (--cuda-graphs): one CUDA graph per decode step
-#
-# Why: GPT.forward launches ~14 kernels a layer from Python, ~450 a step. At batch 8 most of
-# them are tiny, and Python launches them slower than the GPU runs them: eager decoding of
-# paper-8b reached 11-23% of the memory roofline on an H100 (PERF_NOTES.md). A CUDA graph
-# launches a whole recorded step at once (80-86% there).
-# A graph replays fixed arguments, so what changes from step to step lives in device tensors:
-# the new token, its position and its cache slot. Attention is a split-KV ("flash-decoding")
-# kernel that reads the live length from the device, so one graph serves every cache length
-# and reads only the live slots; it also writes the token's K and V into the cache. At batch 8
-# each small kernel costs ~2-3 us whatever its size, so three more fusions: that K/V write,
-# each residual add with the LayerNorm after it, the GELU with its GEMM. Everything else is
-# the model's own modules, in GPT.forward's order. Evictions compact the cache in place
-# (keep_in_place: nothing in flight), so the captured buffers stay valid.
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-CHUNK = 128  # slots per program of the attention kernel (a split of the split-KV scheme)
-BLOCK_N = 128  # slots per iteration inside a program
-NUM_WARPS = 4  # warps per program
-
-
-def use_triton(t: torch.Tensor) -> bool:
-    """The kernels below run on CUDA, or on the CPU in Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
-    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-
-
-class GraphedDecode:
-    """Callable like the model for one decode token: (idx (B, 1), cache) -> (logits, hidden, None).
-
-    `capture=False` runs the same step eagerly (for tests on machines without CUDA)."""
-
-    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int = CHUNK):
-        self.model, self.cache, self.chunk = model, cache, chunk
-        cfg, dev = model.config, cache.kv.device
-        B = cache.kv.shape[2]
-        self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the step's input
-        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # where its K, V go: cache.length
-        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its absolute position: cache.seen
-        n_splits = -(-cache.capacity // chunk)
-        self.partial = (torch.empty(B * cfg.n_head * n_splits, cfg.head_dim, dtype=torch.float32, device=dev),  # outputs
-                        torch.empty(B * cfg.n_head * n_splits, 2, dtype=torch.float32, device=dev))  # max, sum of exp
-        no_bias = torch.zeros(cfg.mlp_hidden, dtype=model.wte.weight.dtype, device=dev)  # the GELU epilogue needs one
-        self.fc_bias = [b.mlp.c_fc.bias if b.mlp.c_fc.bias is not None else no_bias for b in model.blocks]
-        self.graph = None
-        if capture:
-            self.token.fill_(0), self.slot.fill_(cache.length), self.pos.fill_(cache.seen)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: compiles the kernels, writes only the free slot
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits, self.hidden = self._step()
-
-    def __call__(self, idx: torch.Tensor, cache: KVCache, need_attn: bool = False):
-        if cache is not self.cache or idx.shape != self.token.shape or need_attn:
-            raise ValueError("GraphedDecode runs one token per row, without attention weights, on its own cache")
-        if cache.seen + 1 > self.model.config.block_size or cache.length + 1 > cache.capacity:
-            raise ValueError(f"no room for another token: {cache.seen} seen, {cache.length} of {cache.capacity} live")
-        self.token.copy_(idx)
-        self.slot.fill_(cache.length)
-        self.pos.fill_(cache.seen)
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self.logits, self.hidden = self._step()
-        cache.advance(1)
-        return self.logits, self.hidden, None
-
-    def _step(self):
-        """GPT.forward for one token, with the slot and position read from device tensors. Fewer,
-        larger kernels: the attention kernel writes the token's K and V, each residual add is fused
-        with the LayerNorm that follows it, and the GELU with the GEMM before it."""
-        m, kv = self.model, self.cache.kv
-        cfg = m.config
-        B, C, H, Hkv, D = self.token.shape[0], cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        x = m.wte(self.token) + m.wpe(self.pos)  # (B, 1, C): the residual stream, updated in place below
-        n_live = self.slot + 1  # (1,): the live slots, this token's included
-        h = m.blocks[0].ln_1(x)
-        norms_after = [b.ln_1 for b in m.blocks[1:]] + [m.ln_f]  # the LayerNorm after each block
-        for block, next_norm in zip(m.blocks, norms_after):
-            layer = block.attn.layer
-            qkv = block.attn.c_attn(h)[:, 0]  # (B, C + 2 Hkv D): q, then the new token's k and v
-            q, k_new, v_new = qkv[:, :C].view(B, H, D), qkv[:, C:C + Hkv * D], qkv[:, C + Hkv * D:]
-            y = decode_attention(q, k_new.view(B, Hkv, D), v_new.view(B, Hkv, D), kv[layer, 0], kv[layer, 1], n_live,
-                                 self.partial, self.chunk)  # (B, H, D); writes k_new, v_new at slot n_live - 1
-            h = add_layer_norm(x, block.attn.c_proj(y.view(B, 1, C)), block.ln_2)  # x += attn; h = ln_2(x)
-            h = add_layer_norm(x, mlp_forward(block.mlp, h, self.fc_bias[layer]), next_norm)  # x += mlp; h = ln(x)
-        hidden = h  # (B, 1, C): ln_f of the residual stream
-        return m.lm_head(hidden[:, -1]), hidden
-
-
-class GraphedObserve:
-    """Policy.observe for the token GraphedDecode just ran: the policy's `score` (the predictor,
-    for DynTS) captured as a second graph, replayed right after the step's, and written into the
-    policy's scores at the token's slot. Only for policies that keep dynts.Policy.observe.
-    `capture=False` runs the same eagerly (for tests)."""
-
-    def __init__(self, policy: dynts.Policy, decode: GraphedDecode, capture: bool = True):
-        if type(policy).observe is not dynts.Policy.observe:
-            raise ValueError(f"--cuda-graphs: policy {policy.name!r} has its own observe(); run it without graphs")
-        self.policy, self.decode, self.graph = policy, decode, None
-        if not capture:
-            return
-        state = {k: v.clone() for k, v in vars(policy).items() if torch.is_tensor(v)}  # warm-up must not change it
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._observe()
-        torch.cuda.current_stream().wait_stream(side)
-        for k, v in state.items():
-            getattr(policy, k).copy_(v)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._observe()
-
-    def _observe(self):
-        d = self.decode  # its token, hidden state and position (the slot's absolute position)
-        self.policy.scores.index_copy_(1, d.slot, self.policy.score(d.token, d.hidden, d.pos).float())
-        self.policy.positions.index_copy_(1, d.slot, d.pos.expand(d.token.shape))
-
-    def __call__(self, tokens, hidden, positions, attn=None):
-        if hidden is not self.decode.hidden:
-            raise ValueError("GraphedObserve scores the token that its GraphedDecode just ran")
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._observe()
-        self.policy.length += 1
-
-
-def add_layer_norm(x, a, norm: torch.nn.LayerNorm):
-    """x += a in place (the residual stream), then return norm(x): one kernel on CUDA with Triton."""
-    if not use_triton(x):
-        x += a
-        return norm(x)
-    C = x.shape[-1]
-    h = torch.empty_like(x)
-    bias = norm.bias if norm.bias is not None else norm.weight  # (not read without a bias)
-    _add_layer_norm_kernel[(x.numel() // C,)](x, a, norm.weight, bias, h, C, norm.eps, HAS_BIAS=norm.bias is not None,
-                                              BLOCK_C=triton.next_power_of_2(C), num_warps=8)
-    return h
-
-
-def mlp_forward(mlp, h, fc_bias):
-    """MLP.forward; on CUDA with the GELU in the first GEMM's epilogue (cuBLASLt's GELU is the
-    tanh approximation, as the model's): one kernel fewer a layer. fc_bias: c_fc's bias, or zeros."""
-    if not h.is_cuda:
-        return mlp(h)
-    a = torch._addmm_activation(fc_bias, h.view(-1, h.shape[-1]), mlp.c_fc.weight.t(), use_gelu=True)
-    return mlp.c_proj(a).view(h.shape)
-
-
-def decode_attention(q, k_new, v_new, k, v, n_live, partial, chunk=CHUNK):
-    """Write the new token's k_new, v_new (B, Hkv, D) at slot n_live - 1 of k, v (B, Hkv, cap, D),
-    then attend with one query per head q (B, H, D) to the first n_live slots; n_live is a (1,)
-    device tensor; query head h reads kv head h // (H / Hkv), as SDPA's enable_gqa.
-    `partial` holds the splits' results: (outputs (B * H * n_splits, D), (max, sum) (B * H * n_splits, 2)).
-    Returns (B, H, D). On CUDA with Triton: split-KV kernels that read only the live slots;
-    otherwise index_copy_ and plain masked SDPA over the whole buffer (a reference, for tests)."""
-    B, H, D = q.shape
-    Hkv, cap = k.shape[1], k.shape[2]
-    if use_triton(q):
-        assert q.stride(2) == 1 and q.stride(1) == D and k.stride() == v.stride() and k.stride(3) == 1
-        assert k_new.stride() == v_new.stride() and k_new.stride(1) == D and k_new.stride(2) == 1
-        n_splits = triton.cdiv(cap, chunk)
-        out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
-        _attn_split_kernel[(B * Hkv, n_splits)](
-            q, k_new, v_new, k, v, n_live, *partial, q.stride(0), k_new.stride(0), k.stride(0), k.stride(1),
-            k.stride(2), n_splits, 1 / math.sqrt(D),
-            HKV=Hkv, G=H // Hkv, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)), D=D, CHUNK=chunk,
-            BLOCK_N=min(BLOCK_N, chunk), num_warps=NUM_WARPS)
-        _attn_combine_kernel[(B * H,)](*partial, n_live, out, n_splits, CHUNK=chunk,
-                                       BLOCK_S=triton.next_power_of_2(n_splits), D=D)
-        return out
-    k.index_copy_(2, n_live - 1, k_new.unsqueeze(2)), v.index_copy_(2, n_live - 1, v_new.unsqueeze(2))
-    live = (torch.arange(cap, device=q.device) < n_live).view(1, 1, 1, cap)  # (1, 1, 1, cap)
-    y = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=live, enable_gqa=True)
-    return y.squeeze(2)  # (B, H, D)
-
-
-def keep_in_place(cache: KVCache, idx: torch.Tensor):
-    """KVCache.keep(idx) with no copy in flight: on CUDA with Triton, one program per (layer,
-    k|v, row, kv head) moves slot idx[row, j] to slot j, a block of slots at a time, through
-    registers. Rows of idx are sorted, so idx[j] >= j: a block's stores never hit a later
-    block's sources, and a barrier between a block's loads and its stores covers its own.
-    The cache never holds more than its buffers (KVCache.keep holds a 32-slot chunk)."""
-    if not use_triton(cache.kv):
-        return cache.keep(idx)
-    L, _, B, Hkv, cap, D = cache.kv.shape
-    assert cache.kv.is_contiguous() and idx.is_contiguous() and idx.shape[0] == B
-    n = idx.shape[1]
-    _compact_kernel[(L * 2 * B * Hkv,)](cache.kv, idx, n, B=B, HKV=Hkv, CAP=cap, D=D, BLOCK=64)
-    cache.pos[:, :n] = cache.pos.gather(1, idx)
-    cache.length = n
-
-
-if triton is not None:
-
-    @triton.jit
-    def _compact_kernel(kv_ptr, idx_ptr, n_keep, B: tl.constexpr, HKV: tl.constexpr, CAP: tl.constexpr,
-                        D: tl.constexpr, BLOCK: tl.constexpr):
-        """One program: the CAP x D slots of one (layer, k|v, row, kv head); slot idx[row, j] -> j."""
-        p = tl.program_id(0)  # ((layer * 2 + k|v) * B + row) * HKV + kv head: the buffer's order
-        row = (p // HKV) % B
-        base = kv_ptr + p.to(tl.int64) * CAP * D  # 64-bit: the whole buffer can exceed 2**31 elements
-        d = tl.arange(0, D)
-        for j0 in range(0, CAP, BLOCK):  # in order; the blocks past n_keep do nothing
-            if j0 < n_keep:
-                j = j0 + tl.arange(0, BLOCK)
-                valid = j < n_keep
-                src = tl.load(idx_ptr + row * n_keep + j, mask=valid, other=0)
-                x = tl.load(base + src[:, None] * D + d[None, :], mask=valid[:, None])
-                tl.debug_barrier()  # every source of this block is read before any slot of it is written
-                tl.store(base + j[:, None] * D + d[None, :], x, mask=valid[:, None])
-
-    @triton.jit
-    def _attn_split_kernel(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, n_live_ptr, o_ptr, ml_ptr, stride_qb, stride_nb,
-                           stride_kb, stride_kh, stride_ks, n_splits, scale, HKV: tl.constexpr, G: tl.constexpr,
-                           BLOCK_G: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
-        """One program: the G query heads of one kv head of one row, over CHUNK slots. Writes the
-        unnormalized output, the running max and the sum of exponentials (online softmax). The
-        program whose chunk holds the new token's slot first writes its K and V there."""
-        bh, split = tl.program_id(0), tl.program_id(1)  # bh = row * HKV + kv head
-        n_live = tl.load(n_live_ptr)
-        start = split * CHUNK
-        d = tl.arange(0, D)
-        base = (bh // HKV) * stride_kb + (bh % HKV) * stride_kh
-        if (start < n_live) & (n_live <= start + CHUNK):  # the new token's slot, n_live - 1, is in this chunk
-            new = (bh // HKV) * stride_nb + (bh % HKV) * D + d
-            tl.store(k_ptr + base + (n_live - 1) * stride_ks + d, tl.load(k_new_ptr + new))
-            tl.store(v_ptr + base + (n_live - 1) * stride_ks + d, tl.load(v_new_ptr + new))
-            tl.debug_barrier()  # the whole program sees them before reading the chunk
-        if start < n_live:  # programs past the live slots do nothing
-            g = tl.arange(0, BLOCK_G)
-            rows = bh * G + g  # (row, query head) of the G heads, as row * H + head: H = HKV * G
-            q_offs = (bh // HKV) * stride_qb + ((bh % HKV) * G + g[:, None]) * D + d[None, :]
-            q = tl.load(q_ptr + q_offs, mask=g[:, None] < G, other=0.0)  # (BLOCK_G, D)
-            m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-            l_i = tl.zeros([BLOCK_G], tl.float32)
-            acc = tl.zeros([BLOCK_G, D], tl.float32)
-            for n0 in range(0, CHUNK, BLOCK_N):
-                s_idx = start + n0 + tl.arange(0, BLOCK_N)
-                valid = s_idx < n_live
-                offs = base + s_idx[:, None] * stride_ks + d[None, :]
-                k = tl.load(k_ptr + offs, mask=valid[:, None], other=0.0)  # (BLOCK_N, D)
-                s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_G, BLOCK_N)
-                s = tl.where(valid[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp(m_i - m_new)
-                p = tl.exp(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(v_ptr + offs, mask=valid[:, None], other=0.0)  # (BLOCK_N, D)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-            out = rows * n_splits + split  # the partial buffers' row
-            tl.store(o_ptr + out[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
-            tl.store(ml_ptr + out * 2, m_i, mask=g < G)
-            tl.store(ml_ptr + out * 2 + 1, l_i, mask=g < G)
-
-    @triton.jit
-    def _add_layer_norm_kernel(x_ptr, a_ptr, w_ptr, b_ptr, h_ptr, C, eps, HAS_BIAS: tl.constexpr,
-                               BLOCK_C: tl.constexpr):
-        """One program per row of C: x += a, rounded to x's dtype as the eager add is; h = LayerNorm(x)."""
-        row = tl.program_id(0)
-        c = tl.arange(0, BLOCK_C)
-        mask = c < C
-        x = tl.load(x_ptr + row * C + c, mask=mask, other=0.0).to(tl.float32)
-        x = (x + tl.load(a_ptr + row * C + c, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + row * C + c, x, mask=mask)
-        x = x.to(tl.float32)
-        mean = tl.sum(x, 0) / C
-        xc = tl.where(mask, x - mean, 0.0)
-        h = xc * tl.rsqrt(tl.sum(xc * xc, 0) / C + eps) * tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            h += tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
-        tl.store(h_ptr + row * C + c, h.to(h_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _attn_combine_kernel(o_ptr, ml_ptr, n_live_ptr, out_ptr, n_splits, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr,
-                             D: tl.constexpr):
-        """One program per (row, query head): merge the live splits' partial softmaxes."""
-        row = tl.program_id(0)
-        n_used = tl.cdiv(tl.load(n_live_ptr), CHUNK)
-        s, d = tl.arange(0, BLOCK_S), tl.arange(0, D)
-        used = s < n_used
-        split_row = row * n_splits + s
-        m = tl.load(ml_ptr + split_row * 2, mask=used, other=float("-inf"))
-        l = tl.load(ml_ptr + split_row * 2 + 1, mask=used, other=0.0)
-        w = tl.exp(m - tl.max(m, 0))  # unused splits weigh 0
-        o = tl.load(o_ptr + split_row[:, None] * D + d[None, :], mask=used[:, None], other=0.0)  # (BLOCK_S, D)
-        y = tl.sum(o * w[:, None], 0) / tl.sum(l * w, 0)
-        tl.store(out_ptr + row * D + d, y.to(out_ptr.dtype.element_ty))
 
 
 if __name__ == "__main__":

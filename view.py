@@ -10,6 +10,9 @@ it:
 - `raster(...)`: decoding step against token position, dark where the token is in the cache
   (matplotlib): evictions show as the sawtooth, kept tokens as horizontal stripes;
 - `ansi(...)`: the trace for a terminal, with the evicted tokens dimmed.
+
+It also draws profile.py's figure (`plot_profile`): throughput, KV memory and FLOPs against
+decoding steps.
 """
 
 import html as html_lib
@@ -172,6 +175,61 @@ def ansi(log: TraceLog, tokens: list[str], row: int = 0) -> str:
     for p, piece in enumerate(tokens):
         out.append(f"\x1b[2m{piece}\x1b[0m" if (row, p) in log.evicted else piece)
     return "".join(out)
+
+
+# -----------------------------------------------------------------------------
+# profile.py's figure
+
+
+def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper_marks: list[int]):
+    """profile.py's figure: three panels against decoding steps, like the paper's efficiency
+    figure (throughput with its memory roofline, KV memory, GFLOPs per token), with the DynTS /
+    full multipliers written at the paper's marks. `result` is profile.main's (its JSON);
+    flops_per_token and bytes_per_step are profile.py's formulas, (analytic, live, with_predictor)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, batch, w = result["analytic"], result["config"]["batch_size"], result["config"]["tput_window"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for name, rec in result["records"].items():
+        with_pred = name == "dynts"
+        steps = list(range(1, len(rec["step_s"]) + 1))
+        csum = [0.0]
+        for s in rec["step_s"]:
+            csum.append(csum[-1] + s)
+        tput = [batch * (i - max(0, i - w)) / (csum[i] - csum[max(0, i - w)]) for i in steps]
+        label = {"full": "full cache (Transformers)", "dynts": "DynTS"}.get(name, name)
+        line, = axes[0].plot(steps, tput, label=label, lw=1.2)
+        roof = [batch * result["copy_bandwidth_Bps"] / bytes_per_step(a, k, with_pred) for k in rec["kv_read"]]
+        axes[0].plot(steps, roof, color=line.get_color(), ls=":", lw=1, label=f"{label}, memory roofline")
+        axes[1].plot(steps, [k * a["kv_slot_bytes"] / 1e9 for k in rec["kv_held"]], color=line.get_color(), lw=1.2,
+                     label=f"{label}, live")
+        axes[1].axhline(rec["kv_buffer_bytes"] / 1e9, color=line.get_color(), ls="--", lw=0.8, label=f"{label}, buffers")
+        axes[2].plot(steps, [flops_per_token(a, k, with_pred) / 1e9 for k in rec["kv_read"]], color=line.get_color(),
+                     lw=1.2, label=label)
+    rows = {r["step"]: r for r in result["marks"].get("dynts", [])}
+    shown = [m for m in result["multipliers"].get("dynts", []) if m["step"] in paper_marks] \
+        or result["multipliers"].get("dynts", [])  # a short run: at its own marks
+    for m in shown:
+        r = rows[m["step"]]
+        for ax, y, v in [(axes[0], r["tokens_per_s"], m["throughput"]), (axes[1], r["kv_live_gb"], m["kv_live"]),
+                         (axes[2], r["gflops_per_token"], m["gflops"])]:
+            ax.annotate(f"{v:.2f}x", (m["step"], y), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=8, color="C1")
+    for ax, title in zip(axes, ["throughput (tokens/s)", "KV memory (GB)", "GFLOPs per token"]):
+        ax.set_ylim(bottom=0)
+        ax.set_title(title + (": DynTS / full at the marks" if ax is axes[0] else ""))
+        ax.set_xlabel("decoding steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    c = result["config"]
+    fig.suptitle(f"{c['preset']}, batch {c['batch_size']}, prompt {c['prompt_len']}, {c['dtype']}, "
+                 f"{result['device_name']}{', CUDA graphs' if c['cuda_graphs'] else ''} | DynTS budget {c['budget']}, "
+                 f"window {c['window']}, ratio {c['ratio']} | {result['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------

@@ -25,6 +25,8 @@ def qwen2_predictor(path):
 
 CASES = [  # (script, arguments, what the line must name)
     ("generate.py", ["--device", "tpu"], "--device"),                                # devices
+    ("generate.py", ["--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device"),
+    ("generate.py", ["--cuda-graphs", "--policy", "h2o+p"], "--policy h2o+p scores by attention"),
     ("generate.py", ["--ckpt", "{tmp}/empty.pt"], "empty.pt"),                       # checkpoint contents
     ("eval.py", ["--json", "/no/such/folder/r.json"], "--json"),                      # output paths
     ("generate.py", ["--init", "random", "--temperature", "nan"], "--temperature"),  # numbers that are not

@@ -333,3 +333,30 @@ def test_eval_hf_grades_final_answers_and_batches_ragged_prompts(tmp_path):
     assert grade("so \\boxed{41}, no: \\boxed{42}</think>The answer is \\boxed{42}.") == (True, 1.0)
     assert grade("\\boxed{42} but no end of thinking") == (False, 0.0)
     assert grade("</think>\\boxed{4{2}}") == (False, 0.0)
+
+
+@pytest.mark.parametrize("config", [CFG, LLAMA_CFG], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["full", "dynts", "dynts-random", "window+p"])
+def test_cuda_graphs_path_decodes_the_same_tokens(config, name):
+    """generate(cuda_graphs=True): the fast path's step (fastpath.py, run eagerly on the CPU) and,
+    where the policy allows, its graphed scoring, with in-place compaction, give the plain path's
+    greedy tokens and evictions; policies that need attention weights are refused up front."""
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    predictor = dynts.ImportancePredictor(config.n_embd).eval()
+    prompt = torch.randint(0, 256, (3, 12))
+    runs = []
+    for graphs in (False, True):
+        policy = generate.make_policy(name, 40, 8, 0.3, predictor, 12, ENC)
+        evictions = []
+        tokens, stats = generate.generate(model, prompt, policy, 100, vocab_limit=256, cuda_graphs=graphs,
+                                          on_evict=lambda before, cache: evictions.append(cache.pos[:, :cache.length].clone()))
+        runs.append((tokens, evictions))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert len(runs[0][1]) == len(runs[1][1]) == (0 if name == "full" else len(runs[0][1])) and \
+        all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert name == "full" or len(runs[0][1]) >= 3
+    with pytest.raises(ValueError, match="scores by attention weights"):
+        generate.generate(model, prompt, generate.make_policy("h2o", 40, 8, 0.3), 5, cuda_graphs=True)
+    with pytest.raises(ValueError, match="different lengths"):
+        generate.generate(model, [[1, 2, 3], [4, 5]], dynts.Full(), 5, cuda_graphs=True)

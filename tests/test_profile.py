@@ -1,10 +1,9 @@
-"""profile.py: the stdlib shim, the analytic counts, the decode loop's bookkeeping, the CLI, and
-the --cuda-graphs step against GPT.forward (run eagerly on the CPU)."""
+"""profile.py: the stdlib shim, the analytic counts, the decode loop's bookkeeping, the CLI and the
+figure. The --cuda-graphs step itself (fastpath.py) is tested in tests/test_fastpath.py."""
 
 import importlib.util
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from model import GPT, PRESETS, GPTConfig, KVCache
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,6 +98,7 @@ def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
     (["--preset", "tiny", "--budget", "60", "--window", "20", "--prompt-len", "50"], "protected prompt"),
     (["--preset", "tiny", "--policies", "full,h3o"], "unknown policy"),
     (["--preset", "tiny", "--steps", "0"], "--steps must be >= 1"),
+    (["--preset", "tiny", "--cuda-graphs", "--policies", "full,snapkv+p"], "snapkv+p scores by attention"),
 ])
 def test_bad_inputs_exit_with_one_line(argv, message):
     with pytest.raises(SystemExit) as e:
@@ -112,116 +112,15 @@ def test_cuda_requested_without_cuda_is_an_error():
     r = subprocess.run([sys.executable, "profile.py", "--preset", "tiny", "--device", "cuda"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.strip() == "profile.py: error: --device cuda: CUDA is not available on this machine (use cpu)"
-    with pytest.raises(SystemExit, match="--cuda-graphs needs a CUDA device"):
-        P.cli(["--preset", "tiny", "--device", "cpu", "--cuda-graphs"])
+    for preset in ["tiny", "tiny-llama"]:  # both block families have a fast path: only the device is missing
+        with pytest.raises(SystemExit, match="--cuda-graphs needs a CUDA device"):
+            P.cli(["--preset", preset, "--device", "cpu", "--cuda-graphs"])
 
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    path = tmp_path / "fig.png"
-    P.main(**TINY, plot_path=str(path), out=io.StringIO())
+    path, saved = tmp_path / "fig.png", tmp_path / "profile.json"
+    P.main(**TINY, plot_path=str(path), json_path=str(saved), out=io.StringIO())
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@torch.no_grad()
-def check_graphed_step(P, steps=60, evict_at=30, chunk=256):
-    """The --cuda-graphs step, run eagerly (no capture), against GPT.forward."""
-    torch.manual_seed(0)
-    cfg = PRESETS["tiny"]
-    model = GPT(cfg).eval()
-    B, prompt = 3, torch.randint(0, 256, (3, 37))
-    plain, fast = KVCache(cfg, B, 200), KVCache(cfg, B, 200)
-    model(prompt, plain), model(prompt, fast)
-    step = P.GraphedDecode(model, fast, capture=False, chunk=chunk)
-    token = torch.randint(0, 256, (B, 1))
-    for i in range(steps):
-        logits, hidden, _ = model(token, plain)
-        logits_fast, hidden_fast, _ = step(token, fast)
-        torch.testing.assert_close(logits_fast, logits, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(hidden_fast, hidden, atol=1e-4, rtol=1e-4)
-        assert (fast.length, fast.seen) == (plain.length, plain.seen)
-        assert torch.equal(fast.pos[:, :fast.length], plain.pos[:, :plain.length])
-        if i == evict_at:  # the same eviction in both: the step keeps reading the live slots only
-            idx = torch.stack([torch.randperm(plain.length)[:40].sort().values for _ in range(B)])
-            plain.keep(idx), P.keep_in_place(fast, idx)
-        token = logits.argmax(dim=-1, keepdim=True)
-
-
-def test_graphed_step_matches_gpt_forward_across_an_eviction():
-    check_graphed_step(P)
-
-
-@torch.no_grad()
-def test_graphed_scoring_matches_policy_observe():
-    """DynTS scoring as --cuda-graphs runs it (eagerly here) against Policy.observe, eviction included."""
-    torch.manual_seed(0)
-    cfg = PRESETS["tiny"]
-    model, predictor = GPT(cfg).eval(), P.dynts.ImportancePredictor(cfg.n_embd).eval()
-    B, prompt = 2, torch.randint(0, 256, (2, 12))
-    caches, policies = [], []
-    for _ in range(2):
-        caches.append(KVCache(cfg, B, 48))
-        policies.append(P.dynts.DynTS(48, 8, 0.3, predictor, prompt_len=12, end_think_id=258, eot_id=256))
-        policies[-1].reset(B, 48)
-        _, hidden, _ = model(prompt, caches[-1])
-        policies[-1].observe(prompt, hidden, torch.arange(12))
-    step = P.GraphedDecode(model, caches[1], capture=False)
-    observe = P.GraphedObserve(policies[1], step, capture=False)
-    token = torch.randint(0, 256, (B, 1))
-    for i in range(80):
-        logits, hidden, _ = model(token, caches[0])
-        policies[0].observe(token, hidden, torch.arange(caches[0].seen - 1, caches[0].seen))
-        _, hidden_fast, _ = step(token, caches[1])
-        observe(token, hidden_fast, None)
-        assert policies[1].length == policies[0].length == caches[0].length
-        torch.testing.assert_close(policies[1].scores[:, :policies[1].length],
-                                   policies[0].scores[:, :policies[0].length], atol=1e-4, rtol=1e-4)
-        if policies[0].should_evict(caches[0].length):
-            idx = policies[0].select()  # the same slots in both
-            for cache, policy in zip(caches, policies):
-                cache.keep(idx), policy.keep(idx)
-        token = logits[:, :256].argmax(dim=-1, keepdim=True)  # bytes only: the thinking never ends
-
-
-INTERPRETED = """
-import math, sys, torch
-sys.path.insert(0, {tests!r})
-from model import PRESETS, KVCache
-from test_profile import load_profile, check_graphed_step
-P = load_profile()
-torch.manual_seed(0)
-B, H, Hkv, D, cap, chunk = 2, 8, 2, 32, 300, 64
-kv = torch.randn(2, 2, B, Hkv, cap, D)  # (layer, k|v, B, Hkv, cap, D), as in the cache
-n_splits = math.ceil(cap / chunk)
-partial = (torch.empty(B * H * n_splits, D), torch.empty(B * H * n_splits, 2))
-for n in [1, 63, 64, 65, 200, 300]:
-    qkv = torch.randn(B, (H + 2 * Hkv) * D + 7)  # rows apart, as q, k, v sliced from c_attn's output
-    q, k_new, v_new = (qkv[:, a * D:b * D].view(B, -1, D) for a, b in [(0, H), (H, H + Hkv), (H + Hkv, H + 2 * Hkv)])
-    expected = kv.clone()
-    expected[1, 0, :, :, n - 1], expected[1, 1, :, :, n - 1] = k_new, v_new
-    y = P.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, chunk)
-    assert torch.equal(kv, expected)  # the new K and V at slot n - 1, nothing else written
-    ref = torch.nn.functional.scaled_dot_product_attention(
-        q.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-for n in [1, 40, 64, 65, 150]:  # the in-place compaction against KVCache.keep
-    a, b = KVCache(PRESETS["tiny"], 3, 150), KVCache(PRESETS["tiny"], 3, 150)
-    a.kv.normal_(), a.pos.copy_(torch.randperm(450).view(3, 150)), b.kv.copy_(a.kv), b.pos.copy_(a.pos)
-    a.length = b.length = 150
-    idx = torch.stack([torch.randperm(150)[:n].sort().values for _ in range(3)])
-    a.keep(idx), P.keep_in_place(b, idx)
-    assert b.length == n and torch.equal(b.kv[:, :, :, :, :n], a.kv[:, :, :, :, :n]) and torch.equal(b.pos, a.pos)
-check_graphed_step(P, steps=12, evict_at=6, chunk=16)  # the kernels inside the whole step
-print("ok")
-"""
-
-
-def test_decode_attention_kernel_in_the_triton_interpreter():
-    """The kernels of --cuda-graphs, run by Triton's CPU interpreter: attention against SDPA, and the
-    whole step against GPT.forward.
-    A subprocess: the interpreter must be on before triton is first imported."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", INTERPRETED.format(tests=os.path.join(ROOT, "tests"))], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    P.plot(json.loads(saved.read_text()), str(tmp_path / "again.png"))  # the same figure from the saved JSON
+    assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -154,6 +154,7 @@ def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
     (["--budgets", ""], "--budgets is empty"), (["--n", "100000000"], "--n"), (["--seed", str(2**70)], "--seed"),
     (["--ranking-traces", "-1"], "--ranking-traces"), (["--json", "/no/such/folder/x.json"], "--json"),
     # a real model (--hf): what it needs, and the flags of the other pipeline
+    (["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
     (["--hf", HF_LLAMA], "needs --problems"), (["--problems", "p.jsonl"], "--problems is for --hf"),
     (["--predictor", "p.pt"], "--predictor is for --hf"), (["--hf", HF_LLAMA, "--n", "3"], "--n is for the tiny"),
     (["--hf", HF_LLAMA, "--problems", "p.jsonl", "--policies", "oracle"], "oracle needs the model's own"),

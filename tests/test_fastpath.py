@@ -1,0 +1,205 @@
+"""fastpath.py: the --cuda-graphs step against GPT.forward, for both block families, run eagerly
+on the CPU (capture=False), and its Triton kernels in Triton's CPU interpreter."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dynts
+import fastpath
+from model import GPT, PRESETS, GPTConfig, KVCache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# GPT-2's blocks (LayerNorm, GELU, learned positions, tied head), GQA; the Llama family's (RMSNorm,
+# SwiGLU, RoPE with Llama 3's scaling, its original context shrunk so that all three frequency
+# bands occur, GQA, untied head); Qwen2's (biases on q, k, v only, one KV head). head_dim 16: the
+# smallest the attention kernel's tl.dot takes on a GPU.
+LLAMA_STYLE = dict(bias=False, norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False)
+CONFIGS = dict(
+    gpt2=PRESETS["tiny"],
+    llama=GPTConfig(block_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=96, rope_theta=500.0,
+                    rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                      original_max_position_embeddings=64), **LLAMA_STYLE),
+    qwen2=GPTConfig(block_size=256, n_layer=2, n_head=4, n_kv_head=1, n_embd=64, mlp_hidden=96, norm_eps=1e-6,
+                    qkv_bias=True, **LLAMA_STYLE),
+)
+
+
+def sharp_model(cfg, seed=0):
+    """A random model whose attention matters: weights x 4 (at GPT-2's init a random model attends
+    almost uniformly, and a wrong position would barely move the logits), and random biases and
+    norm weights (their init, 0 and 1, would hide a bias or a weight left out)."""
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4) if p.ndim == 2 else p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+@torch.no_grad()
+def check_graphed_step(cfg, steps=24, evict_at=12, chunk=16, B=3):
+    """The --cuda-graphs step, run eagerly (no capture), against GPT.forward, across an eviction:
+    the logits, the final hidden states, the cache's positions and its keys and values (cached
+    once, RoPE's rotated at their own positions, never rotated again)."""
+    model = sharp_model(cfg)
+    prompt = torch.randint(0, 256, (B, 37))
+    plain, fast = KVCache(cfg, B, 80), KVCache(cfg, B, 80)
+    model(prompt, plain), model(prompt, fast)
+    step = fastpath.GraphedDecode(model, fast, capture=False, chunk=chunk)
+    token = torch.randint(0, 256, (B, 1))
+    for i in range(steps):
+        logits, hidden, _ = model(token, plain)
+        logits_fast, hidden_fast, _ = step(token, fast)
+        torch.testing.assert_close(logits_fast, logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hidden_fast, hidden, atol=1e-4, rtol=1e-4)
+        assert (fast.length, fast.seen) == (plain.length, plain.seen)
+        assert torch.equal(fast.pos[:, :fast.length], plain.pos[:, :plain.length])
+        torch.testing.assert_close(fast.kv[:, :, :, :, :fast.length], plain.kv[:, :, :, :, :plain.length],
+                                   atol=1e-5, rtol=1e-5)
+        if i == evict_at:  # the same eviction in both: slots no longer match positions from here on
+            idx = torch.stack([torch.randperm(plain.length)[:30].sort().values for _ in range(B)])
+            plain.keep(idx), fastpath.keep_in_place(fast, idx)
+        token = logits.argmax(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_graphed_step_matches_gpt_forward_across_an_eviction(name):
+    check_graphed_step(CONFIGS[name])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@torch.no_grad()
+def test_graphed_scoring_matches_policy_observe(name):
+    """DynTS scoring as --cuda-graphs runs it (eagerly here) against Policy.observe, evictions included."""
+    cfg = CONFIGS[name]
+    model = sharp_model(cfg)
+    predictor = dynts.ImportancePredictor(cfg.n_embd).eval()
+    B, prompt = 2, torch.randint(0, 256, (2, 12))
+    caches, policies = [], []
+    for _ in range(2):
+        caches.append(KVCache(cfg, B, 32))
+        policies.append(dynts.DynTS(32, 8, 0.3, predictor, prompt_len=12, end_think_id=258, eot_id=256))
+        policies[-1].reset(B, 32)
+        _, hidden, _ = model(prompt, caches[-1])
+        policies[-1].observe(prompt, hidden, torch.arange(12))
+    step = fastpath.GraphedDecode(model, caches[1], capture=False)
+    observe = fastpath.GraphedObserve(policies[1], step, capture=False)
+    token, evictions = torch.randint(0, 256, (B, 1)), 0
+    for i in range(45):
+        logits, hidden, _ = model(token, caches[0])
+        policies[0].observe(token, hidden, torch.arange(caches[0].seen - 1, caches[0].seen))
+        _, hidden_fast, _ = step(token, caches[1])
+        observe(token, hidden_fast, None)
+        assert policies[1].length == policies[0].length == caches[0].length
+        torch.testing.assert_close(policies[1].scores[:, :policies[1].length],
+                                   policies[0].scores[:, :policies[0].length], atol=1e-4, rtol=1e-4)
+        assert torch.equal(policies[1].positions[:, :policies[1].length], policies[0].positions[:, :policies[0].length])
+        if policies[0].should_evict(caches[0].length):
+            idx = policies[0].select()  # the same slots in both
+            for cache, policy in zip(caches, policies):
+                cache.keep(idx), policy.keep(idx)
+            evictions += 1
+        token = logits[:, :256].argmax(dim=-1, keepdim=True)  # bytes only: the thinking never ends
+    assert evictions >= 2
+
+
+def test_graphed_step_refuses_what_it_does_not_compute():
+    model = GPT(CONFIGS["llama"]).eval()
+    with pytest.raises(ValueError, match="ragged"):  # left padding: its empty slots are not masked here
+        fastpath.GraphedDecode(model, KVCache(model.config, 2, 16, pad=[0, 3]), capture=False)
+    cache = KVCache(model.config, 2, 16)
+    step = fastpath.GraphedDecode(model, cache, capture=False)
+    with pytest.raises(ValueError, match="one token per row"):
+        step(torch.zeros(2, 2, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="one token per row"):
+        step(torch.zeros(2, 1, dtype=torch.long), cache, need_attn=True)
+
+
+KERNELS = """
+import math, torch
+import fastpath
+from model import MLP, PRESETS, GPTConfig, KVCache, RMSNorm, apply_rope, rope_frequencies
+assert fastpath.use_triton(torch.zeros(1))
+torch.manual_seed(0)
+B, H, Hkv, D, cap, chunk = 2, 8, 2, 32, 300, 64
+n_splits = math.ceil(cap / chunk)
+partial = (torch.empty(B * H * n_splits, D), torch.empty(B * H * n_splits, 2))
+inv_freq = rope_frequencies(GPTConfig(n_embd=4 * D, n_head=4, rope_theta=500.0))  # (D/2,)
+angles = torch.tensor([[57.0], [3.0]]) * inv_freq  # (B, D/2): two rows at two positions
+for rope in [None, (angles.cos(), angles.sin())]:
+    kv = torch.randn(2, 2, B, Hkv, cap, D)  # (layer, k|v, B, Hkv, cap, D), as in the cache
+    for n in [1, 64, 65, 300]:
+        qkv = torch.randn(B, (H + 2 * Hkv) * D + 7)  # rows apart, as q, k, v sliced from c_attn's output
+        q, k_new, v_new = (qkv[:, a * D:b * D].view(B, -1, D) for a, b in [(0, H), (H, H + Hkv), (H + Hkv, H + 2 * Hkv)])
+        q_ref, k_ref = q, k_new
+        if rope is not None:  # the reference: model.apply_rope on q and the new key, then attention
+            cos, sin = (t[:, None, None] for t in rope)  # (B, 1, 1, D/2)
+            q_ref, k_ref = (apply_rope(t.unsqueeze(2), cos, sin).squeeze(2) for t in (q, k_new))
+        expected = kv.clone()
+        expected[1, 0, :, :, n - 1], expected[1, 1, :, :, n - 1] = k_ref, v_new
+        y = fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, rope, chunk)
+        torch.testing.assert_close(kv, expected, atol=1e-6, rtol=1e-6)  # the new K and V at slot n - 1, nothing else
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q_ref.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+# float16 (the interpreter rounds bfloat16 its own way): the kernels round as the eager ops do, bit for bit
+kv, n = kv.half(), 65  # slot 64: the second chunk's first
+q, k_new, v_new = q.half(), k_new.half(), v_new.half()
+fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, rope, chunk)
+assert torch.equal(kv[1, 0, :, :, n - 1], apply_rope(k_new.unsqueeze(2), cos, sin).squeeze(2))  # the rotated key
+x, a, h = torch.randn(3, 1, 64).half(), torch.randn(3, 1, 64).half(), torch.randn(3, 1, 64).half()
+with torch.no_grad():
+    for norm in [torch.nn.LayerNorm(64), RMSNorm(64, 1e-5)]:
+        norm = norm.half()
+        norm.weight.add_(0.1 * torch.randn(64).half())
+        x_fused, x_eager = x.clone(), x.clone()
+        h_fused = fastpath.add_norm(x_fused, a, norm)
+        x_eager += a
+        assert torch.equal(x_fused, x_eager) and torch.equal(h_fused, norm(x_eager))
+    mlp = MLP(GPTConfig(n_embd=64, mlp_hidden=96, mlp="swiglu")).half()
+    assert torch.equal(fastpath.mlp_forward(mlp, h, None), mlp(h))  # silu(gate) * up, one kernel
+for n in [1, 64, 65, 150]:  # the in-place compaction against KVCache.keep
+    a, b = KVCache(PRESETS["tiny"], 3, 150), KVCache(PRESETS["tiny"], 3, 150)
+    a.kv.normal_(), a.pos.copy_(torch.randperm(450).view(3, 150)), b.kv.copy_(a.kv), b.pos.copy_(a.pos)
+    a.length = b.length = 150
+    idx = torch.stack([torch.randperm(150)[:n].sort().values for _ in range(3)])
+    a.keep(idx), fastpath.keep_in_place(b, idx)
+    assert b.length == n and torch.equal(b.kv[:, :, :, :, :n], a.kv[:, :, :, :, :n]) and torch.equal(b.pos, a.pos)
+print("ok")
+"""
+STEP = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import fastpath
+from test_fastpath import CONFIGS, check_graphed_step
+assert fastpath.use_triton(torch.zeros(1))
+check_graphed_step(CONFIGS[{name!r}], steps=6, evict_at=3, chunk=32, B=2)  # 2 of 3 splits live, then 1
+print("ok")
+"""
+
+
+def interpret(code: str):
+    """Run code in a subprocess with Triton's CPU interpreter on: it must be on before triton is
+    first imported."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_kernels_in_the_triton_interpreter():
+    """Attention (with and without RoPE) against model.apply_rope and SDPA, the fused norms and
+    SwiGLU product against the eager modules (bit for bit in float16), and the in-place compaction
+    against KVCache.keep, run by Triton's CPU interpreter."""
+    interpret(KERNELS)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_whole_step_in_the_triton_interpreter(name):
+    """The whole step with its kernels (fused add + norm, SwiGLU's silu * up, RoPE inside the
+    attention, the compaction) against GPT.forward, for each block family."""
+    interpret(STEP.format(tests=os.path.join(ROOT, "tests"), name=name))
