@@ -1,0 +1,52 @@
+"""The README's results tables from a merged eval.py JSON: `python docs/results_table.py RESULTS.json[.gz]`.
+
+Prints (markdown) Pass@1 per policy and budget level as mean +- sd over the model seeds with the
+pooled 95% Wilson interval, Full's row, the per-family table at one level (default 0.3), and
+the paired tests of DynTS against the best baseline. Nothing is computed here that eval.py's
+summary does not hold: this only lays it out.
+"""
+import gzip
+import json
+import sys
+
+ORDER = ["oracle", "dynts", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o-last+p", "sepllm+p", "streaming+p",
+         "window+p", "rkv", "snapkv", "h2o", "h2o-last", "sepllm", "streaming", "window",
+         "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
+
+
+def cell(r):
+    lo, hi = r["ci"]
+    sd = f" +- {100 * r['seed_sd']:.1f}" if r["n_seeds"] > 1 else ""
+    return f"{100 * r['pass_at_1']:.1f}{sd} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def main(path, family_level=0.3):
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+        result = json.load(f)
+    rows = result["rows"]
+    levels = sorted({r["level"] for r in rows if r["level"] is not None})
+    full = next(r for r in rows if r["policy"] == "full")
+    print(f"Full: {cell(full)}, items {100 * full['items']:.1f}%, mean peak cache {full['peak_kv']:.0f} tokens\n")
+    peak = {lv: next(r["peak_kv"] for r in rows if r["level"] == lv) for lv in levels}
+    print("| policy | " + " | ".join(f"{lv:.0%} ({peak[lv]:.0f})" for lv in levels) + " |")
+    print("|---" * (len(levels) + 1) + "|")
+    for name in ORDER:
+        got = {r["level"]: r for r in rows if r["policy"] == name}
+        if got:
+            print(f"| {name} | " + " | ".join(cell(got[lv]) if lv in got else "" for lv in levels) + " |")
+    fams = list(full["families"])
+    print(f"\nPer family at {family_level:.0%} (Pass@1 %, pooled over seeds):\n")
+    print("| policy | " + " | ".join(fams) + " |")
+    print("|---" * (len(fams) + 1) + "|")
+    for name in ["full"] + ORDER:
+        r = full if name == "full" else next((r for r in rows if r["policy"] == name and r["level"] == family_level), None)
+        if r:
+            print(f"| {name} | " + " | ".join(f"{100 * r['families'][f]:.0f}" for f in fams) + " |")
+    print()
+    for t in result["paired_tests"]:
+        print(f"- at {t['level']:.0%}: DynTS {100 * t['dynts']:.1f}% vs {t['best_baseline']} {100 * t['baseline']:.1f}% "
+              f"on {t['n_pairs']} pairs, McNemar p = {t['p_value']:.2g}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2], *[float(a) for a in sys.argv[2:3]])
