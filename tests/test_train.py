@@ -406,3 +406,25 @@ def test_hf_pipeline_labels_correct_traces_trains_resumes_and_writes_a_predictor
 def test_hf_flags_of_the_other_pipeline_are_errors(argv, message):
     with pytest.raises(UsageError, match=message):
         train.main(**vars(train.parse_args(argv)))
+
+
+def test_eval_run_policy_with_cuda_graphs_gives_the_same_records(monkeypatch):
+    """eval.run_policy(cuda_graphs=True): the fast path (eager on the CPU) where the policy allows
+    it, the plain path for the attention-scored ones; the records are the plain path's."""
+    import fastpath
+    steps = []  # which policies the fast path ran
+    monkeypatch.setattr(fastpath.GraphedDecode, "_step", lambda self, real=fastpath.GraphedDecode._step:
+                        steps.append(1) or real(self))
+    torch.manual_seed(0)
+    model, predictor = GPT(SMALL).eval(), dynts.ImportancePredictor(SMALL.n_embd).eval()
+    enc = get_encoding()
+    cases = evaluate.task_cases([p for f in task.FAMILIES[:2] for p in task.problems("eval", 2, family=f, **SMALL_TASK)],
+                                enc)
+    P = len(cases[0].prompt)
+    for name in ["dynts", "window+p", "h2o+p", "oracle"]:
+        runs = [evaluate.run_policy(name, model, predictor, cases, P + 24, 8, 0.3, 4, enc, max_new_tokens=40,
+                                    cuda_graphs=graphs) for graphs in (False, True)]
+        drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+        assert drop(runs[0]) == drop(runs[1]) and max(r["peak_kv"] for r in runs[0]) == P + 24
+        assert (len(steps) > 0) == (name != "h2o+p"), name  # H2O scores by attention: no fast path
+        steps.clear()
