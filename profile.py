@@ -7,7 +7,8 @@ not depend on them) and times every decode step on the device's own clock, inclu
 official code leaves out of its timing: the predictor, the selection and the cache compaction.
 
 What it reports at the paper's marks and every `--every` steps, for each policy:
-- throughput: batch x steps / seconds, over the `--tput-window` steps up to the mark;
+- throughput: batch x steps / seconds, over the steps timed for the mark: the `--tput-window`
+  steps up to it (with `--jump`, an evicting policy's whole eviction cycle around it);
 - KV memory: the live slots' bytes (analytic), the cache buffers' bytes and, as "alloc",
   torch.cuda.max_memory_allocated while decoding, less what was allocated before the cache
   (the weights): the buffers plus each step's activations and each compaction's copy in flight
@@ -22,16 +23,24 @@ What it reports at the paper's marks and every `--every` steps, for each policy:
   (6N + 12 L H Q T for training = 3 x this forward count). Embedding lookups, norms, softmax
   and biases are left out (well under 1%). Grouped-query attention shares keys and values
   between heads but not the FLOPs: every query head still does its dot products.
-- the memory roofline of the step: the bytes it must read (every weight once, plus the live
-  keys and values) over the device's copy bandwidth, measured in the same run (a large
+- the memory roofline of the step: the bytes it must read (every weight once, plus every row's
+  live keys and values) over the device's copy bandwidth, measured in the same run (a large
   device-to-device copy, bytes read + bytes written over its time); and the fraction achieved;
-- the share of decode time spent in the policy (predictor, selection, compaction), and the
-  DynTS / full multipliers.
+- the share of decode time spent in the policy (predictor, selection, compaction), and each
+  policy / full multipliers, with how much of the speed-up that the bytes read allow is achieved.
 
-Random-weight trajectories: the prompt is random byte tokens, and the special tokens
-(<think>, </think>, end-of-text) are masked out of sampling, so the think-end never comes, as
-in a long trace: DynTS protects the prompt and scores every generated token with its (random)
-predictor. Tokens are greedy (argmax), so every run decodes the same trajectory.
+Equal memory, `--batch-size max` (CUDA): each policy decodes the largest batch that fits the
+GPU's free memory with its own cache (`max_batch`): DynTS's `budget` slots a row against Full's
+prompt + steps, so ~3x the rows, and each step reads the weights once for all of them.
+
+Speed depends on how many slots the cache holds, not on what they hold (the weights are random):
+there is no prefill, the prompt's keys and values are random, and the special tokens (<think>,
+</think>, end-of-text) are masked out of greedy sampling, so the think-end never comes, as in a
+long trace: DynTS protects the prompt and scores every generated token with its predictor.
+`--jump` goes further: each mark is measured without decoding the steps before it. `jump` sets
+the cache and the policy as a decode holds them there (the policy's own scores, positions and
+eviction schedule), then decodes the mark's window, or, once an evicting policy has evicted, the
+whole eviction cycle that holds the mark.
 
 `--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph, with a split-KV
 attention kernel that reads the live length from the device: fastpath.py, the speed layer, for
@@ -69,11 +78,11 @@ import torch
 
 import dynts
 import view
-from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, resolve_device, run_cli,
-                 weight_bytes)
-from fastpath import GraphedDecode, GraphedObserve, keep_in_place
+from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, free_bytes,
+                 resolve_device, run_cli, weight_bytes)
+from fastpath import CHUNK, GraphedDecode, GraphedObserve, keep_in_place
 from generate import NEEDS_ATTENTION, POLICIES, make_policy
-from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
+from model import END_THINK, EOT, GPT, PRESETS, THINK, GPTConfig, KVCache, get_encoding, rope_frequencies
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -81,19 +90,26 @@ PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, 
     "kv_memory": [0.64, None, None, None, None, 0.20],
     "gflops": [0.85, None, None, None, None, 0.44],
 }
-# The paper's settings for paper-8b; the small presets get a tenth of them, to fit their block_size.
+# The paper's settings for its model (and paper-8b, its GELU stand-in); the small presets get a
+# tenth of them, to fit their block_size.
 DEFAULTS = {
     "paper-8b": dict(prompt_len=500, steps=15000, budget=5000, window=2000),
+    "r1-llama-8b": dict(prompt_len=500, steps=15000, budget=5000, window=2000),
     "gpt2": dict(prompt_len=50, steps=900, budget=500, window=200),
     "tiny": dict(prompt_len=50, steps=1500, budget=500, window=200),
 }
+MEMORY_MARGIN = 0.05  # --batch-size max leaves 5% of the free memory unused (4 GiB of an H100's 79): for cuBLAS's
+#                       workspaces, the CUDA graphs' pools, the allocator's rounding, and the plain path's compaction
+#                       chunk (KVCache.keep: 32 slots of every layer, 4 MiB a row at 8B)
+PROGRESS_S = 30  # while decoding, a progress line every this many seconds
+FILL_CHUNK = 16  # slots the policy observes at once when a jump fills the cache (bounds the predictor's activations)
 
 
 # -----------------------------------------------------------------------------
-# Analytic counts: what one decode step must compute and read
+# Analytic counts: what one decode step must compute, read and hold
 
 
-def analytic(model: GPT, batch_size: int, predictor=None) -> dict:
+def analytic(model: GPT, predictor=None) -> dict:
     """Parameter and byte counts for the FLOPs and roofline formulas (see the docstring)."""
     cfg = model.config
     elt = model.wte.weight.element_size()
@@ -109,7 +125,7 @@ def analytic(model: GPT, batch_size: int, predictor=None) -> dict:
         predictor_matmul_params=pred,
         weight_bytes=(read + (cfg.n_embd if cfg.positions == "learned" else 0)) * elt,
         predictor_bytes=sum(p.numel() for p in predictor.parameters()) * elt if predictor is not None else 0,
-        kv_slot_bytes=cfg.n_layer * 2 * batch_size * cfg.n_kv_head * cfg.head_dim * elt,  # one slot, all rows
+        kv_slot_bytes_per_row=cache_bytes(cfg, 1, 1, elt),  # K and V of one slot, all layers, one row
         attn_flops_per_slot=4 * cfg.n_layer * cfg.n_head * cfg.head_dim,  # QK^T + AV, one token, one slot
     )
 
@@ -120,9 +136,31 @@ def flops_per_token(a: dict, live: int, with_predictor: bool) -> float:
     return 2 * a["matmul_params"] + a["attn_flops_per_slot"] * live + predictor
 
 
-def bytes_per_step(a: dict, live: int, with_predictor: bool) -> int:
-    """Bytes a decode step must read at least: every weight once, and the live keys and values."""
-    return a["weight_bytes"] + (a["predictor_bytes"] if with_predictor else 0) + live * a["kv_slot_bytes"]
+def bytes_per_step(a: dict, live: int, with_predictor: bool, batch: int) -> int:
+    """Bytes a decode step of `batch` rows must read at least: every weight once, and each row's live
+    keys and values."""
+    kv = batch * live * a["kv_slot_bytes_per_row"]
+    return a["weight_bytes"] + (a["predictor_bytes"] if with_predictor else 0) + kv
+
+
+def row_bytes(cfg: GPTConfig, capacity: int, elt: int, cuda_graphs: bool) -> int:
+    """Memory one row of the batch holds at a decode step: its KV cache of `capacity` slots with
+    their bookkeeping, and its share of the step's working memory."""
+    slots = cache_bytes(cfg, 1, capacity, elt) + capacity * (8 + 4 + 8)  # K, V; cache.pos, policy.scores, .positions
+    logits = cfg.vocab_size * elt  # (B, vocab) in the model's dtype: greedy sampling takes the argmax as they are
+    # One layer's live activations, the largest (the allocator reuses them layer after layer): measured at the aten
+    # level on the CPU, 3 H + 4 C elements for the Llama block (gate, up, their product; the residual, its norm...),
+    # 2 H + 4 C for GELU's, 3 H + 4.3 C for Qwen2's.
+    activations = elt * (3 * cfg.mlp_hidden + 5 * cfg.n_embd)
+    # fastpath.GraphedDecode's split-KV partial results, float32: outputs, max and sum of exp per query head and split
+    partials = cfg.n_head * -(-capacity // CHUNK) * (cfg.head_dim + 2) * 4 if cuda_graphs else 0
+    return slots + logits + activations + partials
+
+
+def max_batch(cfg: GPTConfig, capacity: int, elt: int, free: int, fixed: int, cuda_graphs: bool) -> int:
+    """The most rows whose caches and working memory fit `free` bytes, less MEMORY_MARGIN, after
+    `fixed` bytes (the weights and the predictor); 0 when not even one does."""
+    return max(0, (int(free * (1 - MEMORY_MARGIN)) - fixed) // row_bytes(cfg, capacity, elt, cuda_graphs))
 
 
 # -----------------------------------------------------------------------------
@@ -169,94 +207,170 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
 
 
 # -----------------------------------------------------------------------------
+# Jumping: the state after `step` decode steps, without decoding them
+
+
+def fill(cache: KVCache, policy: dynts.Policy, start: int, n: int, n_embd: int):
+    """Append n slots, as if the tokens at positions start..start+n-1 had just been decoded: their
+    keys and values are what the buffer holds (random), and the policy observes them as it
+    observes decoded tokens (random byte tokens, never special, and random final hidden states),
+    so its scores, positions and flags are its own."""
+    B, device = cache.kv.shape[2], cache.kv.device
+    for a in range(start, start + n, FILL_CHUNK):
+        t = min(FILL_CHUNK, start + n - a)
+        cache.seen = a
+        cache.advance(t)  # the slots' positions: a..a+t-1
+        tokens = torch.randint(0, 256, (B, t), device=device)
+        policy.observe(tokens, torch.randn(B, t, n_embd, device=device, dtype=cache.kv.dtype),
+                       torch.arange(a, a + t, device=device))
+
+
+def last_eviction(policy: dynts.Policy, prompt_len: int, step: int, cycle: int | None) -> int | None:
+    """The last decode step <= `step` that ended in an eviction, or None. An evicting policy first
+    evicts when the cache reaches its budget, after budget - prompt_len steps, then every `cycle`
+    steps (budget less what it keeps; None: only the first is asked for)."""
+    first = policy.budget - prompt_len if policy.budget is not None else None
+    if first is None or step < first:
+        return None
+    return first if cycle is None else first + (step - first) // cycle * cycle
+
+
+def jump(cache: KVCache, policy: dynts.Policy, step: int, prompt_len: int, n_embd: int, cycle: int | None,
+         keep=KVCache.keep):
+    """Set the cache and the policy, in place (the CUDA graphs hold their buffers), as a decode
+    holds them after `step` steps: the prompt and the tokens since; or, once the policy has
+    evicted, the prompt and the latest tokens up to the budget, the last eviction replayed on
+    them (the policy's own select and keep, as in the decode loop), then the tokens since."""
+    cache.length = policy.length = 0
+    last = last_eviction(policy, prompt_len, step, cycle)
+    if last is None:
+        return fill(cache, policy, 0, prompt_len + step, n_embd)
+    fill(cache, policy, 0, prompt_len, n_embd)
+    fill(cache, policy, prompt_len + last - (policy.budget - prompt_len), policy.budget - prompt_len, n_embd)
+    idx = policy.select(cache)  # (B, n_keep)
+    keep(cache, idx)
+    policy.keep(idx)
+    fill(cache, policy, prompt_len + last, step - last, n_embd)
+
+
+# -----------------------------------------------------------------------------
 # The decode loop, timed step by step
 
 
 @torch.no_grad()
-def profile_policy(model: GPT, policy: dynts.Policy, prompt: torch.Tensor, steps: int, special_ids: torch.Tensor,
-                   marks: list[int], on_mark=None, cuda_graphs: bool = False) -> dict:
-    """Prefill `prompt` (B, P), then decode `steps` tokens greedily under `policy`, as generate.py does.
+def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len: int, steps: int,
+                   special_ids: torch.Tensor, marks: list[int], tput_window: int, on_mark=None,
+                   cuda_graphs: bool = False, jumps: bool = False, out=None) -> dict:
+    """Decode `steps` tokens greedily under `policy` as generate.py does, after a prompt of
+    `prompt_len` random slots (`jump` to step 0: no prefill); or (`jumps`) only each mark's
+    window, after a jump to its start.
 
     Each decode step is timed from the start of its forward to the start of the next one: the
     forward, the policy's scoring (the predictor, for DynTS), the selection and compaction when
-    the cache is full, and the sampling. Returns per-step arrays and, at each mark, the peak
-    memory allocated while decoding so far: the peak is reset after the prefill, so it holds the
-    cache, each step's activations and each compaction's copy in flight; `base_alloc_bytes`
-    (allocated before the cache: the weights) is subtracted in the reports. `on_mark(step,
-    record)` is called at each mark (after a sync).
+    the cache is full, and the sampling. Returns per-step arrays (None where jumped over) and, as
+    each mark's window (lo, hi] ends, the peak memory allocated while decoding so far (the cache,
+    each step's activations, each compaction's copy in flight; less `base_alloc_bytes`, the
+    weights, in the reports); then calls `on_mark(step, lo, hi, jumped_to, record)` (after a
+    sync). Progress lines go to `out`.
     """
-    device = prompt.device
-    B, P = prompt.shape
+    device, cfg, B, P = model.wte.weight.device, model.config, batch_size, prompt_len
     capacity = policy.budget if policy.budget is not None else P + steps
     keep = keep_in_place if cuda_graphs else KVCache.keep  # compaction: no copy in flight on the fast path
     warm_up_eviction(policy, model, B, keep)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         base_alloc = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    cache = KVCache(model.config, B, capacity, device=device, dtype=model.wte.weight.dtype)
+    cache = KVCache(cfg, B, capacity, device=device, dtype=model.wte.weight.dtype)
+    cache.kv.normal_()  # random keys and values, like the weights: what the slots that a jump fills hold
     policy.reset(B, capacity, device)
     clock = Clock(device)
-    rec = dict(policy=policy.name, budget=policy.budget, window=policy.window, ratio=policy.ratio,
+    rec = dict(policy=policy.name, batch_size=B, budget=policy.budget, window=policy.window, ratio=policy.ratio,
                kv_buffer_bytes=cache.kv.numel() * cache.kv.element_size(), cache_buffer_bytes=cache.allocated_bytes(),
-               evictions=0, kv_read=[], kv_held=[],
-               step_s=[], policy_s=[], peak_alloc_bytes={},
+               evictions=0, eviction_cycle=None, decoded=[], peak_alloc_bytes={},
                base_alloc_bytes=base_alloc if device.type == "cuda" else None)
-    forward, observe = model, policy.observe
-    fwd_end, pol_end = [], []
+    forward, observe, stamps = model, policy.observe, dict(fwd=[], pol=[])
 
-    def step(tokens):  # as in generate.py: forward, the policy's bookkeeping, an eviction when due
+    def step(tokens, i):  # as in generate.py: forward, the policy's bookkeeping, an eviction when due
         logits, hidden, attn = forward(tokens, cache, need_attn=policy.needs_attention)
-        fwd_end.append(clock.stamp())
+        stamps["fwd"].append(clock.stamp())
         positions = torch.arange(cache.seen - tokens.shape[1], cache.seen, device=device)
         observe(tokens, hidden, positions, attn)
-        rec["kv_read"].append(cache.length)
-        if policy.should_evict(cache.length):
+        read, evict = cache.length, policy.should_evict(cache.length)
+        if evict:
             idx = policy.select(cache)  # (B, n_keep)
             keep(cache, idx)
             policy.keep(idx)
-            rec["evictions"] += 1
-        rec["kv_held"].append(cache.length)
-        pol_end.append(clock.stamp())
+        if i > 0:  # (step 0: an untimed warm-up step)
+            rec["kv_read"][i - 1], rec["kv_held"][i - 1] = read, cache.length
+            rec["evictions"] += evict
+        stamps["pol"].append(clock.stamp())
         return logits
 
     def sample(logits):  # greedy, never a special token: the trace never ends its thinking
         return logits.index_fill_(1, special_ids, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
 
-    clock.sync()
-    t0 = time.perf_counter()
-    token = sample(step(prompt))  # prefill
-    clock.sync()
-    rec["prefill_s"] = time.perf_counter() - t0
-    fwd_end.clear(), pol_end.clear(), rec["kv_read"].clear(), rec["kv_held"].clear()
-    if cuda_graphs:  # the fast path: capture the decode step and the scoring once the cache holds the prompt
+    if jumps and policy.budget is not None:  # the first eviction, replayed: what it keeps gives the cycle
+        jump(cache, policy, policy.budget - P, P, cfg.n_embd, None, keep)
+        rec["eviction_cycle"] = policy.budget - cache.length
+    # The steps (lo, hi] timed for each mark: the tput_window up to it or, with jumps, once the policy has
+    # evicted, the eviction cycle that holds the mark: from the last eviction before it to the next.
+    cycle = rec["eviction_cycle"]
+    last = {m: last_eviction(policy, P, m - 1, cycle) if cycle else None for m in marks}
+    spans = {m: (max(0, m - tput_window), m) if last[m] is None else (last[m], last[m] + cycle) for m in marks}
+    plan = sorted(set(spans.values())) if jumps else [(0, steps)]  # the stretches decoded, each after a jump
+    n = max(hi for _, hi in plan)
+    if P + n > cfg.block_size:
+        raise UsageError(f"--jump: {policy.name}'s last window ends at step {n}, past the block_size "
+                         f"{cfg.block_size} less the prompt's {P} tokens (fewer --steps)")
+    jump(cache, policy, plan[0][0], P, cfg.n_embd, cycle, keep)
+    token = torch.randint(0, 256, (B, 1), device=device)  # a random byte: no special token
+    if cuda_graphs:  # the fast path: capture the decode step and the scoring
         t0 = time.perf_counter()
         forward = GraphedDecode(model, cache)
         observe = GraphedObserve(policy, forward)
         rec["capture_s"] = time.perf_counter() - t0
-    if device.type == "cuda":  # the prefill's activations are gone: from here on, decoding's peak
-        rec["prefill_peak_alloc_bytes"] = torch.cuda.max_memory_allocated()
+    sample(step(token, 0))  # a warm-up step, untimed
+    rec.update(kv_read=[None] * n, kv_held=[None] * n, step_s=[None] * n, policy_s=[None] * n)
+    ends = {}  # step -> the marks whose windows end there
+    for m, (lo, hi) in spans.items():
+        ends.setdefault(hi, []).append(m)
+    if device.type == "cuda":  # from here on, decoding's peak
         torch.cuda.reset_peak_memory_stats()
-    def collect(i):  # the step and policy times of steps up to i not yet collected (after a sync)
-        n = len(rec["step_s"])
-        rec["step_s"] += [clock.seconds(a, b) for a, b in zip(starts[n:i], starts[n + 1:i + 1])]
-        rec["policy_s"] += [clock.seconds(a, b) for a, b in zip(fwd_end[n:i], pol_end[n:i])]
 
-    starts = [clock.stamp()]
-    t0 = time.perf_counter()
-    for i in range(1, steps + 1):
-        token = sample(step(token))
-        starts.append(clock.stamp())
-        if i in marks:
-            if device.type == "cuda":
-                rec["peak_alloc_bytes"][i] = torch.cuda.max_memory_allocated()
-            if on_mark:
+    def collect(lo, first, last):  # the times of steps first..last of the stretch after lo (after a sync)
+        for i in range(first, last + 1):
+            rec["step_s"][i - 1] = clock.seconds(stamps["start"][i - lo - 1], stamps["start"][i - lo])
+            rec["policy_s"][i - 1] = clock.seconds(stamps["fwd"][i - lo - 1], stamps["pol"][i - lo - 1])
+
+    total, done, t0 = sum(hi - lo for lo, hi in plan), 0, time.perf_counter()
+    shown = t0
+    for lo, hi in plan:
+        jump(cache, policy, lo, P, cfg.n_embd, cycle, keep)
+        stamps.update(start=[clock.stamp()], fwd=[], pol=[])
+        collected = lo
+        for i in range(lo + 1, hi + 1):
+            token = sample(step(token, i))
+            stamps["start"].append(clock.stamp())
+            done += 1
+            due = [m for m in ends.get(i, []) if spans[m][0] >= lo]  # marks whose windows end here (in this stretch)
+            if due:
                 clock.sync()
-                collect(i)
-                on_mark(i, rec)
-    clock.sync()
+                collect(lo, collected + 1, i)
+                collected = i
+                for m in due:
+                    if device.type == "cuda":
+                        rec["peak_alloc_bytes"][m] = torch.cuda.max_memory_allocated()
+                    if on_mark:
+                        on_mark(m, *spans[m], lo, rec)
+            if out is not None and time.perf_counter() - shown > PROGRESS_S:
+                clock.sync()
+                shown = time.perf_counter()
+                print(f"  ... {policy.name}: {done} of {total} steps decoded, {B * done / (shown - t0):.1f} tokens/s "
+                      f"so far, ~{(shown - t0) * (total - done) / done:.0f} s left", file=out, flush=True)
+        clock.sync()
+        collect(lo, collected + 1, hi)
+        rec["decoded"].append([lo, hi])
     rec["wall_s"] = time.perf_counter() - t0
-    collect(steps)
     del forward, observe, cache
     return rec
 
@@ -278,84 +392,15 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVC
 
 
 # -----------------------------------------------------------------------------
-# Reporting
-
-
-def mark_row(rec: dict, a: dict, step: int, batch: int, bandwidth: float, window: int) -> dict:
-    """The numbers at one mark: throughput and roofline over the `window` steps up to `step`."""
-    with_pred = rec["policy"] == "dynts"
-    lo = max(0, step - window)
-    seconds = sum(rec["step_s"][lo:step])
-    roof = sum(bytes_per_step(a, s, with_pred) for s in rec["kv_read"][lo:step]) / bandwidth
-    peak = rec["peak_alloc_bytes"].get(step)
-    return dict(
-        step=step,
-        tokens_per_s=batch * (step - lo) / seconds,
-        roofline_tokens_per_s=batch * (step - lo) / roof,
-        roofline_fraction=roof / seconds,
-        bytes_per_step=sum(bytes_per_step(a, s, with_pred) for s in rec["kv_read"][lo:step]) / (step - lo),
-        kv_read=rec["kv_read"][step - 1],
-        kv_held=rec["kv_held"][step - 1],
-        kv_live_gb=rec["kv_held"][step - 1] * a["kv_slot_bytes"] / 1e9,
-        kv_buffer_gb=rec["kv_buffer_bytes"] / 1e9,
-        peak_alloc_gb=peak / 1e9 if peak is not None else None,
-        peak_above_weights_gb=(peak - rec["base_alloc_bytes"]) / 1e9 if peak is not None else None,
-        gflops_per_token=flops_per_token(a, rec["kv_read"][step - 1], with_pred) / 1e9,
-        policy_share=sum(rec["policy_s"][lo:step]) / seconds,
-    )
-
-
-ROW_FMT = "{step:>6} {tokens_per_s:>9.1f} {roofline_tokens_per_s:>9.1f} {roof_pct:>6.1f}% {kv_held:>7} {kv_live_gb:>8.4g} " \
-          "{kv_buffer_gb:>8.4g} {peak:>9} {gflops_per_token:>8.4g} {pol_pct:>7.2f}%"
-ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7} {'KV GB':>8} " \
-           f"{'buf GB':>8} {'alloc GB':>9} {'GFLOP/t':>8} {'policy':>8}"
-
-
-def format_row(r: dict) -> str:
-    # alloc: the peak allocated while decoding, less the weights
-    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"
-    return ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"], peak=peak)
-
-
-def multipliers(rows: dict, base: str = "full") -> dict:
-    """policy / base at each common mark: throughput, live KV, buffers, GFLOPs, and how much of the
-    speed-up that the ratio of bytes read allows is achieved."""
-    out = {}
-    for name, rs in rows.items():
-        if name == base:
-            continue
-        by_step = {r["step"]: r for r in rows[base]}
-        out[name] = []
-        for r in rs:
-            f = by_step.get(r["step"])
-            if f is None:
-                continue
-            speedup, allowed = r["tokens_per_s"] / f["tokens_per_s"], f["bytes_per_step"] / r["bytes_per_step"]
-            out[name].append(dict(step=r["step"], throughput=speedup, kv_live=r["kv_live_gb"] / f["kv_live_gb"],
-                                  kv_buffer=r["kv_buffer_gb"] / f["kv_buffer_gb"],
-                                  gflops=r["gflops_per_token"] / f["gflops_per_token"],
-                                  bytes_allowed_speedup=allowed, speedup_efficiency=speedup / allowed))
-    return out
-
-
-def format_multipliers(name: str, ms: list[dict], base: str = "full") -> str:
-    paper = name == "dynts"
-    lines = [f"{name} / {base}:",
-             f"{'step':>6} {'tput':>7} {'KV live':>8} {'KV buf':>7} {'GFLOPs':>7} {'bytes ratio':>11} {'of allowed':>10}"
-             + ("   paper: tput  KV  GFLOPs" if paper else "")]
-    for m in ms:
-        line = (f"{m['step']:>6} {m['throughput']:>6.2f}x {m['kv_live']:>7.2f}x {m['kv_buffer']:>6.2f}x "
-                f"{m['gflops']:>6.2f}x {m['bytes_allowed_speedup']:>10.2f}x {100 * m['speedup_efficiency']:>9.1f}%")
-        if paper and m["step"] in PAPER_MARKS:
-            j = PAPER_MARKS.index(m["step"])
-            line += "   " + "  ".join(f"{PAPER_MULTIPLIERS[k][j]:.2f}x" if PAPER_MULTIPLIERS[k][j] else "-"
-                                      for k in ("throughput", "kv_memory", "gflops"))
-        lines.append(line)
-    return "\n".join(lines)
+# Reporting (the tables are view.py's)
 
 
 def plot(result: dict, path: str):
     """The three-panel figure of a run's result (this file's JSON): view.plot_profile, with the formulas above."""
+    a = result["analytic"]
+    if "kv_slot_bytes_per_row" not in a:  # saved before batches per policy: kv_slot_bytes was one slot of all rows
+        per_row = a["kv_slot_bytes"] / result["config"]["batch_size"]
+        result = dict(result, analytic=dict(a, kv_slot_bytes_per_row=per_row))
     view.plot_profile(result, path, flops_per_token, bytes_per_step, PAPER_MARKS)
 
 
@@ -364,9 +409,9 @@ def plot(result: dict, path: str):
 
 
 def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
-         window=None, ratio=0.3, device=None, dtype="auto", cuda_graphs=False, every=1000, tput_window=100,
-         seed=1337, json_path=None, plot_path=None, out=sys.stdout) -> dict:
-    """Profile each policy on the same random prompt; print the tables; return everything."""
+         window=None, ratio=0.3, device=None, dtype="auto", cuda_graphs=False, jump=False, every=None,
+         tput_window=100, seed=1337, json_path=None, plot_path=None, out=sys.stdout) -> dict:
+    """Profile each policy; print the tables; return everything."""
     if preset not in PRESETS:
         raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
@@ -375,14 +420,20 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     steps = d["steps"] if steps is None else steps
     budget = d["budget"] if budget is None else budget
     window = d["window"] if window is None else window
+    every = (steps + 1 if jump else 1000) if every is None else every  # --jump: only the paper's marks, by default
     names = [p.strip() for p in policies.split(",") if p.strip()]
     for name in names:
         if name not in POLICIES:
             raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     if not names or len(set(names)) != len(names):
         raise UsageError(f"--policies {policies!r}: name each policy once")
-    for flag, value in [("--batch-size", batch_size), ("--prompt-len", prompt_len), ("--steps", steps),
-                        ("--every", every), ("--tput-window", tput_window)]:
+    if batch_size != "max":
+        try:
+            batch_size = int(batch_size)
+        except ValueError:
+            raise UsageError(f"--batch-size must be a number or max, got {batch_size!r}") from None
+    for flag, value in [("--batch-size", 1 if batch_size == "max" else batch_size), ("--prompt-len", prompt_len),
+                        ("--steps", steps), ("--every", every), ("--tput-window", tput_window)]:
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if prompt_len + steps > cfg.block_size:
@@ -394,6 +445,9 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     device = resolve_device(device)
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
+    if batch_size == "max" and not device.startswith("cuda"):
+        raise UsageError("--batch-size max fills a GPU's free memory: it needs a CUDA device (on the CPU, give a "
+                         "number)")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     check_output_path("--json", json_path)  # (checked now, not after the whole run)
@@ -401,15 +455,18 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     check_matplotlib("--plot", plot_path)
     if any(name != "full" for name in names) and budget <= prompt_len:
         raise UsageError(f"--budget {budget} must exceed the prompt's {prompt_len} tokens")
-    capacity = prompt_len + steps if "full" in names else budget  # the largest cache a policy allocates
-    check_memory(f"--preset {preset} (built in float32) and a KV cache of --batch-size {batch_size} x {capacity} slots",
-                 weight_bytes(cfg) + cache_bytes(cfg, batch_size, capacity, getattr(torch, dtype).itemsize), str(device))
+    elt = getattr(torch, dtype).itemsize
+    if batch_size == "max":  # set once the weights are in
+        free = free_bytes(device)
+        check_memory(f"--preset {preset} (built in float32)", weight_bytes(cfg), device)
+    else:
+        capacity = prompt_len + steps if "full" in names else budget  # the largest cache a policy allocates
+        check_memory(f"--preset {preset} (built in float32) and a KV cache of --batch-size {batch_size} x {capacity} "
+                     "slots", weight_bytes(cfg) + cache_bytes(cfg, batch_size, capacity, elt), str(device))
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()
     special_ids = torch.tensor([enc.encode_single_token(t) for t in (EOT, THINK, END_THINK)], device=device)
-    prompt = torch.randint(0, 256, (batch_size, prompt_len)).to(device)  # random bytes: no special token
-
     # Validate the policies' settings before spending time on the model.
     for name in names:
         make_policy(name, budget, window, ratio, None, prompt_len, enc)
@@ -418,7 +475,16 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         if cfg.positions == "rope":  # RoPE's frequencies stay float32, as hf.load_model keeps them (.to rounds buffers)
             model.inv_freq = rope_frequencies(cfg)
         predictor = dynts.ImportancePredictor(cfg.n_embd).to(getattr(torch, dtype)).eval() if "dynts" in names else None
-    a = analytic(model, batch_size, predictor)
+    a = analytic(model, predictor)
+    batches = {name: batch_size for name in names}
+    if batch_size == "max":  # each policy: the most rows its cache lets fit beside what the weights took
+        torch.cuda.empty_cache()
+        fixed = max(free - free_bytes(str(device)), weight_bytes(cfg, elt) + a["predictor_bytes"])
+        batches = {n: max_batch(cfg, prompt_len + steps if n == "full" else budget, elt, free, fixed, cuda_graphs)
+                   for n in names}
+        if min(batches.values()) < 1:
+            raise UsageError(f"--batch-size max: not one row of {min(batches, key=batches.get)}'s cache fits beside "
+                             f"the weights ({fixed / 2**30:.1f} GiB) in the {free / 2**30:.1f} GiB free on {device}")
     bandwidth = copy_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     marks = sorted({m for m in PAPER_MARKS if m <= steps} | set(range(every, steps + 1, every)) | {steps})
@@ -428,12 +494,16 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         torch=torch.__version__,
         config=dict(preset=preset, policies=names, batch_size=batch_size, prompt_len=prompt_len, steps=steps,
                     budget=budget, window=window, ratio=ratio, device=str(device), dtype=dtype,
-                    cuda_graphs=cuda_graphs, every=every, tput_window=tput_window, seed=seed),
-        analytic=a, copy_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
-    print(f"profile.py: {preset} ({a['matmul_params'] / 1e6:.1f} M matmul params), batch {batch_size}, prompt "
-          f"{prompt_len}, {steps} steps, {dtype} on {device_name}{' with CUDA graphs' if cuda_graphs else ''}\n"
+                    cuda_graphs=cuda_graphs, jump=jump, every=every, tput_window=tput_window, seed=seed),
+        batch_sizes=batches, analytic=a, copy_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
+    fits = f" ({', '.join(f'{k} {v}' for k, v in batches.items())}: the most that fit the {free / 2**30:.1f} GiB " \
+           f"free, less {MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB of weights)" if batch_size == "max" else ""
+    print(f"profile.py: {preset} ({a['matmul_params'] / 1e6:.1f} M matmul params), batch "
+          f"{batch_size}{fits}, prompt {prompt_len}, {steps} steps, {dtype} on "
+          f"{device_name}{' with CUDA graphs' if cuda_graphs else ''}"
+          f"{', jumping to each mark (*: the steps before those timed were not decoded)' if jump else ''}\n"
           f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write) | weights read per step "
-          f"{a['weight_bytes'] / 1e9:.4g} GB | KV per slot {a['kv_slot_bytes'] / 2**20:.3f} MiB (all {batch_size} rows)",
+          f"{a['weight_bytes'] / 1e9:.4g} GB | KV per slot per row {a['kv_slot_bytes_per_row'] / 2**10:.1f} KiB",
           file=out, flush=True)
 
     def write_json():
@@ -443,26 +513,30 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
 
     for name in names:
         policy = make_policy(name, budget, window, ratio, predictor, prompt_len, enc)
-        print(f"\n{name}" + (f" (budget {budget}, window {window}, ratio {ratio})" if name != "full" else "")
-              + "\n" + ROW_HEAD, file=out, flush=True)
+        print(f"\n{name}, batch {batches[name]}" + (f" (budget {budget}, window {window}, ratio {ratio})"
+              if name != "full" else "") + "\n" + view.PROFILE_ROW_HEAD, file=out, flush=True)
         rows = result["marks"][name] = []
 
-        def on_mark(step, rec):
-            rows.append(mark_row(rec, a, step, batch_size, bandwidth, tput_window))
-            print(format_row(rows[-1]), file=out, flush=True)
+        def on_mark(step, lo, hi, jumped_to, rec):
+            rows.append(view.profile_row(rec, a, step, lo, hi, jumped_to, bandwidth, flops_per_token, bytes_per_step))
+            print(view.format_profile_row(rows[-1]), file=out, flush=True)
 
-        rec = profile_policy(model, policy, prompt, steps, special_ids, marks, on_mark, cuda_graphs)
-        share = sum(rec["policy_s"]) / sum(rec["step_s"])
-        print(f"prefill {rec['prefill_s']:.3f} s | {steps} steps in {rec['wall_s']:.2f} s "
-              f"({batch_size * steps / rec['wall_s']:.1f} tokens/s) | evictions {rec['evictions']} | "
+        rec = profile_policy(model, policy, batches[name], prompt_len, steps, special_ids, marks, tput_window, on_mark,
+                             cuda_graphs, jump, out)
+        timed = [t for t in rec["step_s"] if t is not None]
+        share = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
+        cycle = f" (one every {rec['eviction_cycle']} steps)" if rec["eviction_cycle"] else ""
+        print(f"steps " + ", ".join(f"{lo + 1}-{hi}" for lo, hi in rec["decoded"]) + f" decoded in {rec['wall_s']:.2f} "
+              f"s ({batches[name] * len(timed) / rec['wall_s']:.1f} tokens/s) | evictions {rec['evictions']}{cycle} | "
               f"policy (predictor, selection, compaction) {100 * share:.2f}% of decode time", file=out, flush=True)
         rec["policy_share"] = share
         result["records"][name] = rec
         write_json()
     if "full" in names and len(names) > 1:
-        result["multipliers"] = multipliers(result["marks"])
+        result["multipliers"] = view.profile_multipliers(result["marks"])
         for name, ms in result["multipliers"].items():
-            print("\n" + format_multipliers(name, ms), file=out, flush=True)
+            print("\n" + view.format_profile_multipliers(name, ms, batches, PAPER_MARKS, PAPER_MULTIPLIERS), file=out,
+                  flush=True)
     write_json()
     if plot_path:
         plot(result, plot_path)
@@ -472,17 +546,18 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="paper-8b", help=f"model shape, random weights: {', '.join(PRESETS)} "
-                   "(default: paper-8b, the shape of R1-Distill-Llama-8B)")
+                   "(default: paper-8b, the GELU stand-in for R1-Distill-Llama-8B; r1-llama-8b is its own shape)")
     p.add_argument("--policies", default="full,dynts", help=f"comma-separated, from {', '.join(POLICIES)} "
                    "(default: full,dynts; multipliers are against full)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together (default: 8)")
-    p.add_argument("--prompt-len", type=int, help="random prompt tokens, protected by DynTS "
-                   "(default: 500 for paper-8b, 50 for the small presets)")
-    p.add_argument("--steps", type=int, help="decode steps (default: 15000 for paper-8b, 1500 for tiny)")
+    p.add_argument("--batch-size", default=8, help="sequences decoded together, or max: for each policy the most "
+                   f"that fit the GPU's free memory with its cache, less {MEMORY_MARGIN:.0%} (CUDA only; default: 8)")
+    p.add_argument("--prompt-len", type=int, help="prompt tokens (random keys and values), protected by DynTS "
+                   "(default: the paper's 500 for the 8B presets, 50 for the others)")
+    p.add_argument("--steps", type=int, help="decode steps (default: 15000 for the 8B presets, 1500 for tiny)")
     p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens (default: the paper's 5000 "
-                   "for paper-8b, 500 for the small presets)")
-    p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the paper's 2000 for "
-                   "paper-8b, 200 for the small presets)")
+                   "for the 8B presets, 500 for the others)")
+    p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the paper's 2000 for the "
+                   "8B presets, 200 for the others)")
     p.add_argument("--ratio", type=float, default=0.3,
                    help="fraction of the older tokens kept at an eviction (default: 0.3)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
@@ -491,11 +566,14 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph with a "
                    "split-KV attention kernel (fastpath.py; CUDA only, its kernels need Triton; the plain path is "
                    "GPT.forward)")
-    p.add_argument("--every", type=int, default=1000, help="report every this many steps, besides the paper's "
-                   "marks 2k, 5k, 7k, 10k, 12k, 15k (default: 1000)")
+    p.add_argument("--jump", action="store_true", help="decode only what each mark is timed over, from the state a "
+                   "decode is in there (random keys and values): the --tput-window steps up to it, or an evicting "
+                   "policy's eviction cycle that holds it")
+    p.add_argument("--every", type=int, help="report every this many steps, besides the paper's marks 2k, 5k, 7k, "
+                   "10k, 12k, 15k and --steps (default: 1000; with --jump, none)")
     p.add_argument("--tput-window", type=int, default=100, help="throughput at a mark is over this many steps up "
                    "to it (default: 100)")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (weights and prompt)")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (weights, keys and values)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write everything measured, per step, as JSON")
     p.add_argument("--plot", dest="plot_path", metavar="PATH",
                    help="write the three-panel figure as a PNG (needs matplotlib)")

@@ -11,8 +11,8 @@ it:
   (matplotlib): evictions show as the sawtooth, kept tokens as horizontal stripes;
 - `ansi(...)`: the trace for a terminal, with the evicted tokens dimmed.
 
-It also draws profile.py's figure (`plot_profile`): throughput, KV memory and FLOPs against
-decoding steps.
+It also writes profile.py's tables and draws its figure (`plot_profile`): throughput, KV memory
+and FLOPs against decoding steps.
 """
 
 import html as html_lib
@@ -178,36 +178,129 @@ def ansi(log: TraceLog, tokens: list[str], row: int = 0) -> str:
 
 
 # -----------------------------------------------------------------------------
-# profile.py's figure
+# profile.py's tables and figure
+
+
+def profile_row(rec: dict, a: dict, step: int, lo: int, hi: int, jumped_to: int, bandwidth: float, flops_per_token,
+                bytes_per_step) -> dict:
+    """The numbers at one mark of a profile.py record: throughput and roofline over the steps (lo,
+    hi] timed for it, decoded after a jump to step `jumped_to` (0: from the prompt). `a`:
+    profile.analytic's counts; `bandwidth`: the copy bandwidth, B/s; flops_per_token and
+    bytes_per_step: profile.py's formulas."""
+    with_pred, batch = rec["policy"] == "dynts", rec["batch_size"]
+    seconds = sum(rec["step_s"][lo:hi])
+    read = sum(bytes_per_step(a, s, with_pred, batch) for s in rec["kv_read"][lo:hi])
+    peak = rec["peak_alloc_bytes"].get(step)
+    return dict(
+        step=step, batch=batch, timed=[lo + 1, hi], jumped_to=jumped_to,
+        tokens_per_s=batch * (hi - lo) / seconds,
+        roofline_tokens_per_s=batch * (hi - lo) * bandwidth / read,
+        roofline_fraction=read / bandwidth / seconds,
+        bytes_per_step=read / (hi - lo),
+        kv_read=rec["kv_read"][step - 1],
+        kv_held=rec["kv_held"][step - 1],
+        kv_live_gb=rec["kv_held"][step - 1] * batch * a["kv_slot_bytes_per_row"] / 1e9,
+        kv_buffer_gb=rec["kv_buffer_bytes"] / 1e9,
+        peak_alloc_gb=peak / 1e9 if peak is not None else None,
+        peak_above_weights_gb=(peak - rec["base_alloc_bytes"]) / 1e9 if peak is not None else None,
+        gflops_per_token=flops_per_token(a, rec["kv_read"][step - 1], with_pred) / 1e9,
+        policy_share=sum(rec["policy_s"][lo:hi]) / seconds,
+    )
+
+
+PROFILE_ROW_FMT = "{step:>6} {tokens_per_s:>9.1f} {roofline_tokens_per_s:>9.1f} {roof_pct:>6.1f}% {kv_held:>7} " \
+                  "{kv_live_gb:>8.4g} {kv_buffer_gb:>8.4g} {peak:>9} {gflops_per_token:>8.4g} {pol_pct:>7.2f}% " \
+                  "{steps_timed:>12}"
+PROFILE_ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7} {'KV GB':>8} " \
+                   f"{'buf GB':>8} {'alloc GB':>9} {'GFLOP/t':>8} {'policy':>8} {'steps timed':>12}"
+
+
+def format_profile_row(r: dict) -> str:
+    """One mark of profile.py's table. alloc: the peak allocated while decoding, less the weights;
+    steps timed: what the throughput is over, '*' when the steps before were jumped over."""
+    peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"
+    timed = f"{r['timed'][0]}-{r['timed'][1]}" + ("*" if r["jumped_to"] else "")
+    return PROFILE_ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"],
+                                  peak=peak, steps_timed=timed)
+
+
+def profile_multipliers(rows: dict, base: str = "full") -> dict:
+    """policy / base at each common mark, each at its own batch: throughput, live KV per row (a
+    sequence's, as the paper's), the buffers (all rows: ~1x at equal memory), GFLOPs per token, and
+    how much of the speed-up that the bytes read per token allow (the ratio of the roofline
+    throughputs) is achieved."""
+    out = {}
+    for name, rs in rows.items():
+        if name == base:
+            continue
+        by_step = {r["step"]: r for r in rows[base]}
+        out[name] = []
+        for r in rs:
+            f = by_step.get(r["step"])
+            if f is None:
+                continue
+            speedup = r["tokens_per_s"] / f["tokens_per_s"]
+            allowed = r["roofline_tokens_per_s"] / f["roofline_tokens_per_s"]
+            out[name].append(dict(step=r["step"], throughput=speedup, kv_live=r["kv_held"] / f["kv_held"],
+                                  kv_buffer=r["kv_buffer_gb"] / f["kv_buffer_gb"],
+                                  gflops=r["gflops_per_token"] / f["gflops_per_token"],
+                                  bytes_allowed_speedup=allowed, speedup_efficiency=speedup / allowed))
+    return out
+
+
+def format_profile_multipliers(name: str, ms: list[dict], batches: dict, paper_marks: list[int],
+                               paper_multipliers: dict, base: str = "full") -> str:
+    """The multipliers' table, with the paper's (paper_multipliers[k][j] at paper_marks[j]) for dynts."""
+    paper = name == "dynts"
+    lines = [f"{name} / {base}, batch {batches[name]} / {batches[base]}:",
+             f"{'step':>6} {'tput':>7} {'KV/row':>8} {'KV buf':>7} {'GFLOPs':>7} {'bytes ratio':>11} {'of allowed':>10}"
+             + ("   paper: tput  KV  GFLOPs" if paper else "")]
+    for m in ms:
+        line = (f"{m['step']:>6} {m['throughput']:>6.2f}x {m['kv_live']:>7.2f}x {m['kv_buffer']:>6.2f}x "
+                f"{m['gflops']:>6.2f}x {m['bytes_allowed_speedup']:>10.2f}x {100 * m['speedup_efficiency']:>9.1f}%")
+        if paper and m["step"] in paper_marks:
+            j = paper_marks.index(m["step"])
+            line += "   " + "  ".join(f"{paper_multipliers[k][j]:.2f}x" if paper_multipliers[k][j] else "-"
+                                      for k in ("throughput", "kv_memory", "gflops"))
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper_marks: list[int]):
     """profile.py's figure: three panels against decoding steps, like the paper's efficiency
     figure (throughput with its memory roofline, KV memory, GFLOPs per token), with the DynTS /
     full multipliers written at the paper's marks. `result` is profile.main's (its JSON);
-    flops_per_token and bytes_per_step are profile.py's formulas, (analytic, live, with_predictor)."""
+    flops_per_token and bytes_per_step are profile.py's formulas, (analytic, live, with_predictor[,
+    batch]). Steps jumped over (--jump) are gaps; throughput is drawn where a whole window was decoded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a, batch, w = result["analytic"], result["config"]["batch_size"], result["config"]["tput_window"]
+    a, w, nan = result["analytic"], result["config"]["tput_window"], float("nan")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for name, rec in result["records"].items():
-        with_pred = name == "dynts"
+        with_pred, batch = name == "dynts", rec.get("batch_size", result["config"]["batch_size"])
         steps = list(range(1, len(rec["step_s"]) + 1))
-        csum = [0.0]
+        csum, n_timed = [0.0], [0]  # running sums of the step times and of the steps timed
         for s in rec["step_s"]:
-            csum.append(csum[-1] + s)
-        tput = [batch * (i - max(0, i - w)) / (csum[i] - csum[max(0, i - w)]) for i in steps]
+            csum.append(csum[-1] + (s or 0.0))
+            n_timed.append(n_timed[-1] + (s is not None))
+        tput = [batch * w / (csum[i] - csum[i - w]) if i >= w and n_timed[i] - n_timed[i - w] == w else nan
+                for i in steps]
         label = {"full": "full cache (Transformers)", "dynts": "DynTS"}.get(name, name)
+        if batch != result["config"]["batch_size"]:
+            label += f", batch {batch}"
+        read = [k if k is not None else nan for k in rec["kv_read"]]
         line, = axes[0].plot(steps, tput, label=label, lw=1.2)
-        roof = [batch * result["copy_bandwidth_Bps"] / bytes_per_step(a, k, with_pred) for k in rec["kv_read"]]
+        roof = [batch * result["copy_bandwidth_Bps"] / bytes_per_step(a, k, with_pred, batch) for k in read]
         axes[0].plot(steps, roof, color=line.get_color(), ls=":", lw=1, label=f"{label}, memory roofline")
-        axes[1].plot(steps, [k * a["kv_slot_bytes"] / 1e9 for k in rec["kv_held"]], color=line.get_color(), lw=1.2,
-                     label=f"{label}, live")
+        axes[1].plot(steps, [k * batch * a["kv_slot_bytes_per_row"] / 1e9 if k is not None else nan
+                             for k in rec["kv_held"]], color=line.get_color(), lw=1.2, label=f"{label}, live")
         axes[1].axhline(rec["kv_buffer_bytes"] / 1e9, color=line.get_color(), ls="--", lw=0.8, label=f"{label}, buffers")
-        axes[2].plot(steps, [flops_per_token(a, k, with_pred) / 1e9 for k in rec["kv_read"]], color=line.get_color(),
+        axes[2].plot(steps, [flops_per_token(a, k, with_pred) / 1e9 for k in read], color=line.get_color(),
                      lw=1.2, label=label)
+        for r in result["marks"].get(name, []) if result["config"].get("jump") else []:  # each mark's mean
+            axes[0].plot(r["step"], r["tokens_per_s"], "o", color=line.get_color(), ms=4)
     rows = {r["step"]: r for r in result["marks"].get("dynts", [])}
     shown = [m for m in result["multipliers"].get("dynts", []) if m["step"] in paper_marks] \
         or result["multipliers"].get("dynts", [])  # a short run: at its own marks
@@ -217,7 +310,7 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
                          (axes[2], r["gflops_per_token"], m["gflops"])]:
             ax.annotate(f"{v:.2f}x", (m["step"], y), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=8, color="C1")
-    for ax, title in zip(axes, ["throughput (tokens/s)", "KV memory (GB)", "GFLOPs per token"]):
+    for ax, title in zip(axes, ["throughput (tokens/s)", "KV memory, all rows (GB)", "GFLOPs per token"]):
         ax.set_ylim(bottom=0)
         ax.set_title(title + (": DynTS / full at the marks" if ax is axes[0] else ""))
         ax.set_xlabel("decoding steps")
@@ -225,7 +318,8 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
         ax.legend(fontsize=7)
     c = result["config"]
     fig.suptitle(f"{c['preset']}, batch {c['batch_size']}, prompt {c['prompt_len']}, {c['dtype']}, "
-                 f"{result['device_name']}{', CUDA graphs' if c['cuda_graphs'] else ''} | DynTS budget {c['budget']}, "
+                 f"{result['device_name']}{', CUDA graphs' if c['cuda_graphs'] else ''}"
+                 f"{', jumping to each mark' if c.get('jump') else ''} | DynTS budget {c['budget']}, "
                  f"window {c['window']}, ratio {c['ratio']} | {result['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -11,7 +11,9 @@ import sys
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+import dynts
+import fastpath
+from model import GPT, PRESETS, GPTConfig, KVCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,20 +48,21 @@ def test_analytic_counts_match_the_formula():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=64, n_layer=3, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48)
     model = GPT(cfg)
-    a = P.analytic(model, batch_size=5)
+    a = P.analytic(model)
     C, kv = cfg.n_embd, cfg.n_kv_head * cfg.head_dim
     per_layer = C * (C + 2 * kv) + C * C + 2 * C * cfg.mlp_hidden  # qkv, attention proj, MLP
     assert a["matmul_params"] == cfg.n_layer * per_layer + cfg.vocab_size * C  # + the tied LM head
-    assert a["kv_slot_bytes"] == cfg.n_layer * 2 * 5 * kv * 4  # K and V of all layers and rows, float32
+    assert a["kv_slot_bytes_per_row"] == cfg.n_layer * 2 * kv * 4  # K and V of all layers, one row, float32
     live = 17
     assert P.flops_per_token(a, live, False) == 2 * a["matmul_params"] + 4 * cfg.n_layer * C * live
     pred = P.dynts.ImportancePredictor(C)
-    a = P.analytic(model, 5, pred)
+    a = P.analytic(model, pred)
     assert a["predictor_matmul_params"] == C * 2 * C + 2 * C * C // 2 + C // 2
     assert P.flops_per_token(a, live, True) - P.flops_per_token(a, live, False) == 2 * a["predictor_matmul_params"]
     everything = sum(p.numel() for p in model.parameters()) * 4
     assert a["weight_bytes"] == everything - cfg.block_size * C * 4 + C * 4  # one learned-position row read
-    assert P.bytes_per_step(a, live, True) == a["weight_bytes"] + a["predictor_bytes"] + live * a["kv_slot_bytes"]
+    read = a["weight_bytes"] + a["predictor_bytes"] + 5 * live * a["kv_slot_bytes_per_row"]  # 5 rows
+    assert P.bytes_per_step(a, live, True, 5) == read
 
 
 def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
@@ -78,6 +81,8 @@ def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
     assert dyn["evictions"] >= 2 and max(dyn["kv_read"]) == TINY["budget"] and max(dyn["kv_held"]) < TINY["budget"]
     after = [h for r, h in zip(dyn["kv_read"], dyn["kv_held"]) if r == TINY["budget"]]  # after each eviction
     assert after == [TINY["window"] + prompt] * dyn["evictions"]  # the protected prompt and the window
+    assert [r["timed"] for r in res["marks"]["full"]] == [[1, 10], [11, 20], [21, 30], [31, 40]]
+    assert all(r["jumped_to"] == 0 and r["batch"] == 2 for r in res["marks"]["full"])  # every step decoded
     row = res["marks"]["dynts"][-1]
     assert row["gflops_per_token"] == pytest.approx(P.flops_per_token(a, dyn["kv_read"][-1], True) / 1e9)
     assert row["tokens_per_s"] == pytest.approx(2 * 10 / sum(dyn["step_s"][-10:]))
@@ -86,7 +91,7 @@ def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
     assert m["kv_live"] == pytest.approx(dyn["kv_held"][-1] / full["kv_held"][-1])
     assert m["speedup_efficiency"] == pytest.approx(m["throughput"] / m["bytes_allowed_speedup"])
     text = out.getvalue()
-    assert "dynts / full:" in text and "window / full:" in text and "% of decode time" in text
+    assert "dynts / full, batch 2 / 2:" in text and "window / full, batch 2 / 2:" in text and "% of decode time" in text
     saved = json.loads(path.read_text())
     assert saved["config"]["steps"] == steps and saved["records"]["dynts"]["kv_held"] == dyn["kv_held"]
 
@@ -99,6 +104,13 @@ def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
     (["--preset", "tiny", "--policies", "full,h3o"], "unknown policy"),
     (["--preset", "tiny", "--steps", "0"], "--steps must be >= 1"),
     (["--preset", "tiny", "--cuda-graphs", "--policies", "full,snapkv+p"], "snapkv+p scores by attention"),
+    (["--preset", "tiny", "--batch-size", "max"], "--batch-size max fills a GPU's free memory: it needs a CUDA device"),
+    (["--preset", "tiny", "--batch-size", "many"], "--batch-size must be a number or max, got 'many'"),
+    (["--preset", "tiny", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--preset", "tiny", "--jump", "--every", "0"], "--every must be >= 1"),
+    # the eviction cycle that holds step 1990 (every 210 steps from 450) runs past the block_size, 2048
+    (["--preset", "tiny", "--jump", "--steps", "1990", "--policies", "dynts", "--batch-size", "1"],
+     "dynts's last window ends at step 2130, past the block_size 2048"),
 ])
 def test_bad_inputs_exit_with_one_line(argv, message):
     with pytest.raises(SystemExit) as e:
@@ -124,3 +136,152 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     P.plot(json.loads(saved.read_text()), str(tmp_path / "again.png"))  # the same figure from the saved JSON
     assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    P.main(**TINY, jump=True, plot_path=str(tmp_path / "jump.png"), out=io.StringIO())  # steps jumped over: gaps
+    assert (tmp_path / "jump.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -----------------------------------------------------------------------------
+# --jump: the state after `step` steps, without decoding them
+
+
+SPECIAL = torch.tensor([256, 257, 258])  # the byte encoding's end-of-text, <think>, </think>: never sampled
+
+
+def decode(model, policy, cache, token, steps, forward=None, observe=None):
+    """Decode `steps` greedy tokens as generate.py does: after each step, (the cache's length, evicted?)."""
+    forward, observe, out = forward or model, observe or policy.observe, []
+    for _ in range(steps):
+        logits, hidden, _ = forward(token, cache)
+        observe(token, hidden, torch.arange(cache.seen - 1, cache.seen))
+        evict = policy.should_evict(cache.length)
+        if evict:
+            idx = policy.select(cache)
+            cache.keep(idx)
+            policy.keep(idx)
+        out.append((cache.length, evict))
+        token = logits.index_fill(1, SPECIAL, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
+    return out
+
+
+def tiny_dynts(model, B, P_len, budget, window):
+    """A fresh DynTS policy (its predictor seeded: the same in every call) and cache, reset for a generation."""
+    torch.manual_seed(1)
+    policy = dynts.DynTS(budget, window, 0.3, dynts.ImportancePredictor(model.config.n_embd).eval(), P_len,
+                         end_think_id=258, eot_id=256)
+    cache = KVCache(model.config, B, budget)
+    policy.reset(B, budget)
+    return policy, cache
+
+
+@torch.no_grad()
+def test_jump_leaves_the_state_a_real_decode_leaves():
+    """A real prefill and decode against a jump to the same step: the same cache and policy lengths,
+    the same positions where the policy decides them (the protected prompt, the window), the same
+    flags and protected count; decoding on from there evicts at the same steps, to the same lengths."""
+    B, P_len, budget, window, steps = 3, 16, 40, 8, 80
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"]).eval()
+    policy, cache = tiny_dynts(model, B, P_len, budget, window)
+    prompt = torch.randint(0, 256, (B, P_len))
+    logits, hidden, _ = model(prompt, cache)  # a real prefill, as generate.py does
+    policy.observe(prompt, hidden, torch.arange(P_len))
+    token = logits.index_fill(1, SPECIAL, float("-inf")).argmax(dim=-1, keepdim=True)
+    real, states = [], {}
+    for s in range(steps + 1):  # the state after step s, then step s + 1
+        states[s] = (cache.length, cache.seen, cache.pos[:, :cache.length].clone(), policy.answering.clone(),
+                     policy.done.clone(), int((policy.ranking(cache) == float("inf")).sum()))
+        real += decode(model, policy, cache, token, 1)
+        token = torch.randint(0, 256, (B, 1))  # (lengths do not depend on the tokens)
+    first, kept = budget - P_len, window + P_len  # the first eviction; what each keeps: the window, the prompt
+    cycle = budget - kept
+    assert [i + 1 for i, (_, e) in enumerate(real) if e] == list(range(first, steps + 2, cycle))
+
+    for s in [0, 10, first - 1, first, first + 5, first + cycle, first + 2 * cycle - 1]:
+        jp, jc = tiny_dynts(model, B, P_len, budget, window)
+        buffers = (jp.scores, jp.positions, jp.answering, jp.done, jc.kv, jc.pos)
+        P.jump(jc, jp, s, P_len, model.config.n_embd, cycle)
+        length, seen, pos, answering, done, protected = states[s]
+        assert (jc.length, jc.seen, jp.length) == (length, seen, length), s
+        assert torch.equal(jc.pos[:, :length], jp.positions[:, :length])  # the cache and the policy agree
+        assert torch.equal(jc.pos[:, :P_len], pos[:, :P_len])  # the prompt
+        assert torch.equal(jc.pos[:, length - window:length], pos[:, length - window:])  # the window
+        assert bool((jc.pos[:, 1:length] > jc.pos[:, :length - 1]).all()) and int(jc.pos[:, :length].max()) < seen
+        assert torch.equal(jp.answering, answering) and torch.equal(jp.done, done) and not answering.any()
+        assert int((jp.ranking(jc) == float("inf")).sum()) == protected == B * P_len
+        assert all(x is y for x, y in zip(buffers, (jp.scores, jp.positions, jp.answering, jp.done, jc.kv, jc.pos)))
+        assert decode(model, jp, jc, torch.randint(0, 256, (B, 1)), cycle + 3) == real[s:s + cycle + 3], s
+
+
+@torch.no_grad()
+def test_jumps_under_the_fast_paths_step_objects():
+    """The fast path's step and scoring (run eagerly: capture=False) are built once, on the first
+    jump's state, as profile.py builds them; jumps after it write in place, so they see them."""
+    B, P_len, budget, window = 2, 16, 40, 8
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"]).eval()
+    policy, cache = tiny_dynts(model, B, P_len, budget, window)
+    prompt = torch.randint(0, 256, (B, P_len))
+    logits, hidden, _ = model(prompt, cache)
+    policy.observe(prompt, hidden, torch.arange(P_len))
+    real = decode(model, policy, cache, logits.argmax(dim=-1, keepdim=True), 80)
+    jp, jc = tiny_dynts(model, B, P_len, budget, window)
+    P.jump(jc, jp, 5, P_len, model.config.n_embd, 16)
+    forward = fastpath.GraphedDecode(model, jc, capture=False)
+    observe = fastpath.GraphedObserve(jp, forward, capture=False)
+    for s in [5, 24, 56]:  # before the first eviction, then two eviction cycles (16 steps)
+        P.jump(jc, jp, s, P_len, model.config.n_embd, 16)
+        assert decode(model, jp, jc, torch.randint(0, 256, (B, 1)), 20, forward, observe) == real[s:s + 20], s
+
+
+def test_main_jump_decodes_each_marks_window_with_a_full_decodes_lengths(tmp_path):
+    out, path = io.StringIO(), tmp_path / "jump.json"
+    kw = dict(TINY, steps=90, policies="full,dynts,window")
+    full = P.main(**kw, out=io.StringIO())
+    jumped = P.main(**dict(kw, tput_window=5), jump=True, json_path=str(path), out=out)  # (marks: every 10 steps)
+    prompt, budget, window = TINY["prompt_len"], TINY["budget"], TINY["window"]
+    for name, rec in jumped["records"].items():
+        ref = full["records"][name]
+        decoded = [i for i, t in enumerate(rec["step_s"]) if t is not None]
+        assert decoded and all(rec["kv_read"][i] == ref["kv_read"][i] and rec["kv_held"][i] == ref["kv_held"][i]
+                               for i in decoded if i < len(ref["kv_read"]))
+        assert len(decoded) < len(rec["step_s"]) and rec["decoded"][0] == [5, 10]
+    dyn = jumped["records"]["dynts"]
+    first, cycle = budget - prompt, budget - (window + prompt)
+    assert dyn["eviction_cycle"] == cycle
+    rows = {r["step"]: r for r in jumped["marks"]["dynts"]}
+    assert rows[20]["timed"] == [16, 20] and rows[20]["jumped_to"] == 15  # before the first eviction: the window
+    assert rows[30]["timed"] == [first + 1, first + cycle] == rows[40]["timed"]  # after it: the cycle that holds it
+    assert rows[90]["timed"] == [first + 4 * cycle + 1, first + 5 * cycle]
+    assert rows[90]["jumped_to"] == first + 4 * cycle
+    assert dyn["evictions"] == len({tuple(r["timed"]) for r in rows.values() if r["timed"][0] > first})  # one a cycle
+    assert rows[90]["kv_held"] == full["records"]["dynts"]["kv_held"][89]
+    text = out.getvalue()
+    assert "jumping to each mark" in text and "   57-72*" in text and "(one every 16 steps)" in text
+    saved = json.loads(path.read_text())
+    assert saved["config"]["jump"] and saved["marks"]["dynts"][2]["timed"] == [first + 1, first + cycle]
+
+
+def test_max_batch_against_a_hand_computation():
+    cfg, elt, free = P.PRESETS["r1-llama-8b"], 2, 79 * 2**30  # an 80 GB H100 with 79 GiB free
+    fixed = P.weight_bytes(cfg, elt) + 50_343_937 * elt  # the weights and the predictor (4096 -> 8192 -> 2048 -> 1)
+    kv = 32 * 2 * 8 * 128 * elt  # K and V of one slot, 32 layers, 8 KV heads of 128
+    for capacity, expected in [(500 + 15000, 31), (5000, 98)]:  # full; DynTS at the paper's budget
+        row = (kv * capacity + capacity * (8 + 4 + 8)  # the cache; its positions, the policy's scores and positions
+               + 128256 * elt  # the logits
+               + elt * (3 * 14336 + 5 * 4096)  # one layer's activations
+               + 32 * -(-capacity // 128) * (128 + 2) * 4)  # the attention kernel's float32 partials
+        assert P.row_bytes(cfg, capacity, elt, cuda_graphs=True) == row
+        B = P.max_batch(cfg, capacity, elt, free, fixed, cuda_graphs=True)
+        usable = int(free * 0.95)
+        assert B == expected and fixed + B * row <= usable < fixed + (B + 1) * row  # fits; one more row does not
+    assert P.row_bytes(cfg, 5000, elt, cuda_graphs=False) == row - 32 * 40 * 130 * 4  # no partials on the plain path
+    assert P.max_batch(cfg, 5000, elt, fixed, fixed, True) == 0  # nothing left beside the weights
+
+
+def test_progress_lines_while_decoding(monkeypatch):
+    monkeypatch.setattr(P, "PROGRESS_S", 0)
+    out = io.StringIO()
+    P.main(**dict(TINY, steps=12, every=12, policies="dynts"), jump=True, out=out)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("  ... dynts:")]
+    assert len(lines) == 10 and lines[-1].startswith("  ... dynts: 10 of 10 steps decoded,")  # (the mark's window)
+    assert "tokens/s so far, ~0 s left" in lines[-1]
