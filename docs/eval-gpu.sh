@@ -6,12 +6,14 @@
 # DEADLINE_S seconds from now; each writes OUT_DIR/s<seed>-<policy>-<level>.json (and is
 # skipped where that file exists, so a second call finishes what a first one left).
 # Pool them afterwards with `python eval.py --merge OUT_DIR/*.json`.
-# usage: bash docs/eval-gpu.sh CKPT_DIR OUT_DIR [DEADLINE_S] [PROCS_PER_GPU] [LEVELS] [SEEDS]
+# usage: [GPUS="0 1 2"] bash docs/eval-gpu.sh CKPT_DIR OUT_DIR [DEADLINE_S] [PROCS_PER_GPU] [LEVELS] [SEEDS]
+# (GPUS: which GPUs to use; default all)
 set -u
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # many processes share the CPU
 export ck=$1 out=$2 deadline=$(( $(date +%s) + ${3:-520} ))
 per_gpu=${4:-3} levels=${5:-"0.3 0.45 0.2 0.6"} seeds=${6:-"0 1 2"}
-export gpus=$(nvidia-smi -L | wc -l)
+export gpu_list=${GPUS:-$(seq -s " " 0 $(( $(nvidia-smi -L | wc -l) - 1 )))}
+gpus=$(wc -w <<< "$gpu_list")
 mkdir -p "$out"
 main="full dynts oracle dynts-random window streaming sepllm h2o h2o-last snapkv rkv
       window+p streaming+p sepllm+p h2o+p h2o-last+p snapkv+p rkv+p"
@@ -30,7 +32,8 @@ jobs() {
 }
 run() {  # job number, seed, policy, level
   [ "$(date +%s)" -lt "$deadline" ] || exit 0
-  export CUDA_VISIBLE_DEVICES=$(( $1 % gpus ))
+  read -ra list <<< "$gpu_list"
+  export CUDA_VISIBLE_DEVICES=${list[$(( $1 % ${#list[@]} ))]}
   name="s$2-$3-$4"
   [ -f "$out/$name.json" ] && exit 0  # done by an earlier call
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python eval.py --ckpt "$ck/seed$2.pt" --policies "$3" --fractions "$4" --ranking-traces 0 \
