@@ -293,7 +293,7 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
-         plot_path=None, cuda_graphs=False, out=sys.stdout):
+         plot_path=None, cuda_graphs=False, ignore_eot=False, out=sys.stdout):
     """Run one generation and print sample 0 as it is written, then a summary (and, on a
     terminal, the trace again with the evicted tokens dimmed). Returns stats. The model: `ckpt`
     (train.py's; default ckpt/tiny-reasoner.pt), random weights of `preset`, or `hf`, a Hugging
@@ -328,7 +328,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     torch.manual_seed(seed)
 
-    model, predictor, config, enc, meta = open_model(ckpt, init, preset, hf, predictor_path)
+    model, predictor, config, enc, meta = open_model(ckpt, init, preset, hf, predictor_path, device)
     eos_id, end_think_id = meta["eos_id"], meta["end_think_id"]
     the_problem = None
     if prompt is None and meta["task"] is None:
@@ -382,7 +382,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     on_evict = lambda before, cache: out.write(f"[evict {before}->{cache.length}]")
     log = view.TraceLog(pol) if html_path or plot_path or out.isatty() else None  # only for the pictures
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
-                             eot_id=eos_id, vocab_limit=enc.n_vocab, generator=gen,
+                             eot_id=None if ignore_eot else eos_id, vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_evict=on_evict, log=log, cuda_graphs=cuda_graphs)
     stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=dtype)
     out.write("\n\n")
@@ -412,9 +412,9 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     return stats
 
 
-def open_model(ckpt, init, preset, hf, predictor_path):
+def open_model(ckpt, init, preset, hf, predictor_path, device="cpu"):
     """(model, predictor, config, enc, meta): train.py's checkpoint `ckpt`, random weights of
-    `preset`, or the Hugging Face folder `hf`, whose weights are read later (model None), once
+    `preset` (built on `device`: an 8B model's random init takes minutes on a CPU), or the Hugging Face folder `hf`, whose weights are read later (model None), once
     every setting has been checked. meta: the task, the decoding defaults, and the ids of
     end-of-text (where a row stops) and `</think>` (where its thinking ends)."""
     if hf is not None:
@@ -425,8 +425,9 @@ def open_model(ckpt, init, preset, hf, predictor_path):
     if init == "random":
         if preset not in PRESETS:
             raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        check_memory(f"--preset {preset} (built in float32)", weight_bytes(PRESETS[preset]), "cpu")
-        model, predictor = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd)
+        check_memory(f"--preset {preset} (built in float32)", weight_bytes(PRESETS[preset]), device)
+        with torch.device(device):
+            model, predictor = GPT(PRESETS[preset]), dynts.ImportancePredictor(PRESETS[preset].n_embd)
         meta = dict(encoding="bytes-think", task=None, decoding=dict(budget=256, window=64, ratio=0.3))
     else:
         model, predictor, meta = load_checkpoint(DEFAULT_CKPT if ckpt is None else ckpt)
@@ -480,6 +481,8 @@ def parse_args(argv=None):
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph "
                    "(fastpath.py; not for policies that score by attention weights)")
+    p.add_argument("--ignore-eot", action="store_true", help="decode --max-new-tokens tokens even past the end of "
+                   "text (for throughput runs: random weights write it at some step)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--ckpt", help="checkpoint from train.py (default: ckpt/tiny-reasoner.pt)")

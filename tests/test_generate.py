@@ -360,3 +360,13 @@ def test_cuda_graphs_path_decodes_the_same_tokens(config, name):
         generate.generate(model, prompt, generate.make_policy("h2o", 40, 8, 0.3), 5, cuda_graphs=True)
     with pytest.raises(ValueError, match="different lengths"):
         generate.generate(model, [[1, 2, 3], [4, 5]], dynts.Full(), 5, cuda_graphs=True)
+
+
+def test_ignore_eot_decodes_every_requested_token(tmp_path):
+    """--ignore-eot (for throughput runs): the same sampled run that ends early at the end of text
+    (seed 2: a random model writes it after a dozen tokens) decodes all --max-new-tokens with it."""
+    runs = {}
+    for ignore in (False, True):
+        runs[ignore] = generate.main(init="random", preset="tiny", max_new_tokens=400, temperature=1.0, seed=2,
+                                     ignore_eot=ignore, device="cpu", out=io.StringIO())
+    assert runs[False]["new_tokens"] < 100 and runs[True]["new_tokens"] == 400
