@@ -1,50 +1,31 @@
 """Profile decoding: throughput, KV memory and FLOPs against decoding steps, full cache vs DynTS.
 
 The measured version of the efficiency figure of DynTS (Guo et al., arXiv 2601.18383): full-cache
-decoding ("Transformers") and DynTS over 0-15k decoding steps, with the DynTS / full multipliers
-at 2k, 5k, 7k, 10k, 12k and 15k steps. `python profile.py` decodes with random weights (speed does
-not depend on them) and times every decode step on the device's own clock, including what the
-official code leaves out of its timing: the predictor, the selection and the cache compaction.
+decoding (the paper's "Transformers"; here our own full cache, which runs near the roofline) and
+DynTS over 0-15k decoding steps, with the DynTS / full multipliers at 2k, 5k, 7k, 10k, 12k and
+15k steps. `python profile.py` decodes with random weights (speed does not depend on them) and
+times every decode step on the device's own clock, including what the official code leaves out
+of its timing: the predictor, the selection and the cache compaction.
 
 What it reports at the paper's marks and every `--every` steps, for each policy:
 - throughput: batch x steps / seconds, over the steps timed for the mark: the `--tput-window`
   steps up to it (with `--jump`, an evicting policy's whole eviction cycle around it);
 - KV memory: the live slots' bytes (analytic), the cache buffers' bytes and, as "alloc",
-  torch.cuda.max_memory_allocated while decoding, less what was allocated before the cache
-  (the weights): the buffers plus each step's activations and each compaction's copy in flight
-  (measured);
-- GFLOPs per token, analytic. For one token that attends to S live slots:
-      2 * N_matmul + 4 * n_layer * n_head * head_dim * S  (+ 2 * N_predictor for DynTS)
-  N_matmul counts the weights of every matrix multiply: the blocks' Linear layers and the LM
-  head (tied to the embedding); a multiply-add is 2 FLOPs. The attention term is QK^T (2 FLOPs
-  per head dimension per slot) plus AV (2 more). This is the forward-pass count of Kaplan et al.
-  2020, "Scaling Laws for Neural Language Models", Table 1 (2N + 2 n_layer n_ctx d_attn, with
-  the de-embedding counted and AV added), and of PaLM (Chowdhery et al. 2022), Appendix B
-  (6N + 12 L H Q T for training = 3 x this forward count). Embedding lookups, norms, softmax
-  and biases are left out (well under 1%). Grouped-query attention shares keys and values
-  between heads but not the FLOPs: every query head still does its dot products.
-- the memory roofline of the step: the bytes it must read (every weight once, plus every row's
-  live keys and values) over the device's copy bandwidth, measured in the same run (a large
-  device-to-device copy, bytes read + bytes written over its time); and the fraction achieved;
+  torch.cuda.max_memory_allocated while decoding, less the weights (measured);
+- GFLOPs per token (analytic), and the memory roofline: the bytes a step must read over the
+  device's copy bandwidth, measured in the same run (the formulas and their sources: costs.py);
 - the share of decode time spent in the policy (predictor, selection, compaction), and each
   policy / full multipliers, with how much of the speed-up that the bytes read allow is achieved.
-
-Equal memory, `--batch-size max` (CUDA): each policy decodes the largest batch that fits the
-GPU's free memory with its own cache (`max_batch`): DynTS's `budget` slots a row against Full's
-prompt + steps, so ~3x the rows, and each step reads the weights once for all of them.
+`--batch-size max` (CUDA) compares at equal memory: each policy decodes the largest batch that
+fits the GPU's free memory with its own cache (`costs.max_batch`).
 
 Speed depends on how many slots the cache holds, not on what they hold (the weights are random):
 there is no prefill, the prompt's keys and values are random, and the special tokens (<think>,
 </think>, end-of-text) are masked out of greedy sampling, so the think-end never comes, as in a
 long trace: DynTS protects the prompt and scores every generated token with its predictor.
-`--jump` goes further: each mark is measured without decoding the steps before it. `jump` sets
-the cache and the policy as a decode holds them there (the policy's own scores, positions and
-eviction schedule), then decodes the mark's window, or, once an evicting policy has evicted, the
-whole eviction cycle that holds the mark.
-
-`--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph, with a split-KV
-attention kernel that reads the live length from the device: fastpath.py, the speed layer, for
-both block families. The plain path is GPT.forward, as in generate.py.
+`--jump` measures each mark without decoding the steps before it (`jump`, PERF_NOTES.md).
+`--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph: fastpath.py, the speed
+layer. The plain path is GPT.forward, as in generate.py.
 
 This file is named as the issue asks, and shadows the standard library's `profile` module:
 see the shim just below.
@@ -80,9 +61,10 @@ import dynts
 import view
 from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, free_bytes,
                  resolve_device, run_cli, weight_bytes)
-from fastpath import CHUNK, GraphedDecode, GraphedObserve, keep_in_place
+from costs import MEMORY_MARGIN, analytic, bytes_per_step, flops_per_token, max_batch
+from fastpath import GraphedDecode, GraphedObserve, keep_in_place
 from generate import NEEDS_ATTENTION, POLICIES, make_policy
-from model import END_THINK, EOT, GPT, PRESETS, THINK, GPTConfig, KVCache, get_encoding, rope_frequencies
+from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -98,69 +80,8 @@ DEFAULTS = {
     "gpt2": dict(prompt_len=50, steps=900, budget=500, window=200),
     "tiny": dict(prompt_len=50, steps=1500, budget=500, window=200),
 }
-MEMORY_MARGIN = 0.05  # --batch-size max leaves 5% of the free memory unused (4 GiB of an H100's 79): for cuBLAS's
-#                       workspaces, the CUDA graphs' pools, the allocator's rounding, and the plain path's compaction
-#                       chunk (KVCache.keep: 32 slots of every layer, 4 MiB a row at 8B)
 PROGRESS_S = 30  # while decoding, a progress line every this many seconds
 FILL_CHUNK = 16  # slots the policy observes at once when a jump fills the cache (bounds the predictor's activations)
-
-
-# -----------------------------------------------------------------------------
-# Analytic counts: what one decode step must compute, read and hold
-
-
-def analytic(model: GPT, predictor=None) -> dict:
-    """Parameter and byte counts for the FLOPs and roofline formulas (see the docstring)."""
-    cfg = model.config
-    elt = model.wte.weight.element_size()
-    linear = sum(p.numel() for p in model.blocks.parameters() if p.dim() == 2)  # the blocks' Linear weights
-    head = model.wte if model.head is None else model.head  # tied: the LM head is a matmul with the embedding
-    lm_head = head.weight.numel()
-    pred = sum(p.numel() for p in predictor.parameters() if p.dim() == 2) if predictor is not None else 0
-    # Read per step: every block parameter, the LM head (which, tied, covers the embedding rows
-    # looked up), the final norm, one learned-position row (none with RoPE).
-    read = sum(p.numel() for p in model.blocks.parameters()) + lm_head + sum(p.numel() for p in model.ln_f.parameters())
-    return dict(
-        matmul_params=linear + lm_head,
-        predictor_matmul_params=pred,
-        weight_bytes=(read + (cfg.n_embd if cfg.positions == "learned" else 0)) * elt,
-        predictor_bytes=sum(p.numel() for p in predictor.parameters()) * elt if predictor is not None else 0,
-        kv_slot_bytes_per_row=cache_bytes(cfg, 1, 1, elt),  # K and V of one slot, all layers, one row
-        attn_flops_per_slot=4 * cfg.n_layer * cfg.n_head * cfg.head_dim,  # QK^T + AV, one token, one slot
-    )
-
-
-def flops_per_token(a: dict, live: int, with_predictor: bool) -> float:
-    """2 N_matmul + 4 n_layer n_head head_dim S (+ 2 N_predictor): Kaplan et al. 2020 Table 1, PaLM App. B."""
-    predictor = 2 * a["predictor_matmul_params"] if with_predictor else 0
-    return 2 * a["matmul_params"] + a["attn_flops_per_slot"] * live + predictor
-
-
-def bytes_per_step(a: dict, live: int, with_predictor: bool, batch: int) -> int:
-    """Bytes a decode step of `batch` rows must read at least: every weight once, and each row's live
-    keys and values."""
-    kv = batch * live * a["kv_slot_bytes_per_row"]
-    return a["weight_bytes"] + (a["predictor_bytes"] if with_predictor else 0) + kv
-
-
-def row_bytes(cfg: GPTConfig, capacity: int, elt: int, cuda_graphs: bool) -> int:
-    """Memory one row of the batch holds at a decode step: its KV cache of `capacity` slots with
-    their bookkeeping, and its share of the step's working memory."""
-    slots = cache_bytes(cfg, 1, capacity, elt) + capacity * (8 + 4 + 8)  # K, V; cache.pos, policy.scores, .positions
-    logits = cfg.vocab_size * elt  # (B, vocab) in the model's dtype: greedy sampling takes the argmax as they are
-    # One layer's live activations, the largest (the allocator reuses them layer after layer): measured at the aten
-    # level on the CPU, 3 H + 4 C elements for the Llama block (gate, up, their product; the residual, its norm...),
-    # 2 H + 4 C for GELU's, 3 H + 4.3 C for Qwen2's.
-    activations = elt * (3 * cfg.mlp_hidden + 5 * cfg.n_embd)
-    # fastpath.GraphedDecode's split-KV partial results, float32: outputs, max and sum of exp per query head and split
-    partials = cfg.n_head * -(-capacity // CHUNK) * (cfg.head_dim + 2) * 4 if cuda_graphs else 0
-    return slots + logits + activations + partials
-
-
-def max_batch(cfg: GPTConfig, capacity: int, elt: int, free: int, fixed: int, cuda_graphs: bool) -> int:
-    """The most rows whose caches and working memory fit `free` bytes, less MEMORY_MARGIN, after
-    `fixed` bytes (the weights and the predictor); 0 when not even one does."""
-    return max(0, (int(free * (1 - MEMORY_MARGIN)) - fixed) // row_bytes(cfg, capacity, elt, cuda_graphs))
 
 
 # -----------------------------------------------------------------------------
@@ -211,10 +132,9 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
 
 
 def fill(cache: KVCache, policy: dynts.Policy, start: int, n: int, n_embd: int):
-    """Append n slots, as if the tokens at positions start..start+n-1 had just been decoded: their
-    keys and values are what the buffer holds (random), and the policy observes them as it
-    observes decoded tokens (random byte tokens, never special, and random final hidden states),
-    so its scores, positions and flags are its own."""
+    """Append n slots, as if the tokens at positions start..start+n-1 had just been decoded: the
+    buffer's random keys and values, observed by the policy as decoded tokens are (random byte
+    tokens and hidden states), so its scores, positions and flags are its own."""
     B, device = cache.kv.shape[2], cache.kv.device
     for a in range(start, start + n, FILL_CHUNK):
         t = min(FILL_CHUNK, start + n - a)
@@ -240,7 +160,7 @@ def jump(cache: KVCache, policy: dynts.Policy, step: int, prompt_len: int, n_emb
     """Set the cache and the policy, in place (the CUDA graphs hold their buffers), as a decode
     holds them after `step` steps: the prompt and the tokens since; or, once the policy has
     evicted, the prompt and the latest tokens up to the budget, the last eviction replayed on
-    them (the policy's own select and keep, as in the decode loop), then the tokens since."""
+    them with the policy's own select and keep, then the tokens since."""
     cache.length = policy.length = 0
     last = last_eviction(policy, prompt_len, step, cycle)
     if last is None:
@@ -263,16 +183,12 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
                    cuda_graphs: bool = False, jumps: bool = False, out=None) -> dict:
     """Decode `steps` tokens greedily under `policy` as generate.py does, after a prompt of
     `prompt_len` random slots (`jump` to step 0: no prefill); or (`jumps`) only each mark's
-    window, after a jump to its start.
-
-    Each decode step is timed from the start of its forward to the start of the next one: the
-    forward, the policy's scoring (the predictor, for DynTS), the selection and compaction when
-    the cache is full, and the sampling. Returns per-step arrays (None where jumped over) and, as
-    each mark's window (lo, hi] ends, the peak memory allocated while decoding so far (the cache,
-    each step's activations, each compaction's copy in flight; less `base_alloc_bytes`, the
-    weights, in the reports); then calls `on_mark(step, lo, hi, jumped_to, record)` (after a
-    sync). Progress lines go to `out`.
-    """
+    window, after a jump to its start. Each step is timed from the start of its forward to the
+    start of the next: the forward, the policy's scoring, the selection and compaction when the
+    cache is full, the sampling. Returns per-step arrays (None where jumped over) and the peak
+    memory allocated while decoding as each mark's window (lo, hi] ends (the cache, activations,
+    each compaction's copy in flight); then calls `on_mark(step, lo, hi, jumped_to, record)`.
+    Progress lines go to `out`."""
     device, cfg, B, P = model.wte.weight.device, model.config, batch_size, prompt_len
     capacity = policy.budget if policy.budget is not None else P + steps
     keep = keep_in_place if cuda_graphs else KVCache.keep  # compaction: no copy in flight on the fast path
@@ -392,20 +308,12 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVC
 
 
 # -----------------------------------------------------------------------------
-# Reporting (the tables are view.py's)
+# Command line (the tables and the figure are view.py's)
 
 
 def plot(result: dict, path: str):
-    """The three-panel figure of a run's result (this file's JSON): view.plot_profile, with the formulas above."""
-    a = result["analytic"]
-    if "kv_slot_bytes_per_row" not in a:  # saved before batches per policy: kv_slot_bytes was one slot of all rows
-        per_row = a["kv_slot_bytes"] / result["config"]["batch_size"]
-        result = dict(result, analytic=dict(a, kv_slot_bytes_per_row=per_row))
+    """The three-panel figure of a run's result (this file's JSON): view.plot_profile, with costs.py's formulas."""
     view.plot_profile(result, path, flops_per_token, bytes_per_step, PAPER_MARKS)
-
-
-# -----------------------------------------------------------------------------
-# Command line
 
 
 def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
@@ -498,13 +406,7 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         batch_sizes=batches, analytic=a, copy_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
     fits = f" ({', '.join(f'{k} {v}' for k, v in batches.items())}: the most that fit the {free / 2**30:.1f} GiB " \
            f"free, less {MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB of weights)" if batch_size == "max" else ""
-    print(f"profile.py: {preset} ({a['matmul_params'] / 1e6:.1f} M matmul params), batch "
-          f"{batch_size}{fits}, prompt {prompt_len}, {steps} steps, {dtype} on "
-          f"{device_name}{' with CUDA graphs' if cuda_graphs else ''}"
-          f"{', jumping to each mark (*: the steps before those timed were not decoded)' if jump else ''}\n"
-          f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write) | weights read per step "
-          f"{a['weight_bytes'] / 1e9:.4g} GB | KV per slot per row {a['kv_slot_bytes_per_row'] / 2**10:.1f} KiB",
-          file=out, flush=True)
+    print(view.format_profile_header(result, fits), file=out, flush=True)
 
     def write_json():
         if json_path:
@@ -524,12 +426,8 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         rec = profile_policy(model, policy, batches[name], prompt_len, steps, special_ids, marks, tput_window, on_mark,
                              cuda_graphs, jump, out)
         timed = [t for t in rec["step_s"] if t is not None]
-        share = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
-        cycle = f" (one every {rec['eviction_cycle']} steps)" if rec["eviction_cycle"] else ""
-        print(f"steps " + ", ".join(f"{lo + 1}-{hi}" for lo, hi in rec["decoded"]) + f" decoded in {rec['wall_s']:.2f} "
-              f"s ({batches[name] * len(timed) / rec['wall_s']:.1f} tokens/s) | evictions {rec['evictions']}{cycle} | "
-              f"policy (predictor, selection, compaction) {100 * share:.2f}% of decode time", file=out, flush=True)
-        rec["policy_share"] = share
+        rec["policy_share"] = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
+        print(view.format_profile_summary(rec), file=out, flush=True)
         result["records"][name] = rec
         write_json()
     if "full" in names and len(names) > 1:

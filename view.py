@@ -185,8 +185,8 @@ def profile_row(rec: dict, a: dict, step: int, lo: int, hi: int, jumped_to: int,
                 bytes_per_step) -> dict:
     """The numbers at one mark of a profile.py record: throughput and roofline over the steps (lo,
     hi] timed for it, decoded after a jump to step `jumped_to` (0: from the prompt). `a`:
-    profile.analytic's counts; `bandwidth`: the copy bandwidth, B/s; flops_per_token and
-    bytes_per_step: profile.py's formulas."""
+    costs.analytic's counts; `bandwidth`: the copy bandwidth, B/s; flops_per_token and
+    bytes_per_step: costs.py's formulas."""
     with_pred, batch = rec["policy"] == "dynts", rec["batch_size"]
     seconds = sum(rec["step_s"][lo:hi])
     read = sum(bytes_per_step(a, s, with_pred, batch) for s in rec["kv_read"][lo:hi])
@@ -222,6 +222,27 @@ def format_profile_row(r: dict) -> str:
     timed = f"{r['timed'][0]}-{r['timed'][1]}" + ("*" if r["jumped_to"] else "")
     return PROFILE_ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"],
                                   peak=peak, steps_timed=timed)
+
+
+def format_profile_header(result: dict, fits: str = "") -> str:
+    """The two lines that open profile.py's output: the run's settings (`fits`: how --batch-size max
+    chose the batches), the copy bandwidth and the bytes a step reads."""
+    a, c = result["analytic"], result["config"]
+    return (f"profile.py: {c['preset']} ({a['matmul_params'] / 1e6:.1f} M matmul params), batch "
+            f"{c['batch_size']}{fits}, prompt {c['prompt_len']}, {c['steps']} steps, {c['dtype']} on "
+            f"{result['device_name']}{' with CUDA graphs' if c['cuda_graphs'] else ''}"
+            f"{', jumping to each mark (*: the steps before those timed were not decoded)' if c['jump'] else ''}\n"
+            f"copy bandwidth {result['copy_bandwidth_Bps'] / 1e12:.3f} TB/s (read + write) | weights read per step "
+            f"{a['weight_bytes'] / 1e9:.4g} GB | KV per slot per row {a['kv_slot_bytes_per_row'] / 2**10:.1f} KiB")
+
+
+def format_profile_summary(rec: dict) -> str:
+    """The line under a policy's table: the steps decoded and how fast, the evictions, the policy's share."""
+    timed = sum(t is not None for t in rec["step_s"])
+    cycle = f" (one every {rec['eviction_cycle']} steps)" if rec["eviction_cycle"] else ""
+    return ("steps " + ", ".join(f"{lo + 1}-{hi}" for lo, hi in rec["decoded"]) + f" decoded in {rec['wall_s']:.2f} "
+            f"s ({rec['batch_size'] * timed / rec['wall_s']:.1f} tokens/s) | evictions {rec['evictions']}{cycle} | "
+            f"policy (predictor, selection, compaction) {100 * rec['policy_share']:.2f}% of decode time")
 
 
 def profile_multipliers(rows: dict, base: str = "full") -> dict:
@@ -270,13 +291,15 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
     """profile.py's figure: three panels against decoding steps, like the paper's efficiency
     figure (throughput with its memory roofline, KV memory, GFLOPs per token), with the DynTS /
     full multipliers written at the paper's marks. `result` is profile.main's (its JSON);
-    flops_per_token and bytes_per_step are profile.py's formulas, (analytic, live, with_predictor[,
+    flops_per_token and bytes_per_step are costs.py's formulas, (analytic, live, with_predictor[,
     batch]). Steps jumped over (--jump) are gaps; throughput is drawn where a whole window was decoded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     a, w, nan = result["analytic"], result["config"]["tput_window"], float("nan")
+    if "kv_slot_bytes_per_row" not in a:  # saved before batches per policy: kv_slot_bytes was one slot of all rows
+        a = dict(a, kv_slot_bytes_per_row=a["kv_slot_bytes"] / result["config"]["batch_size"])
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for name, rec in result["records"].items():
         with_pred, batch = name == "dynts", rec.get("batch_size", result["config"]["batch_size"])
@@ -287,7 +310,7 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
             n_timed.append(n_timed[-1] + (s is not None))
         tput = [batch * w / (csum[i] - csum[i - w]) if i >= w and n_timed[i] - n_timed[i - w] == w else nan
                 for i in steps]
-        label = {"full": "full cache (Transformers)", "dynts": "DynTS"}.get(name, name)
+        label = {"full": "full cache", "dynts": "DynTS"}.get(name, name)
         if batch != result["config"]["batch_size"]:
             label += f", batch {batch}"
         read = [k if k is not None else nan for k in rec["kv_read"]]

@@ -1,5 +1,5 @@
-"""profile.py: the stdlib shim, the analytic counts, the decode loop's bookkeeping, the CLI and the
-figure. The --cuda-graphs step itself (fastpath.py) is tested in tests/test_fastpath.py."""
+"""profile.py and costs.py: the stdlib shim, the analytic counts, the decode loop's bookkeeping, the
+CLI and the figure. The --cuda-graphs step itself (fastpath.py) is tested in tests/test_fastpath.py."""
 
 import importlib.util
 import io
@@ -11,8 +11,10 @@ import sys
 import pytest
 import torch
 
+import costs
 import dynts
 import fastpath
+from cli import weight_bytes
 from model import GPT, PRESETS, GPTConfig, KVCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,21 +50,22 @@ def test_analytic_counts_match_the_formula():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=64, n_layer=3, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48)
     model = GPT(cfg)
-    a = P.analytic(model)
+    a = costs.analytic(model)
     C, kv = cfg.n_embd, cfg.n_kv_head * cfg.head_dim
     per_layer = C * (C + 2 * kv) + C * C + 2 * C * cfg.mlp_hidden  # qkv, attention proj, MLP
     assert a["matmul_params"] == cfg.n_layer * per_layer + cfg.vocab_size * C  # + the tied LM head
     assert a["kv_slot_bytes_per_row"] == cfg.n_layer * 2 * kv * 4  # K and V of all layers, one row, float32
     live = 17
-    assert P.flops_per_token(a, live, False) == 2 * a["matmul_params"] + 4 * cfg.n_layer * C * live
-    pred = P.dynts.ImportancePredictor(C)
-    a = P.analytic(model, pred)
+    assert costs.flops_per_token(a, live, False) == 2 * a["matmul_params"] + 4 * cfg.n_layer * C * live
+    pred = dynts.ImportancePredictor(C)
+    a = costs.analytic(model, pred)
     assert a["predictor_matmul_params"] == C * 2 * C + 2 * C * C // 2 + C // 2
-    assert P.flops_per_token(a, live, True) - P.flops_per_token(a, live, False) == 2 * a["predictor_matmul_params"]
+    with_pred = costs.flops_per_token(a, live, True)
+    assert with_pred - costs.flops_per_token(a, live, False) == 2 * a["predictor_matmul_params"]
     everything = sum(p.numel() for p in model.parameters()) * 4
     assert a["weight_bytes"] == everything - cfg.block_size * C * 4 + C * 4  # one learned-position row read
     read = a["weight_bytes"] + a["predictor_bytes"] + 5 * live * a["kv_slot_bytes_per_row"]  # 5 rows
-    assert P.bytes_per_step(a, live, True, 5) == read
+    assert costs.bytes_per_step(a, live, True, 5) == read
 
 
 def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
@@ -84,7 +87,7 @@ def test_main_on_cpu_times_every_step_and_reports_the_marks(tmp_path):
     assert [r["timed"] for r in res["marks"]["full"]] == [[1, 10], [11, 20], [21, 30], [31, 40]]
     assert all(r["jumped_to"] == 0 and r["batch"] == 2 for r in res["marks"]["full"])  # every step decoded
     row = res["marks"]["dynts"][-1]
-    assert row["gflops_per_token"] == pytest.approx(P.flops_per_token(a, dyn["kv_read"][-1], True) / 1e9)
+    assert row["gflops_per_token"] == pytest.approx(costs.flops_per_token(a, dyn["kv_read"][-1], True) / 1e9)
     assert row["tokens_per_s"] == pytest.approx(2 * 10 / sum(dyn["step_s"][-10:]))
     assert 0 < row["roofline_fraction"] and 0 <= row["policy_share"] <= 1
     m = {x["step"]: x for x in res["multipliers"]["dynts"]}[40]
@@ -262,20 +265,20 @@ def test_main_jump_decodes_each_marks_window_with_a_full_decodes_lengths(tmp_pat
 
 
 def test_max_batch_against_a_hand_computation():
-    cfg, elt, free = P.PRESETS["r1-llama-8b"], 2, 79 * 2**30  # an 80 GB H100 with 79 GiB free
-    fixed = P.weight_bytes(cfg, elt) + 50_343_937 * elt  # the weights and the predictor (4096 -> 8192 -> 2048 -> 1)
+    cfg, elt, free = PRESETS["r1-llama-8b"], 2, 79 * 2**30  # an 80 GB H100 with 79 GiB free
+    fixed = weight_bytes(cfg, elt) + 50_343_937 * elt  # the weights and the predictor (4096 -> 8192 -> 2048 -> 1)
     kv = 32 * 2 * 8 * 128 * elt  # K and V of one slot, 32 layers, 8 KV heads of 128
     for capacity, expected in [(500 + 15000, 31), (5000, 98)]:  # full; DynTS at the paper's budget
         row = (kv * capacity + capacity * (8 + 4 + 8)  # the cache; its positions, the policy's scores and positions
                + 128256 * elt  # the logits
                + elt * (3 * 14336 + 5 * 4096)  # one layer's activations
                + 32 * -(-capacity // 128) * (128 + 2) * 4)  # the attention kernel's float32 partials
-        assert P.row_bytes(cfg, capacity, elt, cuda_graphs=True) == row
-        B = P.max_batch(cfg, capacity, elt, free, fixed, cuda_graphs=True)
+        assert costs.row_bytes(cfg, capacity, elt, cuda_graphs=True) == row
+        B = costs.max_batch(cfg, capacity, elt, free, fixed, cuda_graphs=True)
         usable = int(free * 0.95)
         assert B == expected and fixed + B * row <= usable < fixed + (B + 1) * row  # fits; one more row does not
-    assert P.row_bytes(cfg, 5000, elt, cuda_graphs=False) == row - 32 * 40 * 130 * 4  # no partials on the plain path
-    assert P.max_batch(cfg, 5000, elt, fixed, fixed, True) == 0  # nothing left beside the weights
+    assert costs.row_bytes(cfg, 5000, elt, cuda_graphs=False) == row - 32 * 40 * 130 * 4  # no partials, plain path
+    assert costs.max_batch(cfg, 5000, elt, fixed, fixed, True) == 0  # nothing left beside the weights
 
 
 def test_progress_lines_while_decoding(monkeypatch):
