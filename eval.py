@@ -230,6 +230,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PLOT_COLORS = dict(oracle="C1", dynts="C2", rkv="C4", snapkv="C5", h2o="C6", sepllm="C9", streaming="C8",
+                   window="C3", **{"dynts-random": "C7"})
+
+
 def plot(rows: list[dict], path: str):
     """Pass@1 against the mean peak KV cache, a line per policy with its 95% band: pooled, and
     one panel per family."""
@@ -237,7 +241,7 @@ def plot(rows: list[dict], path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     main = ["full", "oracle", "dynts", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
-            "sepllm+p", "sepllm", "streaming", "window"]
+            "sepllm+p", "sepllm", "window+p", "streaming", "window"]
     names = [n for n in main if any(r["policy"] == n for r in rows)]
     panels = ["pooled"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
     cols = min(3, len(panels))
@@ -259,10 +263,13 @@ def plot(rows: list[dict], path: str):
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
                 lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
-            style = dict(marker="o", lw=2.2 if name in ("dynts", "oracle") else 1.2,
-                         ls=":" if name in ("oracle", "dynts-random") else "-", color=f"C{i % 10}")
-            ax.plot(x, y, label=name, **style)
-            ax.fill_between(x, lo, hi, alpha=0.12, color=f"C{i % 10}")
+            # one colour per rule; solid with the prompt protected (+p, and DynTS), dashed without
+            base = name.removesuffix("+p")
+            color = PLOT_COLORS.get(base, f"C{i % 10}")
+            ls = ":" if base in ("oracle", "dynts-random") else "-" if base == "dynts" or name != base else "--"
+            ax.plot(x, y, label=name, marker="o", ms=4, lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls,
+                    color=color)
+            ax.fill_between(x, lo, hi, alpha=0.12, color=color)
         ax.set_title(panel if panel == "pooled" else f"family: {panel}")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
@@ -271,8 +278,8 @@ def plot(rows: list[dict], path: str):
         ax.set_ylabel("Pass@1 (%)")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=8, fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 

@@ -82,4 +82,4 @@ def test_train_names_the_flag_the_user_gave(tmp_path):
 def test_eval_checks_the_budget_against_the_prompt_before_decoding():
     r = subprocess.run([sys.executable, "eval.py", "--budget", "100", "--device", "cpu"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 121 tokens")
+    assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 129 tokens")
