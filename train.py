@@ -185,8 +185,9 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 class Progress:
     """Prints `stage step/steps | loss | steps/s | time left` every `every` steps."""
 
-    def __init__(self, stage: str, steps: int, every: int):
-        self.stage, self.steps, self.every, self.t0 = stage, steps, every, time.perf_counter()
+    def __init__(self, stage: str, steps: int, every: int, start: int = 0):
+        self.stage, self.steps, self.every, self.start = stage, steps, every, start  # start: a resumed run's first step
+        self.t0 = time.perf_counter()
 
     def __call__(self, step: int, loss: torch.Tensor):
         if (step + 1) % self.every and step + 1 != self.steps:
@@ -194,7 +195,7 @@ class Progress:
         if not math.isfinite(loss.item()):  # diverged: stop before any checkpoint is written
             raise UsageError(f"{self.stage}: the loss became {loss.item()} by step {step + 1}; "
                              "no checkpoint written (try a lower learning rate)")
-        rate = (step + 1) / (time.perf_counter() - self.t0)
+        rate = (step + 1 - self.start) / (time.perf_counter() - self.t0)
         print(f"{self.stage} {step + 1:5d}/{self.steps} | loss {loss.item():.4f} | {rate:5.2f} steps/s | "
               f"{(self.steps - step - 1) / rate / 60:4.1f} min left", flush=True)
 
@@ -204,19 +205,41 @@ class Progress:
 
 
 def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed: int, log_every: int = 50,
-                eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model"):
+                eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model",
+                state_path: str | None = None, settings: dict | None = None, should_stop=None) -> bool:
     """Next-token training on the task. The even rows see full causal attention, the odd rows
     the holes of an eviction: `eviction_mask(problems, tokens, prompt_len, generator)` -> (b, T, T)
     bool for those rows (default: blind_eviction_mask). The first `curriculum` fraction of
-    steps are short traces."""
+    steps are short traces.
+
+    Interruptible: when `should_stop(step)` says so, the state (weights, optimizer, the masks'
+    generator, the step) goes to `state_path` and it returns False; called again with the same
+    `settings`, it continues from there, as if never stopped (the problems are seeded by step)."""
     enc = get_encoding()
     eviction_mask = eviction_mask or blind_eviction_mask
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    progress = Progress(stage, steps, log_every)
     generator = torch.Generator().manual_seed(seed)
+    start = 0
+    if state_path is not None and os.path.exists(state_path):
+        saved = torch.load(state_path, map_location=device, weights_only=True)
+        if saved["settings"] != settings:
+            changed = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
+            raise UsageError(f"{state_path}: an interrupted run with other settings ({', '.join(changed)}); "
+                             "delete it or use another --out")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        generator.set_state(saved["generator"].cpu())
+        start = saved["step"]
+        print(f"{stage}: resuming at step {start} of {steps} from {state_path}")
+    progress = Progress(stage, steps, log_every, start)
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
+        if should_stop is not None and step > start and should_stop(step):
+            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), generator=generator.get_state(),
+                            step=step, settings=settings), state_path)
+            model.eval()
+            return False
         knobs = SHORT_TASK if step < curriculum * steps else TASK
         problems = task.problems("train", batch_size, seed=seed + step, **knobs)
         tokens, prompt_len, _, lengths = encode_batch(problems, enc, device)
@@ -239,6 +262,7 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
         opt.step()
         progress(step, loss)
     model.eval()
+    return True
 
 
 # -----------------------------------------------------------------------------
@@ -607,7 +631,7 @@ def save_checkpoint(path, model, predictor, metrics, decoding):
 
 DEFAULT_HF_PREDICTOR = "dynts-predictor.pt"  # train.py --hf's --out, unless given
 # Flags of one pipeline only: naming one in the other is an error, never silently ignored.
-TINY_ONLY = dict(base="--base", steps="--steps", batch_size="--batch-size", lr="--lr", blocks="--blocks",
+TINY_ONLY = dict(base="--base", max_minutes="--max-minutes", steps="--steps", batch_size="--batch-size", lr="--lr", blocks="--blocks",
                  predictor_traces="--predictor-traces", eval_traces="--eval-traces", finetune_steps="--finetune-steps",
                  finetune_lr="--finetune-lr", valid_problems="--valid-problems")
 HF_ONLY = dict(problems="--problems", samples="--samples", max_new_tokens="--max-new-tokens",
@@ -617,8 +641,8 @@ HF_ONLY = dict(problems="--problems", samples="--samples", max_new_tokens="--max
 def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batch_size=None, lr=None,
          predictor_traces=None, predictor_steps=None, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
          eval_traces=None, finetune_steps=None, finetune_lr=None, valid_problems=None, blocks=None,
-         hf_dir=None, **hf_flags):
-    tiny = dict(base=base, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks, predictor_traces=predictor_traces,
+         max_minutes=None, hf_dir=None, **hf_flags):
+    tiny = dict(base=base, max_minutes=max_minutes, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks, predictor_traces=predictor_traces,
                 eval_traces=eval_traces, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                 valid_problems=valid_problems)
     given = lambda names: [flag for name, flag in names.items() if (hf_flags | tiny).get(name) is not None]
@@ -641,6 +665,8 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     check_seed(seed)
     for flag, value in [("--lr", lr), ("--predictor-lr", predictor_lr), ("--finetune-lr", finetune_lr)]:
         check_positive(flag, value)
+    if max_minutes is not None:
+        check_positive("--max-minutes", max_minutes)
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     # The CPU setting is the same code with fewer, smaller steps. For the base model it shows
@@ -674,7 +700,16 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         model = GPT(config).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"base model: {n_params / 1e6:.2f}M parameters, {config}")
-        train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003)
+        # An interrupted run (--max-minutes) keeps its state beside --out; the same command continues it.
+        deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
+        finished = train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003, state_path=out + ".state",
+                               settings=dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks,
+                                             task=TASK, curriculum=CURRICULUM),
+                               should_stop=None if deadline is None else lambda step: time.monotonic() > deadline)
+        if not finished:
+            print(f"stopped at the --max-minutes limit; the base model's state is in {out}.state: "
+                  "the same command continues it")
+            return None
         metrics = dict(steps=steps, batch_size=batch_size, base_device=str(device), seed=seed)
     else:  # keep a trained base model, train only the predictor
         model, _, meta = load_checkpoint(base, flag="--base")
@@ -702,6 +737,8 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     model.eval()
     decoding = budgets_on_validation(model, valid_problems, device)
     save_checkpoint(out, model, predictor, metrics, decoding)
+    if os.path.exists(out + ".state"):
+        os.remove(out + ".state")
     print(f"saved {out} ({os.path.getsize(out) / 2**20:.1f} MiB)")
     return metrics
 
@@ -714,6 +751,8 @@ def parse_args(argv=None):
                    "with --finetune-steps)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--steps", type=int, help="base-model steps (default: 4500 on cuda, 60 on cpu)")
+    p.add_argument("--max-minutes", type=float, help="stop the base-model steps after this many minutes, their "
+                   "state kept in OUT.state; the same command again continues from it")
     p.add_argument("--batch-size", type=int, help="problems per base-model step (default: 32 on cuda, 4 on cpu)")
     p.add_argument("--lr", type=float, help="base-model peak learning rate (default: 2e-3)")
     p.add_argument("--predictor-traces", type=int, help="correct traces labelled for the predictor (default: 500 / 60)")

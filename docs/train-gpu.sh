@@ -2,7 +2,10 @@
 # Train the tiny reasoner on the GPU: one train.py process per seed, one seed per GPU (round
 # robin), all at once; each writes OUT_DIR/seed<S>.pt and OUT_DIR/train-seed<S>.log, and the
 # last line of each log is printed every minute.
-# usage: bash docs/train-gpu.sh OUT_DIR "SEEDS" [STEPS]
+# usage: [MAX_MINUTES=M] bash docs/train-gpu.sh OUT_DIR "SEEDS" [STEPS]
+# MAX_MINUTES: each run stops its base-model steps after M minutes, keeping OUT_DIR/seed<S>.pt.state;
+# the same command again on the same machine continues them (the device machines keep ignored
+# folders between calls while warm; a state is ~48 MB a seed, too big to come back through $OUT).
 # On the device machine, keep OUT_DIR under an ignored folder (out/): a later call on the same
 # warm machine still finds it there; copy the checkpoints to $OUT one file each (8 files of at
 # most 16 MiB come back).
@@ -15,7 +18,7 @@ i=0
 pids=()
 for s in $seeds; do
   CUDA_VISIBLE_DEVICES=$(( i % gpus )) python train.py --seed "$s" --steps "$steps" --valid-problems 100 ${BLOCKS:+--blocks $BLOCKS} \
-    --out "$out/seed$s.pt" --force > "$out/train-seed$s.log" 2>&1 &
+    ${MAX_MINUTES:+--max-minutes $MAX_MINUTES} --out "$out/seed$s.pt" --force >> "$out/train-seed$s.log" 2>&1 &
   pids+=($!)
   i=$(( i + 1 ))
 done

@@ -3,7 +3,7 @@ on a miniature task."""
 
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -428,3 +428,24 @@ def test_eval_run_policy_with_cuda_graphs_gives_the_same_records(monkeypatch):
         assert drop(runs[0]) == drop(runs[1]) and max(r["peak_kv"] for r in runs[0]) == P + 24
         assert (len(steps) > 0) == (name != "h2o+p"), name  # H2O scores by attention: no fast path
         steps.clear()
+
+
+def test_train_model_stopped_and_resumed_ends_where_one_run_ends(tmp_path):
+    """--max-minutes: a run stopped after 3 of 6 steps and continued from its state file ends with
+    the same weights, bit for bit, as one run of 6 steps (on the CPU); other settings are refused."""
+    kw = dict(steps=6, batch_size=2, lr=1e-3, device=torch.device("cpu"), seed=0, curriculum=1.0)
+    cfg = replace(SMALL, block_size=1024)  # the short traces
+    torch.manual_seed(0)
+    whole = GPT(cfg)
+    assert train.train_model(whole, **kw)
+    path, settings = str(tmp_path / "ck.pt.state"), dict(seed=0, steps=6)
+    torch.manual_seed(0)
+    part = GPT(cfg)
+    assert not train.train_model(part, state_path=path, settings=settings, should_stop=lambda step: step == 3, **kw)
+    torch.manual_seed(1)
+    resumed = GPT(cfg)  # other initial weights: the state replaces them
+    assert train.train_model(resumed, state_path=path, settings=settings, **kw)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(UsageError, match=r"other settings \(steps\)"):
+        train.train_model(GPT(cfg), state_path=path, settings=dict(seed=0, steps=7), **kw)
