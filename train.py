@@ -123,7 +123,7 @@ def blind_scores(tokens: torch.Tensor, generator) -> torch.Tensor:
     return torch.rand(T // span + 1, generator=generator).repeat_interleave(span)[:T]
 
 
-def blind_eviction_mask(problems, tokens, prompt_len, generator=None) -> torch.Tensor:
+def blind_eviction_mask(problems, tokens, prompt_len, generator=None, device=None) -> torch.Tensor:
     """(B, T, T) bool for tokens (B, T): causal attention with the holes of a KV policy that
     knows nothing of the task. Per row, one of (MASK_KINDS):
     - holes:  a recent window of 64-512 tokens, and beyond it a random 2-100% (log-uniform) of
@@ -137,8 +137,11 @@ def blind_eviction_mask(problems, tokens, prompt_len, generator=None) -> torch.T
     trained only on full contexts breaks when anything is evicted. Trained on these too, it
     learns to answer from whatever a cache holds; which tokens a policy should keep is still
     for the policy to find, and no policy's own caches are used.
+
+    The mask is built on `device` (default: tokens'); tokens and prompt_len on the CPU spare
+    the CPU a wait for the GPU.
     """
-    (B, T), device = tokens.shape, tokens.device
+    (B, T), device = tokens.shape, tokens.device if device is None else device
     names, weights = zip(*MASK_KINDS.items())
     kinds = torch.multinomial(torch.tensor(weights), B, replacement=True, generator=generator)
     uniform = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=generator))
@@ -208,9 +211,9 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
                 eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model",
                 state_path: str | None = None, settings: dict | None = None, should_stop=None) -> bool:
     """Next-token training on the task. The even rows see full causal attention, the odd rows
-    the holes of an eviction: `eviction_mask(problems, tokens, prompt_len, generator)` -> (b, T, T)
-    bool for those rows (default: blind_eviction_mask). The first `curriculum` fraction of
-    steps are short traces.
+    the holes of an eviction: `eviction_mask(problems, tokens, prompt_len, generator, device)` ->
+    (b, T, T) bool on `device` for those rows (default: blind_eviction_mask). The first
+    `curriculum` fraction of steps are short traces.
 
     Interruptible: when `should_stop(step)` says so, the state (weights, optimizer, the masks'
     generator, the step) goes to `state_path` and it returns False; called again with the same
@@ -242,18 +245,23 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
             return False
         knobs = SHORT_TASK if step < curriculum * steps else TASK
         problems = task.problems("train", batch_size, seed=seed + step, **knobs)
-        tokens, prompt_len, _, lengths = encode_batch(problems, enc, device)
-        # Predict every token after the prompt: the thinking, the answer and the end of text.
-        t = torch.arange(1, tokens.shape[1], device=device)
-        mask = (t >= prompt_len[:, None]) & (t < lengths[:, None])  # (B, T - 1): which targets count
+        # On the CPU first: the masks' replay reads them there without waiting for the GPU.
+        tokens, prompt_len, _, lengths = encode_batch(problems, enc, torch.device("cpu"))
         T = tokens.shape[1] - 1  # inputs: every token but the last
         attend = torch.ones(T, T, dtype=torch.bool, device=device).tril().repeat(len(problems), 1, 1)  # (B, T, T)
         if len(problems) > 1:
-            attend[1::2] = eviction_mask(problems[1::2], tokens[1::2, :-1], prompt_len[1::2], generator)
+            attend[1::2] = eviction_mask(problems[1::2], tokens[1::2, :-1], prompt_len[1::2], generator, device=device)
+        tokens, prompt_len, lengths = tokens.to(device), prompt_len.to(device), lengths.to(device)
+        # Predict every token after the prompt: the thinking, the answer and the end of text.
+        t = torch.arange(1, tokens.shape[1], device=device)
+        mask = (t >= prompt_len[:, None]) & (t < lengths[:, None])  # (B, T - 1): which targets count
         with autocast:
             _, hidden, _ = model(tokens[:, :-1], mask=attend)
             logits = model.lm_head(hidden)  # (B, T - 1, vocab)
-        loss = F.cross_entropy(logits.float()[mask], tokens[:, 1:][mask])
+        # The mean over the targets that count, by weights rather than boolean indexing, which
+        # would make the CPU wait for the forward before it builds the next batch's masks.
+        losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        loss = (losses.view(mask.shape) * mask).sum() / mask.sum()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1))
         opt.zero_grad(set_to_none=True)
@@ -419,7 +427,8 @@ class DynTSMasks:
         self.model, self.predictor, self.settings = model, predictor, settings
 
     @torch.no_grad()
-    def __call__(self, problems, tokens, prompt_len, generator):
+    def __call__(self, problems, tokens, prompt_len, generator, device=None):
+        tokens = tokens if device is None else tokens.to(device)
         (B, T), enc, device = tokens.shape, get_encoding(), tokens.device
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             _, hidden, _ = self.model(tokens)  # (B, T, C)

@@ -287,7 +287,7 @@ def test_train_model_gives_the_odd_rows_the_eviction_mask(small_setup):
     model = GPT(SMALL)
     forward = model.forward
 
-    def holes(problems, tokens, prompt_len, generator):  # every key but the query itself hidden
+    def holes(problems, tokens, prompt_len, generator, device=None):  # every key but the query itself hidden
         calls.append((len(problems), tuple(tokens.shape), prompt_len.tolist()))
         return torch.eye(tokens.shape[1], dtype=torch.bool).repeat(len(problems), 1, 1)
 
