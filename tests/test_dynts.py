@@ -452,3 +452,28 @@ def test_no_protected_prompt_lets_the_prompt_go():
     scores[:2] = -1.0  # the prompt looks unimportant to the predictor
     assert 0 not in ablation(dynts.NoProtectedPrompt, scores)[0].tolist()
     assert ablation(dynts.DynTS, scores)[0, :2].tolist() == [0, 1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(4, 40), st.integers(50, 120), st.integers(1, 40), st.floats(0.05, 0.6), st.integers(1, 5))
+def test_streaming_with_the_prompt_protected_is_window_with_the_prompt_protected(prompt_len, budget, window,
+                                                                                    ratio, evictions):
+    """Why the README reports window+p and streaming+p as one row: StreamingLLM's sinks (the
+    first 4 tokens) lie inside a protected prompt of at least 4 tokens, so both rank every
+    other slot by position and keep the same slots at every eviction."""
+    assume(prompt_len + window < budget and window + math.floor(ratio * (budget - window)) < budget)
+    policies = [dynts.Window(budget, window, ratio, prompt_len=prompt_len),
+                dynts.StreamingLLM(budget, window, ratio, prompt_len=prompt_len)]
+    for policy in policies:
+        policy.reset(2, budget)
+    seen = 0
+    for _ in range(evictions):
+        n = budget - policies[0].length  # fill the cache to its budget
+        positions = torch.arange(seen, seen + n)
+        for policy in policies:
+            policy.observe(torch.zeros(2, n, dtype=torch.long), None, positions)
+        seen += n
+        kept = [policy.select() for policy in policies]
+        assert torch.equal(kept[0], kept[1])
+        for policy, idx in zip(policies, kept):
+            policy.keep(idx)
