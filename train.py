@@ -225,7 +225,11 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
     generator = torch.Generator().manual_seed(seed)
     start = 0
     if state_path is not None and os.path.exists(state_path):
-        saved = torch.load(state_path, map_location=device, weights_only=True)
+        try:
+            saved = torch.load(state_path, map_location=device, weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, no traceback
+            raise UsageError(f"{state_path}: not a state train.py can continue from ({type(e).__name__}); "
+                             "delete it to start again") from None
         if saved["settings"] != settings:
             changed = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
             raise UsageError(f"{state_path}: an interrupted run with other settings ({', '.join(changed)}); "
@@ -676,6 +680,8 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         check_positive(flag, value)
     if max_minutes is not None:
         check_positive("--max-minutes", max_minutes)
+        if base is not None:
+            raise UsageError("--max-minutes bounds the base model's steps; with --base there are none")
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     # The CPU setting is the same code with fewer, smaller steps. For the base model it shows

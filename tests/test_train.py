@@ -199,7 +199,8 @@ def test_blind_replay_is_the_policy_rule_with_scripted_scores():
 
 @pytest.mark.parametrize("argv,message", [
     (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--predictor-lr", "inf"], "--predictor-lr"),
-    (["--finetune-lr", "-1"], "--finetune-lr"), (["--seed", str(2**70)], "--seed")])
+    (["--finetune-lr", "-1"], "--finetune-lr"), (["--seed", str(2**70)], "--seed"),
+    (["--max-minutes", "0"], "--max-minutes"), (["--max-minutes", "5", "--base", "x.pt"], "--max-minutes")])
 def test_train_bad_numbers_fail_before_training(argv, message, tmp_path):
     with pytest.raises(SystemExit) as e:
         train.cli(argv + ["--out", str(tmp_path / "x.pt"), "--device", "cpu"])
@@ -449,3 +450,6 @@ def test_train_model_stopped_and_resumed_ends_where_one_run_ends(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(UsageError, match=r"other settings \(steps\)"):
         train.train_model(GPT(cfg), state_path=path, settings=dict(seed=0, steps=7), **kw)
+    open(path, "wb").write(b"not a state")  # a truncated file: one line, not a traceback
+    with pytest.raises(UsageError, match="not a state train.py can continue from"):
+        train.train_model(GPT(cfg), state_path=path, settings=settings, **kw)
