@@ -414,9 +414,10 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
 
 def open_model(ckpt, init, preset, hf, predictor_path, device="cpu"):
     """(model, predictor, config, enc, meta): train.py's checkpoint `ckpt`, random weights of
-    `preset` (built on `device`: an 8B model's random init takes minutes on a CPU), or the Hugging Face folder `hf`, whose weights are read later (model None), once
-    every setting has been checked. meta: the task, the decoding defaults, and the ids of
-    end-of-text (where a row stops) and `</think>` (where its thinking ends)."""
+    `preset` (built on `device`: an 8B model's random init takes minutes on a CPU), or the Hugging
+    Face folder `hf`, whose weights are read later (model None), once every setting has been
+    checked. meta: the task, the decoding defaults, and the ids of end-of-text (where a row stops)
+    and `</think>` (where its thinking ends)."""
     if hf is not None:
         config, enc, meta = open_hf(hf)
         predictor, defaults = load_predictor(predictor_path, config) if predictor_path else (None, {})

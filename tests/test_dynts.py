@@ -456,8 +456,8 @@ def test_no_protected_prompt_lets_the_prompt_go():
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(4, 40), st.integers(50, 120), st.integers(1, 40), st.floats(0.05, 0.6), st.integers(1, 5))
-def test_streaming_with_the_prompt_protected_is_window_with_the_prompt_protected(prompt_len, budget, window,
-                                                                                    ratio, evictions):
+def test_streaming_with_the_prompt_protected_is_window_with_the_prompt_protected(prompt_len, budget, window, ratio,
+                                                                                    evictions):
     """Why the README reports window+p and streaming+p as one row: StreamingLLM's sinks (the
     first 4 tokens) lie inside a protected prompt of at least 4 tokens, so both rank every
     other slot by position and keep the same slots at every eviction."""

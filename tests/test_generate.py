@@ -362,7 +362,7 @@ def test_cuda_graphs_path_decodes_the_same_tokens(config, name):
         generate.generate(model, [[1, 2, 3], [4, 5]], dynts.Full(), 5, cuda_graphs=True)
 
 
-def test_ignore_eot_decodes_every_requested_token(tmp_path):
+def test_ignore_eot_decodes_every_requested_token():
     """--ignore-eot (for throughput runs): the same sampled run that ends early at the end of text
     (seed 2: a random model writes it after a dozen tokens) decodes all --max-new-tokens with it."""
     runs = {}
