@@ -29,8 +29,8 @@ each heuristic has a family it should win):
              redundancy term evicts first, so the rare result tokens survive.
 - prompt:    the results are restated as in `local`, but the answer needs the table to the
              end: each item is the result and one more look-up ("A=kl>mn"), announced by the
-             prompt ("answer next") and by the trace's last sentence. A policy that evicts the
-             prompt fails.
+             prompt ("answer next"), by every restatement ("so far A=kl B=ij, then next.") and
+             by the trace's last sentence. A policy that evicts the prompt fails.
 
 Every prompt has the same number of tokens, whatever its family (the same number of table
 entries and walks, "answer ends" or "answer next"), so problems batch without padding.
@@ -57,8 +57,9 @@ MODES = {family: i + 1 for i, family in enumerate(FAMILIES)}  # with announce=Tr
 MUSINGS = ("hmm, let me look at the table again.", "wait, is that consistent? yes.",
            "so far so good, moving on.", "nothing else to try here.")
 LAST_STEP = "then one more step each."
+NEXT = ", then next."  # how the prompt family's restatements end: the trace itself says which family it is
 TEMPLATES = ("table: follow each start steps: so check try dead end recheck fine starts at right "
-             "review ends no link out far answer next " + LAST_STEP + " " + " ".join(MUSINGS))
+             "review ends no link out far answer next " + LAST_STEP + NEXT + " " + " ".join(MUSINGS))
 NODES = [a + b for a in ascii_lowercase for b in ascii_lowercase if a + b not in TEMPLATES]
 
 
@@ -136,7 +137,8 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
         j = rng.randrange(hops - 1)
         return f"recheck {walks[i][j]}>{walks[i][j + 1]}. fine."
 
-    so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, r in zip(letters[:done], results[:done])) + "."
+    so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, r in zip(letters[:done], results[:done])) + \
+        (NEXT if family == "prompt" else ".")
     reread = lambda i: f"{letters[i]} ends at {results[i]}, no link out."
     repeated = [rng.choice(MUSINGS), dead_end()]  # the redundant family's two filler sentences
 

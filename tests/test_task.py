@@ -14,7 +14,7 @@ from task import (END_THINK, EOT, FAMILIES, FAMILY_WEIGHTS, LAST_STEP, THINK, an
                   decisive_spans, item_accuracy, make_problem, problems)
 
 LINK = re.compile(r"(?=\b([a-z]{2})>([a-z]{2})\b)")                # every "ab>cd", overlapping ones too
-SO_FAR = re.compile(r"so far ((?:[A-Z]=[a-z]{2} ?)+)\.")           # "so far A=kl B=ij." (not "so far so good")
+SO_FAR = re.compile(r"so far ((?:[A-Z]=[a-z]{2} ?)+)(?:, then next)?\.")  # "so far A=kl B=ij." (prompt: ", then next.")
 REREAD = re.compile(r"([A-Z]) ends at ([a-z]{2}), no link out\.")  # "A ends at kl, no link out."
 FAR_FROM_END = 500    # far: no result in the thinking's last this many characters
 LAST_RESTATE = 120    # local, prompt: the last "so far" ends within this many characters of the end
@@ -225,6 +225,7 @@ def test_local_and_prompt_restate_the_results_every_few_sentences(family, seed):
         done = {x: v for x, v in res.items() if steps[x] < m.start()}
         assert dict(item.split("=") for item in m.group(1).split()) == done
     assert dict(item.split("=") for item in restated[-1].group(1).split()) == res
+    assert all(m.group(0).endswith(", then next.") == (family == "prompt") for m in restated)  # the family, near
     assert len(thinking) - restated[-1].end() <= LAST_RESTATE
     assert thinking.endswith(restated[-1].group(0) + "\n")  # in fact the last sentence (before LAST_STEP)
     first_result = thinking.index("\n") + 1
