@@ -1,9 +1,9 @@
-"""What DynTS still holds when a trace ends: decode n problems of one family with a checkpoint's
-DynTS at its default budget, and print, per problem, the answer against the expected one and the
+"""What a policy still holds when a trace ends: decode n problems of one family with a
+checkpoint's model under a policy (DynTS unless named) at the checkpoint's default budget, and print, per problem, the answer against the expected one and the
 thinking tokens cached at the last step before the contiguous run of the latest ones: what
 the evictions kept of the older tokens.
 
-usage: python docs/kept_at_end.py CKPT [FAMILY] [N]   (validation problems; CPU, about 40 s for 10)
+usage: python docs/kept_at_end.py CKPT [FAMILY] [N] [POLICY]   (validation problems; CPU, about 40 s for 10)
 The README's `reused` diagnosis: python docs/kept_at_end.py out/ck/seed1.pt reused 10
 """
 import sys
@@ -17,7 +17,7 @@ import task  # noqa: E402
 from model import get_encoding  # noqa: E402
 
 
-def main(ckpt: str, family: str = "reused", n: int = 10):
+def main(ckpt: str, family: str = "reused", n: int = 10, policy: str = "dynts"):
     model, predictor, meta = generate.load_checkpoint(ckpt)
     model.eval()
     enc = get_encoding(meta["encoding"])
@@ -25,12 +25,12 @@ def main(ckpt: str, family: str = "reused", n: int = 10):
     problems = task.problems("valid", n, family=family, **meta["task"])
     prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
     P = len(prompts[0])  # every prompt has the same length
-    policy = generate.make_policy("dynts", budget, window, ratio, predictor, P, enc)
+    name, policy = policy, generate.make_policy(policy, budget, window, ratio, predictor, P, enc)
     last = {}
     with torch.no_grad():
         tokens, _ = generate.generate(model, prompts, policy, 4000, eot_id=enc.eot_token,
                                       on_step=lambda cache: last.update(pos=cache.pos[:, :cache.length].clone()))
-    print(f"{ckpt}: DynTS, budget {budget}, window {window}, ratio {ratio}; {n} validation problems of `{family}`")
+    print(f"{ckpt}: {name}, budget {budget}, window {window}, ratio {ratio}; {n} validation problems of `{family}`")
     for i, p in enumerate(problems):
         ids = prompts[i] + [t for t in tokens[i].tolist() if t != enc.eot_token]
         text = enc.decode(ids[P:])
@@ -45,4 +45,4 @@ def main(ckpt: str, family: str = "reused", n: int = 10):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *(sys.argv[2:3]), *(int(a) for a in sys.argv[3:4]))
+    main(sys.argv[1], *(sys.argv[2:3]), *(int(a) for a in sys.argv[3:4]), *(sys.argv[4:5]))
