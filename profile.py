@@ -23,7 +23,7 @@ Speed depends on how many slots the cache holds, not on what they hold (the weig
 there is no prefill, the prompt's keys and values are random, and the special tokens (<think>,
 </think>, end-of-text) are masked out of greedy sampling, so the think-end never comes, as in a
 long trace: DynTS protects the prompt and scores every generated token with its predictor.
-`--jump` measures each mark without decoding the steps before it (`jump`, PERF_NOTES.md).
+`--jump` measures each mark without decoding the steps before it (timing.py, PERF_NOTES.md).
 `--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph: fastpath.py, the speed
 layer. The plain path is GPT.forward, as in generate.py.
 
@@ -49,8 +49,6 @@ if __name__ != "__main__":
                                     _stdlib_profile._Utils)
 
 import argparse
-import copy
-import dataclasses
 import datetime
 import json
 import time
@@ -65,6 +63,7 @@ from costs import MEMORY_MARGIN, analytic, bytes_per_step, flops_per_token, max_
 from fastpath import GraphedDecode, GraphedObserve, keep_in_place
 from generate import NEEDS_ATTENTION, POLICIES, make_policy
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
+from timing import Clock, copy_bandwidth, eviction_cycle, jump, timed_spans, warm_up_eviction
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -81,96 +80,6 @@ DEFAULTS = {
     "tiny": dict(prompt_len=50, steps=1500, budget=500, window=200),
 }
 PROGRESS_S = 30  # while decoding, a progress line every this many seconds
-FILL_CHUNK = 16  # slots the policy observes at once when a jump fills the cache (bounds the predictor's activations)
-
-
-# -----------------------------------------------------------------------------
-# Measuring
-
-
-class Clock:
-    """Timestamps on the device's own timeline: CUDA events on a GPU (recording one does not wait
-    for the GPU), time.perf_counter on a CPU (which runs each op before returning)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def stamp(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def seconds(self, start, end) -> float:
-        """Rounded to 0.1 us, finer than either clock resolves (keeps the JSON small)."""
-        return round(start.elapsed_time(end) / 1e3 if self.cuda else end - start, 7)
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-
-def copy_bandwidth(device: torch.device, nbytes: int) -> float:
-    """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written (median of 10)."""
-    src = torch.randn(nbytes // 4, device=device)  # random, not zeros: zeros can run faster
-    dst = torch.empty_like(src)
-    clock, times = Clock(device), []
-    for i in range(13):
-        t0 = clock.stamp()
-        dst.copy_(src)
-        t1 = clock.stamp()
-        clock.sync()
-        if i >= 3:  # warm-up
-            times.append(clock.seconds(t0, t1))
-    del src, dst
-    return 2 * nbytes / sorted(times)[len(times) // 2]
-
-
-# -----------------------------------------------------------------------------
-# Jumping: the state after `step` decode steps, without decoding them
-
-
-def fill(cache: KVCache, policy: dynts.Policy, start: int, n: int, n_embd: int):
-    """Append n slots, as if the tokens at positions start..start+n-1 had just been decoded: the
-    buffer's random keys and values, observed by the policy as decoded tokens are (random byte
-    tokens and hidden states), so its scores, positions and flags are its own."""
-    B, device = cache.kv.shape[2], cache.kv.device
-    for a in range(start, start + n, FILL_CHUNK):
-        t = min(FILL_CHUNK, start + n - a)
-        cache.seen = a
-        cache.advance(t)  # the slots' positions: a..a+t-1
-        tokens = torch.randint(0, 256, (B, t), device=device)
-        policy.observe(tokens, torch.randn(B, t, n_embd, device=device, dtype=cache.kv.dtype),
-                       torch.arange(a, a + t, device=device))
-
-
-def last_eviction(policy: dynts.Policy, prompt_len: int, step: int, cycle: int | None) -> int | None:
-    """The last decode step <= `step` that ended in an eviction, or None. An evicting policy first
-    evicts when the cache reaches its budget, after budget - prompt_len steps, then every `cycle`
-    steps (budget less what it keeps; None: only the first is asked for)."""
-    first = policy.budget - prompt_len if policy.budget is not None else None
-    if first is None or step < first:
-        return None
-    return first if cycle is None else first + (step - first) // cycle * cycle
-
-
-def jump(cache: KVCache, policy: dynts.Policy, step: int, prompt_len: int, n_embd: int, cycle: int | None,
-         keep=KVCache.keep):
-    """Set the cache and the policy, in place (the CUDA graphs hold their buffers), as a decode
-    holds them after `step` steps: the prompt and the tokens since; or, once the policy has
-    evicted, the prompt and the latest tokens up to the budget, the last eviction replayed on
-    them with the policy's own select and keep, then the tokens since."""
-    cache.length = policy.length = 0
-    last = last_eviction(policy, prompt_len, step, cycle)
-    if last is None:
-        return fill(cache, policy, 0, prompt_len + step, n_embd)
-    fill(cache, policy, 0, prompt_len, n_embd)
-    fill(cache, policy, prompt_len + last - (policy.budget - prompt_len), policy.budget - prompt_len, n_embd)
-    idx = policy.select(cache)  # (B, n_keep)
-    keep(cache, idx)
-    policy.keep(idx)
-    fill(cache, policy, prompt_len + last, step - last, n_embd)
 
 
 # -----------------------------------------------------------------------------
@@ -225,14 +134,8 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
     def sample(logits):  # greedy, never a special token: the trace never ends its thinking
         return logits.index_fill_(1, special_ids, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
 
-    if jumps and policy.budget is not None:  # the first eviction, replayed: what it keeps gives the cycle
-        jump(cache, policy, policy.budget - P, P, cfg.n_embd, None, keep)
-        rec["eviction_cycle"] = policy.budget - cache.length
-    # The steps (lo, hi] timed for each mark: the tput_window up to it or, with jumps, once the policy has
-    # evicted, the eviction cycle that holds the mark: from the last eviction before it to the next.
-    cycle = rec["eviction_cycle"]
-    last = {m: last_eviction(policy, P, m - 1, cycle) if cycle else None for m in marks}
-    spans = {m: (max(0, m - tput_window), m) if last[m] is None else (last[m], last[m] + cycle) for m in marks}
+    cycle = rec["eviction_cycle"] = eviction_cycle(cache, policy, P, cfg.n_embd, keep) if jumps else None
+    spans = timed_spans(policy, marks, P, tput_window, cycle)  # mark -> the steps (lo, hi] timed for it
     plan = sorted(set(spans.values())) if jumps else [(0, steps)]  # the stretches decoded, each after a jump
     n = max(hi for _, hi in plan)
     if P + n > cfg.block_size:
@@ -289,22 +192,6 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
     rec["wall_s"] = time.perf_counter() - t0
     del forward, observe, cache
     return rec
-
-
-def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVCache.keep):
-    """One selection and one compaction on scratch data of the real sizes, so that loading their
-    kernels (a one-time cost, like the forward's warm-up) stays out of the timed steps."""
-    if policy.budget is None:
-        return
-    device, dtype = model.wte.weight.device, model.wte.weight.dtype
-    scratch = copy.copy(policy)  # the real policy's scores stay untouched
-    scratch.scores, scratch.length = torch.rand(batch_size, policy.budget, device=device), policy.budget
-    scratch.positions = torch.arange(policy.budget, device=device).repeat(batch_size, 1)
-    cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
-    cache.length = policy.budget
-    idx = scratch.select(cache)
-    keep(cache, idx)
-    scratch.keep(idx)
 
 
 # -----------------------------------------------------------------------------

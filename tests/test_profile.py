@@ -1,5 +1,5 @@
-"""profile.py and costs.py: the stdlib shim, the analytic counts, the decode loop's bookkeeping, the
-CLI and the figure. The --cuda-graphs step itself (fastpath.py) is tested in tests/test_fastpath.py."""
+"""profile.py, timing.py and costs.py: the stdlib shim, the analytic counts, the jumps, the decode loop's
+bookkeeping, the CLI and the figure. The --cuda-graphs step itself (fastpath.py) is tested in tests/test_fastpath.py."""
 
 import importlib.util
 import io
@@ -14,6 +14,7 @@ import torch
 import costs
 import dynts
 import fastpath
+import timing
 from cli import weight_bytes
 from model import GPT, PRESETS, GPTConfig, KVCache
 
@@ -202,7 +203,7 @@ def test_jump_leaves_the_state_a_real_decode_leaves():
     for s in [0, 10, first - 1, first, first + 5, first + cycle, first + 2 * cycle - 1]:
         jp, jc = tiny_dynts(model, B, P_len, budget, window)
         buffers = (jp.scores, jp.positions, jp.answering, jp.done, jc.kv, jc.pos)
-        P.jump(jc, jp, s, P_len, model.config.n_embd, cycle)
+        timing.jump(jc, jp, s, P_len, model.config.n_embd, cycle)
         length, seen, pos, answering, done, protected = states[s]
         assert (jc.length, jc.seen, jp.length) == (length, seen, length), s
         assert torch.equal(jc.pos[:, :length], jp.positions[:, :length])  # the cache and the policy agree
@@ -228,11 +229,11 @@ def test_jumps_under_the_fast_paths_step_objects():
     policy.observe(prompt, hidden, torch.arange(P_len))
     real = decode(model, policy, cache, logits.argmax(dim=-1, keepdim=True), 80)
     jp, jc = tiny_dynts(model, B, P_len, budget, window)
-    P.jump(jc, jp, 5, P_len, model.config.n_embd, 16)
+    timing.jump(jc, jp, 5, P_len, model.config.n_embd, 16)
     forward = fastpath.GraphedDecode(model, jc, capture=False)
     observe = fastpath.GraphedObserve(jp, forward, capture=False)
     for s in [5, 24, 56]:  # before the first eviction, then two eviction cycles (16 steps)
-        P.jump(jc, jp, s, P_len, model.config.n_embd, 16)
+        timing.jump(jc, jp, s, P_len, model.config.n_embd, 16)
         assert decode(model, jp, jc, torch.randint(0, 256, (B, 1)), 20, forward, observe) == real[s:s + 20], s
 
 
