@@ -207,6 +207,9 @@ class Progress:
 # 1. The base model
 
 
+STATE_KEYS = {"model", "opt", "generator", "step", "settings"}  # what an interrupted run's OUT.state holds
+
+
 def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed: int, log_every: int = 50,
                 eviction_mask=None, curriculum: float = CURRICULUM, stage: str = "model",
                 state_path: str | None = None, settings: dict | None = None, should_stop=None) -> bool:
@@ -227,6 +230,9 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
     if state_path is not None and os.path.exists(state_path):
         try:
             saved = torch.load(state_path, map_location=device, weights_only=True)
+            missing = STATE_KEYS - set(saved) if isinstance(saved, dict) else STATE_KEYS
+            if missing:  # loads, but is something else (a checkpoint, say)
+                raise KeyError(", ".join(sorted(missing)))
         except Exception as e:  # a truncated or foreign file: say which, no traceback
             raise UsageError(f"{state_path}: not a state train.py can continue from ({type(e).__name__}); "
                              "delete it to start again") from None
@@ -644,9 +650,9 @@ def save_checkpoint(path, model, predictor, metrics, decoding):
 
 DEFAULT_HF_PREDICTOR = "dynts-predictor.pt"  # train.py --hf's --out, unless given
 # Flags of one pipeline only: naming one in the other is an error, never silently ignored.
-TINY_ONLY = dict(base="--base", max_minutes="--max-minutes", steps="--steps", batch_size="--batch-size", lr="--lr", blocks="--blocks",
-                 predictor_traces="--predictor-traces", eval_traces="--eval-traces", finetune_steps="--finetune-steps",
-                 finetune_lr="--finetune-lr", valid_problems="--valid-problems")
+TINY_ONLY = dict(base="--base", max_minutes="--max-minutes", steps="--steps", batch_size="--batch-size", lr="--lr",
+                 blocks="--blocks", predictor_traces="--predictor-traces", eval_traces="--eval-traces",
+                 finetune_steps="--finetune-steps", finetune_lr="--finetune-lr", valid_problems="--valid-problems")
 HF_ONLY = dict(problems="--problems", samples="--samples", max_new_tokens="--max-new-tokens",
                temperature="--temperature", budget="--budget", window="--window", ratio="--ratio", dtype="--dtype")
 
@@ -655,9 +661,9 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
          predictor_traces=None, predictor_steps=None, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
          eval_traces=None, finetune_steps=None, finetune_lr=None, valid_problems=None, blocks=None,
          max_minutes=None, hf_dir=None, **hf_flags):
-    tiny = dict(base=base, max_minutes=max_minutes, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks, predictor_traces=predictor_traces,
-                eval_traces=eval_traces, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
-                valid_problems=valid_problems)
+    tiny = dict(base=base, max_minutes=max_minutes, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks,
+                predictor_traces=predictor_traces, eval_traces=eval_traces, finetune_steps=finetune_steps,
+                finetune_lr=finetune_lr, valid_problems=valid_problems)
     given = lambda names: [flag for name, flag in names.items() if (hf_flags | tiny).get(name) is not None]
     if hf_dir is not None:
         if given(TINY_ONLY):

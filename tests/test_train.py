@@ -453,3 +453,6 @@ def test_train_model_stopped_and_resumed_ends_where_one_run_ends(tmp_path):
     open(path, "wb").write(b"not a state")  # a truncated file: one line, not a traceback
     with pytest.raises(UsageError, match="not a state train.py can continue from"):
         train.train_model(GPT(cfg), state_path=path, settings=settings, **kw)
+    torch.save(dict(model=whole.state_dict()), path)  # loads, but holds no run's state (a checkpoint, say)
+    with pytest.raises(UsageError, match=r"not a state train.py can continue from \(KeyError\)"):
+        train.train_model(GPT(cfg), state_path=path, settings=settings, **kw)
