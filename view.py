@@ -250,11 +250,10 @@ def profile_multipliers(rows: dict, base: str = "full") -> dict:
     sequence's, as the paper's), the buffers (all rows: ~1x at equal memory), GFLOPs per token, and
     how much of the speed-up that the bytes read per token allow (the ratio of the roofline
     throughputs) is achieved."""
-    out = {}
+    out, by_step = {}, {r["step"]: r for r in rows[base]}
     for name, rs in rows.items():
         if name == base:
             continue
-        by_step = {r["step"]: r for r in rows[base]}
         out[name] = []
         for r in rs:
             f = by_step.get(r["step"])
