@@ -3,9 +3,10 @@ checkpoint's model under a policy (DynTS unless named) at the checkpoint's defau
 thinking tokens cached at the last step before the contiguous run of the latest ones: what
 the evictions kept of the older tokens.
 
-usage: python docs/kept_at_end.py CKPT [FAMILY] [N] [POLICY]   (validation problems; CPU, about 40 s for 10)
+usage: python docs/kept_at_end.py CKPT [FAMILY] [N] [POLICY]   (validation problems; CPU, about 30 s for 10)
 The README's `reused` diagnosis: python docs/kept_at_end.py out/ck/seed1.pt reused 10
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generate  # noqa: E402
 import task  # noqa: E402
+from cli import run_cli  # noqa: E402
 from model import get_encoding  # noqa: E402
 
 
 def main(ckpt: str, family: str = "reused", n: int = 10, policy: str = "dynts"):
-    model, predictor, meta = generate.load_checkpoint(ckpt)
+    if n < 1:
+        raise ValueError(f"N must be >= 1, got {n}")
+    model, predictor, meta = generate.load_checkpoint(ckpt, flag="CKPT")
     model.eval()
     enc = get_encoding(meta["encoding"])
     budget, window, ratio = (meta["decoding"][k] for k in ("budget", "window", "ratio"))
@@ -44,5 +48,14 @@ def main(ckpt: str, family: str = "reused", n: int = 10, policy: str = "dynts"):
         print(f"{i}: {verdict} {p.answer!r}, wrote {task.answer_of(text)!r}; older tokens kept: {kept[:80]!r}")
 
 
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", help="a checkpoint of train.py")
+    p.add_argument("family", nargs="?", default="reused", choices=task.FAMILIES)
+    p.add_argument("n", nargs="?", type=int, default=10, help="validation problems (default: 10)")
+    p.add_argument("policy", nargs="?", default="dynts", choices=generate.POLICIES)
+    return p.parse_args(argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], *(sys.argv[2:3]), *(int(a) for a in sys.argv[3:4]), *(sys.argv[4:5]))
+    run_cli("kept_at_end.py", main, parse_args)
