@@ -71,6 +71,7 @@ def row_bytes(cfg: GPTConfig, capacity: int, elt: int, cuda_graphs: bool) -> int
     # 2 H + 4 C for GELU's, 3 H + 4.3 C for Qwen2's.
     activations = elt * (3 * cfg.mlp_hidden + 5 * cfg.n_embd)
     # fastpath.GraphedDecode's split-KV partial results, float32: outputs, max and sum of exp per query head and split
+    # (splits of CHUNK slots, the shorter of its two settings: at most this many)
     partials = cfg.n_head * -(-capacity // CHUNK) * (cfg.head_dim + 2) * 4 if cuda_graphs else 0
     return slots + logits + activations + partials
 

@@ -45,9 +45,24 @@ try:
     import triton.language as tl
 except ImportError:
     triton = None
-CHUNK = 128  # slots per program of the attention kernel (a split of the split-KV scheme)
-BLOCK_N = 128  # slots per iteration inside a program
-NUM_WARPS = 4  # warps per program
+# The attention kernel's settings, measured on an H100 (PERF_NOTES.md, call 5): a program reads
+# CHUNK slots of one (row, kv head), BLOCK_N at a time, loads pipelined NUM_STAGES deep. Once a
+# step has MANY_PAIRS (row, kv head) pairs or more there are programs enough to fill the GPU with
+# longer chunks, which read at 95-98% of the copy bandwidth (at batch 30 and 94 of r1-llama-8b);
+# with fewer pairs (batch 8: 64) shorter chunks make more programs.
+CHUNK, BLOCK_N = 512, 64  # slots per program (a split of the split-KV scheme), and per iteration in it
+CHUNK_MANY, BLOCK_N_MANY, MANY_PAIRS = 1024, 128, 128
+NUM_WARPS, NUM_STAGES = 4, 2
+
+
+def split_settings(pairs: int, head_dim: int, elt: int, device: torch.device) -> tuple[int, int]:
+    """(chunk, block_n) for a step of `pairs` = batch x kv heads: the long chunks where there are
+    enough pairs and the GPU's shared memory holds their pipelined K and V blocks."""
+    smem = NUM_STAGES * 2 * BLOCK_N_MANY * head_dim * elt + 2**15  # K and V blocks, each pipeline stage; the rest
+    if device.type == "cuda" and smem > getattr(torch.cuda.get_device_properties(device),
+                                                "shared_memory_per_block_optin", 0):
+        return CHUNK, BLOCK_N
+    return (CHUNK_MANY, BLOCK_N_MANY) if pairs >= MANY_PAIRS else (CHUNK, BLOCK_N)
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -60,19 +75,21 @@ class GraphedDecode:
 
     `capture=False` runs the same step eagerly (for tests on machines without CUDA)."""
 
-    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int = CHUNK):
+    def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int | None = None):
         cfg, dev = model.config, cache.kv.device
         if cache.ragged:
             raise ValueError("GraphedDecode does not mask empty slots: a ragged (left-padded) batch runs "
                              "without graphs")
         if use_triton(cache.kv) and (cfg.head_dim & (cfg.head_dim - 1) or cfg.head_dim < 16):
             raise ValueError(f"the attention kernel needs a power-of-two head_dim >= 16, not {cfg.head_dim}")
-        self.model, self.cache, self.chunk = model, cache, chunk
         B = cache.kv.shape[2]
+        self.chunk, self.block_n = split_settings(B * cfg.n_kv_head, cfg.head_dim, cache.kv.element_size(), dev) \
+            if chunk is None else (chunk, min(BLOCK_N, chunk))  # (a test's chunk)
+        self.model, self.cache = model, cache
         self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the step's input
         self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # where its K, V go: cache.length
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its absolute slot count: cache.seen
-        n_splits = -(-cache.capacity // chunk)
+        n_splits = -(-cache.capacity // self.chunk)
         self.partial = (torch.empty(B * cfg.n_head * n_splits, cfg.head_dim, dtype=torch.float32, device=dev),  # outputs
                         torch.empty(B * cfg.n_head * n_splits, 2, dtype=torch.float32, device=dev))  # max, sum of exp
         no_bias = torch.zeros(cfg.mlp_hidden, dtype=model.wte.weight.dtype, device=dev)  # the GELU epilogue needs one
@@ -129,7 +146,7 @@ class GraphedDecode:
             qkv = block.attn.c_attn(h)[:, 0]  # (B, C + 2 Hkv D): q, then the new token's k and v (biases included)
             q, k_new, v_new = qkv[:, :C].view(B, H, D), qkv[:, C:C + Hkv * D], qkv[:, C + Hkv * D:]
             y = decode_attention(q, k_new.view(B, Hkv, D), v_new.view(B, Hkv, D), kv[layer, 0], kv[layer, 1], n_live,
-                                 self.partial, rope, self.chunk)  # (B, H, D); writes k_new, v_new at slot n_live - 1
+                                 self.partial, rope, self.chunk, self.block_n)  # (B, H, D); writes k_new, v_new at n_live - 1
             h = add_norm(x, block.attn.c_proj(y.reshape(B, 1, C)), block.ln_2)  # x += attn; h = ln_2(x)
             h = add_norm(x, mlp_forward(block.mlp, h, self.fc_bias[layer]), next_norm)  # x += mlp; h = norm(x)
         hidden = h  # (B, 1, C): ln_f of the residual stream
@@ -214,7 +231,7 @@ def mlp_forward(mlp, h, fc_bias):
     return mlp.c_proj(a).view(h.shape)
 
 
-def decode_attention(q, k_new, v_new, k, v, n_live, partial, rope=None, chunk=CHUNK):
+def decode_attention(q, k_new, v_new, k, v, n_live, partial, rope=None, chunk=CHUNK, block_n=BLOCK_N):
     """Write the new token's k_new, v_new (B, Hkv, D) at slot n_live - 1 of k, v (B, Hkv, cap, D),
     then attend with one query per head q (B, H, D) to the first n_live slots; n_live is a (1,)
     device tensor; query head h reads kv head h // (H / Hkv), as SDPA's enable_gqa.
@@ -237,7 +254,7 @@ def decode_attention(q, k_new, v_new, k, v, n_live, partial, rope=None, chunk=CH
             q, k_new, v_new, k, v, n_live, cos, sin, *partial, q.stride(0), k_new.stride(0), k.stride(0), k.stride(1),
             k.stride(2), n_splits, 1 / math.sqrt(D),
             HKV=Hkv, G=H // Hkv, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)), D=D, CHUNK=chunk,
-            BLOCK_N=min(BLOCK_N, chunk), ROPE=rope is not None, num_warps=NUM_WARPS)
+            BLOCK_N=min(block_n, chunk), ROPE=rope is not None, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         _attn_combine_kernel[(B * H,)](*partial, n_live, out, n_splits, CHUNK=chunk,
                                        BLOCK_S=triton.next_power_of_2(n_splits), D=D)
         return out

@@ -1,6 +1,7 @@
 """fastpath.py: the --cuda-graphs step against GPT.forward, for both block families, run eagerly
 on the CPU (capture=False), and its Triton kernels in Triton's CPU interpreter."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -41,13 +42,15 @@ def sharp_model(cfg, seed=0):
 
 
 @torch.no_grad()
-def check_graphed_step(cfg, steps=24, evict_at=12, chunk=16, B=3, device="cpu", capture=False, tol=1e-4):
+def check_graphed_step(cfg, steps=24, evict_at=12, chunk=16, B=3, device="cpu", capture=False, tol=1e-4,
+                       prompt_len=37, capacity=80):
     """The --cuda-graphs step, run eagerly (no capture) or as captured CUDA graphs, against
     GPT.forward, across an eviction: the logits, the final hidden states, the cache's positions and
-    its keys and values (cached once, RoPE's rotated at their own positions, never rotated again)."""
+    its keys and values (cached once, RoPE's rotated at their own positions, never rotated again).
+    chunk=None: the attention kernel's own settings for the batch. Returns the step."""
     model = sharp_model(cfg).to(device)
-    prompt = torch.randint(0, 256, (B, 37), device=device)
-    plain, fast = KVCache(cfg, B, 80, device=device), KVCache(cfg, B, 80, device=device)
+    prompt = torch.randint(0, 256, (B, prompt_len), device=device)
+    plain, fast = KVCache(cfg, B, capacity, device=device), KVCache(cfg, B, capacity, device=device)
     model(prompt, plain), model(prompt, fast)
     step = fastpath.GraphedDecode(model, fast, capture=capture, chunk=chunk)
     token = torch.randint(0, 256, (B, 1), device=device)
@@ -64,6 +67,7 @@ def check_graphed_step(cfg, steps=24, evict_at=12, chunk=16, B=3, device="cpu", 
             idx = torch.stack([torch.randperm(plain.length)[:30].sort().values for _ in range(B)]).to(device)
             plain.keep(idx), fastpath.keep_in_place(fast, idx)
         token = logits.argmax(dim=-1, keepdim=True)
+    return step
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -77,6 +81,35 @@ def test_captured_step_on_cuda_matches_gpt_forward(name):
     """The same, on a GPU: the step captured as CUDA graphs and replayed, its Triton kernels
     compiled (float32; the kernels' dot products round like TF32, hence the tolerance)."""
     check_graphed_step(CONFIGS[name], device="cuda", capture=True, tol=2e-2)
+
+
+def test_attention_settings_by_batch():
+    """Long chunks once a step has MANY_PAIRS (row, kv head) pairs, and where the GPU's shared
+    memory holds their pipelined blocks; shorter ones otherwise (r1-llama-8b: 8 kv heads)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    few, many = (fastpath.CHUNK, fastpath.BLOCK_N), (fastpath.CHUNK_MANY, fastpath.BLOCK_N_MANY)
+    assert fastpath.split_settings(8 * 8, 128, 2, cpu) == few  # batch 8
+    assert fastpath.split_settings(16 * 8, 128, 2, cpu) == fastpath.split_settings(94 * 8, 128, 2, cpu) == many
+    props = lambda kib: lambda device: type("Props", (), dict(shared_memory_per_block_optin=kib * 1024))()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "get_device_properties", props(227))  # an H100's
+        assert fastpath.split_settings(94 * 8, 128, 2, cuda) == many
+        mp.setattr(torch.cuda, "get_device_properties", props(99))  # an RTX 4090's
+        assert fastpath.split_settings(94 * 8, 128, 2, cuda) == few
+    step = fastpath.GraphedDecode(GPT(CONFIGS["llama"]), KVCache(CONFIGS["llama"], 64, 2100), capture=False)
+    assert (step.chunk, step.block_n) == many and step.partial[0].shape[0] == 64 * 4 * 3  # rows x heads x splits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("B", [3, 64])
+def test_captured_step_with_its_own_attention_settings(B):
+    """The captured step with the attention kernel's own settings (the short chunks at batch 3, the
+    long ones at 64 rows x 2 kv heads), the live slots crossing a chunk's end before the eviction."""
+    cfg = dataclasses.replace(CONFIGS["llama"], block_size=2048)
+    chunk = fastpath.CHUNK if B == 3 else fastpath.CHUNK_MANY
+    step = check_graphed_step(cfg, steps=8, evict_at=5, chunk=None, B=B, device="cuda", capture=True, tol=2e-2,
+                              prompt_len=chunk - 3, capacity=chunk + 50)
+    assert step.chunk == chunk
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
