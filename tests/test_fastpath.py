@@ -94,7 +94,10 @@ def test_attention_settings_by_batch():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.cuda, "get_device_properties", props(227))  # an H100's
         assert fastpath.split_settings(94 * 8, 128, 2, cuda) == many
-        mp.setattr(torch.cuda, "get_device_properties", props(99))  # an RTX 4090's
+        mp.setattr(torch.cuda, "get_device_properties", props(99))  # an RTX 4090's: 80 KiB fit
+        assert fastpath.split_settings(94 * 8, 128, 2, cuda) == many
+        assert fastpath.split_settings(94 * 8, 128, 4, cuda) == few  # float32: 144 KiB do not
+        mp.setattr(torch.cuda, "get_device_properties", props(64))  # a T4's
         assert fastpath.split_settings(94 * 8, 128, 2, cuda) == few
     step = fastpath.GraphedDecode(GPT(CONFIGS["llama"]), KVCache(CONFIGS["llama"], 64, 2100), capture=False)
     assert (step.chunk, step.block_n) == many and step.partial[0].shape[0] == 64 * 4 * 3  # rows x heads x splits
