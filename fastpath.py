@@ -148,7 +148,7 @@ class GraphedDecode:
             qkv = block.attn.c_attn(h)[:, 0]  # (B, C + 2 Hkv D): q, then the new token's k and v (biases included)
             q, k_new, v_new = qkv[:, :C].view(B, H, D), qkv[:, C:C + Hkv * D], qkv[:, C + Hkv * D:]
             y = decode_attention(q, k_new.view(B, Hkv, D), v_new.view(B, Hkv, D), kv[layer, 0], kv[layer, 1], n_live,
-                                 self.partial, rope, self.chunk, self.block_n)  # (B, H, D); writes k_new, v_new at n_live - 1
+                                 self.partial, rope, self.chunk, self.block_n)  # (B, H, D); writes k_new, v_new too
             h = add_norm(x, block.attn.c_proj(y.reshape(B, 1, C)), block.ln_2)  # x += attn; h = ln_2(x)
             h = add_norm(x, mlp_forward(block.mlp, h, self.fc_bias[layer]), next_norm)  # x += mlp; h = norm(x)
         hidden = h  # (B, 1, C): ln_f of the residual stream
