@@ -48,7 +48,7 @@ except ImportError:
 # The attention kernel's settings, measured on an H100 (PERF_NOTES.md, call 5): a program reads
 # CHUNK slots of one (row, kv head), BLOCK_N at a time, loads pipelined NUM_STAGES deep. Once a
 # step has MANY_PAIRS (row, kv head) pairs or more there are programs enough to fill the GPU with
-# longer chunks, which read at 94-97% of the copy bandwidth (at batch 30 and 94 of r1-llama-8b);
+# longer chunks, which read at 97-99% of the copy bandwidth (at batch 30 and 94 of r1-llama-8b);
 # with fewer pairs (batch 8: 64) shorter chunks make more programs.
 CHUNK, BLOCK_N = 512, 64  # slots per program (a split of the split-KV scheme), and per iteration in it
 CHUNK_MANY, BLOCK_N_MANY, MANY_PAIRS = 1024, 128, 128

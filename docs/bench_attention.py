@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastpath  # noqa: E402
 from model import GPT, PRESETS, KVCache, rope_frequencies  # noqa: E402
+from timing import Clock, copy_bandwidth  # noqa: E402
 
 DEV = torch.device("cuda")
 H, HKV, D, LAYERS = 32, 8, 128, 8
@@ -32,19 +33,14 @@ PREVIOUS = (128, 128, 4, 1)  # fastpath's one setting for every batch until 2026
 
 
 def median_s(fn, n=7) -> float:
-    times = []
+    clock, times = Clock(DEV), []
     for _ in range(n):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(), fn(), end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        start = clock.stamp()
+        fn()
+        end = clock.stamp()
+        clock.sync()
+        times.append(clock.seconds(start, end))
     return sorted(times)[n // 2]
-
-
-def copy_bandwidth() -> float:
-    src = torch.randn(2**29, device=DEV)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / median_s(lambda: dst.copy_(src), 11)  # read + write
 
 
 def attention_bandwidth(B, cap, live, chunk, block_n, warps, stages, k, v) -> float:
@@ -54,12 +50,13 @@ def attention_bandwidth(B, cap, live, chunk, block_n, warps, stages, k, v) -> fl
     q = torch.randn(B, H, D, device=DEV, dtype=torch.bfloat16)
     k_new, v_new = torch.randn(2, B, HKV, D, device=DEV, dtype=torch.bfloat16)
     angles = torch.rand(B, D // 2, device=DEV)
+    rope = angles.cos(), angles.sin()  # once a step for all layers, as GraphedDecode computes them
     n_live = torch.tensor([live], device=DEV)
 
     def layers():
         for i in range(32):
-            fastpath.decode_attention(q, k_new, v_new, k[i % LAYERS], v[i % LAYERS], n_live, partial,
-                                      (angles.cos(), angles.sin()), chunk, block_n)
+            fastpath.decode_attention(q, k_new, v_new, k[i % LAYERS], v[i % LAYERS], n_live, partial, rope, chunk,
+                                      block_n)
     layers()  # compiles
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -68,7 +65,7 @@ def attention_bandwidth(B, cap, live, chunk, block_n, warps, stages, k, v) -> fl
 
 
 def sweep():
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(DEV, 2**31)  # timing.py's, as profile.py measures it
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s; K and V read per second, as a share of it", flush=True)
     for B, cap, live in SHAPES:
         k, v = torch.randn(2, LAYERS, B, HKV, cap, D, device=DEV, dtype=torch.bfloat16)
