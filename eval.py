@@ -231,7 +231,7 @@ def table(rows: list[dict]) -> str:
 
 
 PLOT_COLORS = {"oracle": "C1", "dynts": "C2", "dynts-random": "C7", "rkv": "C4", "snapkv": "C5", "h2o": "C6",
-               "sepllm": "C9", "streaming": "C8", "window": "C3"}  # plot(): one colour per rule, with or without +p
+               "sepllm": "C9", "streaming": "C8", "window": "C3"}  # plot(): a colour per rule, +p or not
 
 
 def plot(rows: list[dict], path: str):
@@ -248,7 +248,7 @@ def plot(rows: list[dict], path: str):
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5 * cols, 4.25 * -(-len(panels) // cols)),
                              sharey=True, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
-        for i, name in enumerate(names):
+        for name in names:
             rs = sorted((r for r in rows if r["policy"] == name), key=lambda r: r["peak_kv"])
             if name == "full":
                 x = rs[0]["peak_kv"]
@@ -263,10 +263,14 @@ def plot(rows: list[dict], path: str):
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
                 lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
-            # one colour per rule; solid with the prompt protected (+p, and DynTS), dashed without
+            # one colour per rule; the references dotted, solid with the prompt protected (+p, and DynTS),
+            # dashed without
             base = name.removesuffix("+p")
-            color = PLOT_COLORS.get(base, f"C{i % 10}")
-            ls = ":" if base in ("oracle", "dynts-random") else "-" if base == "dynts" or name != base else "--"
+            color = PLOT_COLORS[base]
+            if base in ("oracle", "dynts-random"):
+                ls = ":"
+            else:
+                ls = "-" if base == "dynts" or name != base else "--"
             ax.plot(x, y, label=name, marker="o", ms=4, lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls,
                     color=color)
             ax.fill_between(x, lo, hi, alpha=0.12, color=color)
