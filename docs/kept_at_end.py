@@ -1,7 +1,8 @@
 """What a policy still holds when a trace ends: decode n problems of one family with a
-checkpoint's model under a policy (DynTS unless named) at the checkpoint's default budget, and print, per problem, the answer against the expected one and the
-thinking tokens cached at the last step before the contiguous run of the latest ones: what
-the evictions kept of the older tokens.
+checkpoint's model under a policy (DynTS unless named) at the checkpoint's default budget, and
+print, per problem, the answer against the expected one and the thinking tokens cached at the
+last step before the contiguous run of the latest ones: what the evictions kept of the older
+tokens.
 
 usage: python docs/kept_at_end.py CKPT [FAMILY] [N] [POLICY]   (validation problems; CPU, about 30 s for 10)
 The README's `reused` diagnosis: python docs/kept_at_end.py out/ck/seed1.pt reused 10
