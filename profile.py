@@ -335,7 +335,8 @@ def parse_args(argv=None):
     p.add_argument("--policies", default="full,dynts", help=f"comma-separated, from {', '.join(POLICIES)} "
                    "(default: full,dynts; multipliers are against full)")
     p.add_argument("--batch-size", default=8, help="sequences decoded together, or max: for each policy the most "
-                   f"that fit the GPU's free memory with its cache, less {MEMORY_MARGIN:.0%} (CUDA only; default: 8)")
+                   f"that fit the GPU's free memory with its cache, less {MEMORY_MARGIN * 100:.0f}%% "  # (%%: argparse's %)
+                   "(CUDA only; default: 8)")
     p.add_argument("--prompt-len", type=int, help="prompt tokens (random keys and values), protected by DynTS "
                    "(default: the paper's 500 for the 8B presets, 50 for the others)")
     p.add_argument("--steps", type=int, help="decode steps (default: 15000 for the 8B presets, 1500 for tiny)")

@@ -83,3 +83,12 @@ def test_eval_checks_the_budget_against_the_prompt_before_decoding():
     r = subprocess.run([sys.executable, "eval.py", "--budget", "100", "--device", "cpu"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 129 tokens")
+
+
+@pytest.mark.parametrize("script", ["generate.py", "eval.py", "profile.py", "train.py", "view.py"])
+def test_help_prints(script, capsys):
+    """--help formats every flag's help (a bare % in one would make argparse raise instead)."""
+    module = __import__(script[:-3])
+    with pytest.raises(SystemExit) as e:
+        module.parse_args(["--help"])
+    assert e.value.code == 0 and "--" in capsys.readouterr().out
