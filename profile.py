@@ -256,8 +256,11 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         check_memory(f"--preset {preset} (built in float32)", weight_bytes(cfg), device)
     else:
         capacity = prompt_len + steps if "full" in names else budget  # the largest cache a policy allocates
-        check_memory(f"--preset {preset} (built in float32) and a KV cache of --batch-size {batch_size} x {capacity} "
-                     "slots", weight_bytes(cfg) + cache_bytes(cfg, batch_size, capacity, elt), str(device))
+        # built in float32, then cast; the cache comes after: it needs the larger of the two
+        check_memory(f"--preset {preset} (built in float32, then {dtype} beside a KV cache of --batch-size "
+                     f"{batch_size} x {capacity} slots)",
+                     max(weight_bytes(cfg), weight_bytes(cfg, elt) + cache_bytes(cfg, batch_size, capacity, elt)),
+                     str(device))
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()

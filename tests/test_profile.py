@@ -15,7 +15,8 @@ import costs
 import dynts
 import fastpath
 import timing
-from cli import weight_bytes
+import cli
+from cli import cache_bytes, weight_bytes
 from model import GPT, PRESETS, GPTConfig, KVCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,6 +281,19 @@ def test_max_batch_against_a_hand_computation():
         assert B == expected and fixed + B * row <= usable < fixed + (B + 1) * row  # fits; one more row does not
     assert costs.row_bytes(cfg, 5000, elt, cuda_graphs=False) == row - 32 * 10 * 130 * 4  # no partials, plain path
     assert costs.max_batch(cfg, 5000, elt, fixed, fixed, True) == 0  # nothing left beside the weights
+
+
+def test_memory_check_counts_the_float32_build_apart_from_the_cache(monkeypatch):
+    """The model is built in float32 and cast before the cache exists: a batch needs the larger of
+    the two, not their sum (which refused batches that fit, e.g. r1-llama-8b at 94 rows on an H100)."""
+    cfg, run = PRESETS["tiny"], dict(TINY, policies="full", steps=10, every=10, tput_window=5, dtype="bfloat16")
+    need = max(weight_bytes(cfg), weight_bytes(cfg, 2) + cache_bytes(cfg, 2, 16 + 10, 2))
+    assert need < weight_bytes(cfg) + cache_bytes(cfg, 2, 16 + 10, 2)  # (the sum, which the check once used)
+    monkeypatch.setattr(cli, "free_bytes", lambda device: need)
+    assert P.main(**run, out=io.StringIO())["batch_sizes"] == {"full": 2}
+    monkeypatch.setattr(cli, "free_bytes", lambda device: need - 1)
+    with pytest.raises(cli.UsageError, match="--batch-size 2 x 26 slots"):
+        P.main(**run, out=io.StringIO())
 
 
 def test_progress_lines_while_decoding(monkeypatch):
