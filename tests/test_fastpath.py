@@ -11,7 +11,7 @@ import torch
 
 import dynts
 import fastpath
-from model import GPT, PRESETS, GPTConfig, KVCache
+from model import GPT, PRESETS, GPTConfig, KVCache, apply_rope, rope_frequencies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # GPT-2's blocks (LayerNorm, GELU, learned positions, tied head), GQA; the Llama family's (RMSNorm,
@@ -163,38 +163,54 @@ def test_graphed_step_refuses_what_it_does_not_compute():
         step(torch.zeros(2, 1, dtype=torch.long), cache, need_attn=True)
 
 
+@torch.no_grad()
+def check_decode_attention(device, dtype, tol):
+    """fastpath.decode_attention, with and without RoPE, against model.apply_rope and SDPA in
+    float32 on the same inputs: live lengths within a block, at a chunk's end, one past it, and
+    with a chunk read in 4 blocks (block_n 16), where the GPU's loop stops at the last live one.
+    Returns the last call's inputs (for the interpreter's float16 checks)."""
+    B, H, Hkv, D, cap, chunk = 2, 8, 2, 32, 300, 64
+    n_splits = -(-cap // chunk)
+    partial = (torch.empty(B * H * n_splits, D, device=device), torch.empty(B * H * n_splits, 2, device=device))
+    inv_freq = rope_frequencies(GPTConfig(n_embd=4 * D, n_head=4, rope_theta=500.0)).to(device)  # (D/2,)
+    angles = torch.tensor([[57.0], [3.0]], device=device) * inv_freq  # (B, D/2): two rows at two positions
+    cos, sin = angles.cos(), angles.sin()
+    for rope in [None, (cos, sin)]:
+        kv = torch.randn(2, 2, B, Hkv, cap, D, device=device).to(dtype)  # (layer, k|v, B, Hkv, cap, D), as the cache
+        for n, block_n in [(1, 64), (64, 64), (65, 64), (300, 64), (1, 16), (17, 16), (65, 16), (130, 16)]:
+            qkv = torch.randn(B, (H + 2 * Hkv) * D + 7, device=device).to(dtype)  # rows apart, as c_attn's output
+            q, k_new, v_new = (qkv[:, a * D:b * D].view(B, -1, D) for a, b in [(0, H), (H, H + Hkv),
+                                                                             (H + Hkv, H + 2 * Hkv)])
+            q_ref, k_ref = q.float(), k_new.float()
+            if rope is not None:  # the reference: model.apply_rope on q and the new key, then attention
+                q_ref, k_ref = (apply_rope(t.unsqueeze(2), cos[:, None, None], sin[:, None, None]).squeeze(2)
+                                for t in (q_ref, k_ref))
+            expected = kv.clone().float()
+            expected[1, 0, :, :, n - 1], expected[1, 1, :, :, n - 1] = k_ref, v_new.float()
+            y = fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n], device=device),
+                                          partial, rope, chunk, block_n)
+            # the new K and V at slot n - 1 (rounded to the cache's dtype), nothing else
+            torch.testing.assert_close(kv.float(), expected.to(dtype).float(), atol=tol / 10, rtol=tol / 10)
+            ref = torch.nn.functional.scaled_dot_product_attention(
+                q_ref.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
+            torch.testing.assert_close(y.float(), ref, atol=tol, rtol=tol)
+    return cos, sin, q, k_new, v_new, kv, partial
+
+
 KERNELS = """
-import math, torch
+import sys, torch
+sys.path.insert(0, {tests!r})
 import fastpath
-from model import MLP, PRESETS, GPTConfig, KVCache, RMSNorm, apply_rope, rope_frequencies
+from model import MLP, PRESETS, GPTConfig, KVCache, RMSNorm, apply_rope
+from test_fastpath import check_decode_attention
 assert fastpath.use_triton(torch.zeros(1))
-torch.manual_seed(0)
-B, H, Hkv, D, cap, chunk = 2, 8, 2, 32, 300, 64
-n_splits = math.ceil(cap / chunk)
-partial = (torch.empty(B * H * n_splits, D), torch.empty(B * H * n_splits, 2))
-inv_freq = rope_frequencies(GPTConfig(n_embd=4 * D, n_head=4, rope_theta=500.0))  # (D/2,)
-angles = torch.tensor([[57.0], [3.0]]) * inv_freq  # (B, D/2): two rows at two positions
-for rope in [None, (angles.cos(), angles.sin())]:
-    kv = torch.randn(2, 2, B, Hkv, cap, D)  # (layer, k|v, B, Hkv, cap, D), as in the cache
-    for n in [1, 64, 65, 300]:
-        qkv = torch.randn(B, (H + 2 * Hkv) * D + 7)  # rows apart, as q, k, v sliced from c_attn's output
-        q, k_new, v_new = (qkv[:, a * D:b * D].view(B, -1, D) for a, b in [(0, H), (H, H + Hkv), (H + Hkv, H + 2 * Hkv)])
-        q_ref, k_ref = q, k_new
-        if rope is not None:  # the reference: model.apply_rope on q and the new key, then attention
-            cos, sin = (t[:, None, None] for t in rope)  # (B, 1, 1, D/2)
-            q_ref, k_ref = (apply_rope(t.unsqueeze(2), cos, sin).squeeze(2) for t in (q, k_new))
-        expected = kv.clone()
-        expected[1, 0, :, :, n - 1], expected[1, 1, :, :, n - 1] = k_ref, v_new
-        y = fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, rope, chunk)
-        torch.testing.assert_close(kv, expected, atol=1e-6, rtol=1e-6)  # the new K and V at slot n - 1, nothing else
-        ref = torch.nn.functional.scaled_dot_product_attention(
-            q_ref.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
-        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+cos, sin, q, k_new, v_new, kv, partial = check_decode_attention("cpu", torch.float32, 1e-5)
 # float16 (the interpreter rounds bfloat16 its own way): the kernels round as the eager ops do, bit for bit
 kv, n = kv.half(), 65  # slot 64: the second chunk's first
 q, k_new, v_new = q.half(), k_new.half(), v_new.half()
-fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, rope, chunk)
-assert torch.equal(kv[1, 0, :, :, n - 1], apply_rope(k_new.unsqueeze(2), cos, sin).squeeze(2))  # the rotated key
+fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n]), partial, (cos, sin), 64)
+rotated = apply_rope(k_new.unsqueeze(2), cos[:, None, None], sin[:, None, None]).squeeze(2)
+assert torch.equal(kv[1, 0, :, :, n - 1], rotated)  # the rotated key
 x, a, h = torch.randn(3, 1, 64).half(), torch.randn(3, 1, 64).half(), torch.randn(3, 1, 64).half()
 with torch.no_grad():
     for norm in [torch.nn.LayerNorm(64), RMSNorm(64, 1e-5)]:
@@ -239,7 +255,18 @@ def test_kernels_in_the_triton_interpreter():
     """Attention (with and without RoPE) against model.apply_rope and SDPA, the fused norms and
     SwiGLU product against the eager modules (bit for bit in float16), and the in-place compaction
     against KVCache.keep, run by Triton's CPU interpreter."""
-    interpret(KERNELS)
+    interpret(KERNELS.format(tests=os.path.join(ROOT, "tests")))
+
+
+def test_attention_reference_on_the_cpu():
+    """decode_attention's eager path (the kernels' reference: masked SDPA over the whole buffer)."""
+    check_decode_attention("cpu", torch.float32, 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_attention_kernel_on_cuda():
+    """The compiled attention kernel (whose loop stops at the live slots) against SDPA, in bf16."""
+    check_decode_attention("cuda", torch.bfloat16, 2e-2)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
