@@ -169,7 +169,9 @@ def check_decode_attention(device, dtype, tol):
     float32 on the same inputs: live lengths within a block, at a chunk's end, one past it, and
     with a chunk read in 4 blocks (block_n 16), where the GPU's loop stops at the last live one.
     Returns the last call's inputs (for the interpreter's float16 checks)."""
+    torch.manual_seed(0)
     B, H, Hkv, D, cap, chunk = 2, 8, 2, 32, 300, 64
+    kv_tol = tol / 10 if dtype == torch.float32 else tol / 2  # (bf16: a rotated key may round one unit apart)
     n_splits = -(-cap // chunk)
     partial = (torch.empty(B * H * n_splits, D, device=device), torch.empty(B * H * n_splits, 2, device=device))
     inv_freq = rope_frequencies(GPTConfig(n_embd=4 * D, n_head=4, rope_theta=500.0)).to(device)  # (D/2,)
@@ -190,7 +192,7 @@ def check_decode_attention(device, dtype, tol):
             y = fastpath.decode_attention(q, k_new, v_new, kv[1, 0], kv[1, 1], torch.tensor([n], device=device),
                                           partial, rope, chunk, block_n)
             # the new K and V at slot n - 1 (rounded to the cache's dtype), nothing else
-            torch.testing.assert_close(kv.float(), expected.to(dtype).float(), atol=tol / 10, rtol=tol / 10)
+            torch.testing.assert_close(kv.float(), expected.to(dtype).float(), atol=kv_tol, rtol=kv_tol)
             ref = torch.nn.functional.scaled_dot_product_attention(
                 q_ref.unsqueeze(2), expected[1, 0, :, :, :n], expected[1, 1, :, :, :n], enable_gqa=True).squeeze(2)
             torch.testing.assert_close(y.float(), ref, atol=tol, rtol=tol)
