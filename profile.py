@@ -118,7 +118,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
     def step(tokens, i):  # as in generate.py: forward, the policy's bookkeeping, an eviction when due
         logits, hidden, attn = forward(tokens, cache, need_attn=policy.needs_attention)
         stamps["fwd"].append(clock.stamp())
-        positions = torch.arange(cache.seen - tokens.shape[1], cache.seen, device=device)
+        positions = cache.pos[:, cache.length - tokens.shape[1]:cache.length]  # (B, T): a view, as in generate.py
         observe(tokens, hidden, positions, attn)
         read, evict = cache.length, policy.should_evict(cache.length)
         if evict:
