@@ -27,6 +27,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import costs  # noqa: E402
 import fastpath  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, KVCache, rope_frequencies  # noqa: E402
 from timing import Clock, copy_bandwidth  # noqa: E402
@@ -189,7 +190,7 @@ def floor_times(model: GPT, B: int, cap: int, lives: list[int]) -> list[dict]:
 
 def floor():
     model = llama(32)
-    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "wte" not in n)
+    weights = costs.analytic(model)["weight_bytes"]  # read a step, as profile.py counts them
     bw = copy_bandwidth(DEV, 2**31)
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s; weights read a step "
           f"{weights / 1e9:.2f} GB; ms a step (median of 11 graph replays)", flush=True)
