@@ -246,7 +246,7 @@ def decode_attention(q, k_new, v_new, k, v, n_live, partial, rope=None, chunk=CH
     each crossing; looping over all of it cost DynTS 0.4 ms a step at 94 rows on an H100,
     PERF_NOTES call 6). In Triton's CPU interpreter the loop runs over the whole chunk, masked,
     which computes the same: the interpreter cannot take a loop bound read from memory (its
-    scalars are 1-element arrays, which NumPy 2 will not turn into ints). Otherwise index_copy_
+    scalars are 1-element arrays, which NumPy 2.4 and later will not turn into ints). Otherwise index_copy_
     and plain masked SDPA over the whole buffer (a reference, for tests)."""
     B, H, D = q.shape
     Hkv, cap = k.shape[1], k.shape[2]
