@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
+import cli
 import costs
 import dynts
 import fastpath
 import timing
-import cli
 from cli import cache_bytes, weight_bytes
 from model import GPT, PRESETS, GPTConfig, KVCache
 
