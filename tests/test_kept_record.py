@@ -1,0 +1,50 @@
+"""A refactor keeps every policy's tokens: the positions each eviction keeps, and what
+`python generate.py --dynts` prints, against records made before the layout change
+(tests/fixtures/make_kept_record.py)."""
+
+import io
+import json
+import os
+import re
+
+import pytest
+
+import generate
+import task
+from model import get_encoding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD = json.load(open(os.path.join(ROOT, "tests", "fixtures", "kept-record.json")))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model, predictor, meta = generate.load_checkpoint(generate.DEFAULT_CKPT)
+    enc = get_encoding(meta["encoding"])
+    problems = task.problems("eval", max(RECORD["problems"]) + 1, **meta["task"])
+    prompts = [enc.encode(problems[i].prompt, allowed_special="all") for i in RECORD["problems"]]
+    prompts.append(prompts[-1][6:])  # a shorter row: the batch is ragged
+    return model.eval(), predictor.eval(), enc, prompts
+
+
+@pytest.mark.parametrize("name", sorted(RECORD["policies"]))
+def test_every_policy_keeps_the_recorded_positions(name, shipped):
+    model, predictor, enc, prompts = shipped
+    policy = generate.make_policy(name, RECORD["budget"], RECORD["window"], RECORD["ratio"], predictor,
+                                  [len(p) for p in prompts], enc)
+    kept = []
+    tokens, _ = generate.generate(model, prompts, policy, RECORD["new_tokens"], eot_id=enc.eot_token,
+                                  vocab_limit=enc.n_vocab,
+                                  on_evict=lambda before, cache: kept.append(cache.pos[:, :cache.length].tolist()))
+    want = RECORD["policies"][name]
+    assert len(kept) == len(want["kept"])
+    for i, (got, expected) in enumerate(zip(kept, want["kept"])):
+        assert got == expected, f"eviction {i} of {name} kept other positions"
+    assert tokens.tolist() == want["tokens"]
+
+
+def test_generate_dynts_prints_what_it_printed_before_the_layout_change():
+    out = io.StringIO()
+    generate.main(policy="dynts", out=out)
+    speedless = re.sub(r" \| [0-9.]+ tokens/s on ", " | <speed> on ", out.getvalue())
+    assert speedless == open(os.path.join(ROOT, "tests", "fixtures", "generate-dynts.txt")).read()
