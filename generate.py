@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 import dynts
-import fastpath
-import hf as hf_loader
-import task
-import view
-from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_positive,
+from lab import fastpath
+from lab import hf as hf_loader
+from lab import task
+from lab import view
+from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_positive,
                  check_seed, resolve_device, run_cli, weight_bytes)
 from model import END_THINK, EOT, GPT, PRESETS, GPTConfig, KVCache, get_encoding
 
@@ -41,7 +41,7 @@ def load_checkpoint(path: str, device="cpu", flag: str = "--ckpt"):
     """(model, predictor, meta) from a checkpoint written by train.py; meta holds the
     encoding's name, the task's settings, the decoding defaults and the training metrics."""
     if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path}: no such file (train one with `python train.py`, "
+        raise UsageError(f"{flag} {path}: no such file (train one with `python -m lab.train`, "
                          "or use --init random --preset tiny for a mechanics-only run)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -83,13 +83,13 @@ def check_decoding(d):
 
 
 def load_predictor(path: str, config: GPTConfig, flag: str = "--predictor"):
-    """(predictor, meta) from a predictor-only checkpoint, as `train.py --hf` writes it: kind
+    """(predictor, meta) from a predictor-only checkpoint, as `python -m lab.train --hf` writes it: kind
     "dynts-predictor", the config of the model it was trained on (it must be `config`), that
     model's folder, the predictor's weights, the label scale, the decoding defaults (budget,
     window, ratio) and the training metrics."""
     if not os.path.isfile(path):
         raise UsageError(f"{flag} {path}: no such file (train one with "
-                         "`python train.py --hf DIR --problems FILE.jsonl`)")
+                         "`python -m lab.train --hf DIR --problems FILE.jsonl`)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("kind") != "dynts-predictor":
@@ -293,11 +293,12 @@ def generate(model: GPT, prompt, policy: dynts.Policy, max_new_tokens: int,
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
          num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
-         plot_path=None, cuda_graphs=False, ignore_eot=False, out=sys.stdout):
+         plot_path=None, cuda_graphs=False, ignore_eot=False, out=None):
     """Run one generation and print sample 0 as it is written, then a summary (and, on a
     terminal, the trace again with the evicted tokens dimmed). Returns stats. The model: `ckpt`
     (train.py's; default ckpt/tiny-reasoner.pt), random weights of `preset`, or `hf`, a Hugging
     Face checkpoint folder (hf.py) with, for DynTS, `predictor_path` (train.py --hf writes one)."""
+    out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
     for flag, path in [("--stats-json", stats_json), ("--html", html_path), ("--plot", plot_path)]:
         check_output_path(flag, path)
     check_matplotlib("--plot", plot_path)
@@ -448,7 +449,7 @@ def check_hf_settings(hf, ckpt, init, prompt, policy, predictor_path, budget, wi
                          "prompt that starts with the bos token")
     if policy in NEEDS_PREDICTOR and predictor_path is None:
         raise UsageError(f"--policy {policy} with --hf needs --predictor FILE: train one with "
-                         f"`python train.py --hf {hf} --problems FILE.jsonl`")
+                         f"`python -m lab.train --hf {hf} --problems FILE.jsonl`")
     if policy != "full" and predictor_path is None and (budget is None or window is None):
         raise UsageError(f"--policy {policy} with --hf needs --budget and --window (no --predictor file to "
                          "take them from)")
@@ -493,7 +494,7 @@ def parse_args(argv=None):
     p.add_argument("--hf", metavar="DIR", help="a Hugging Face checkpoint folder instead (Llama 3 / Qwen2: "
                    "R1-Distill); needs --prompt")
     p.add_argument("--predictor", dest="predictor_path", metavar="FILE", help="with --hf: the importance "
-                   "predictor that `python train.py --hf DIR` wrote (needed by dynts; gives the budget defaults)")
+                   "predictor that `python -m lab.train --hf DIR` wrote (needed by dynts; gives the budget defaults)")
     p.add_argument("--stats-json", help="also write the summary as JSON to this path")
     p.add_argument("--html", dest="html_path", help="write a page of the trace: each token shaded by its score, "
                    "the evicted ones greyed (self-contained HTML)")

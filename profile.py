@@ -56,14 +56,14 @@ import time
 import torch
 
 import dynts
-import view
-from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, free_bytes,
+from lab import view
+from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, free_bytes,
                  resolve_device, run_cli, weight_bytes)
-from costs import MEMORY_MARGIN, analytic, bytes_per_step, flops_per_token, max_batch
-from fastpath import GraphedDecode, GraphedObserve, keep_in_place
+from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, flops_per_token, max_batch
+from lab.fastpath import GraphedDecode, GraphedObserve, keep_in_place
 from generate import NEEDS_ATTENTION, POLICIES, make_policy
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
-from timing import Clock, copy_bandwidth, eviction_cycle, jump, timed_spans, warm_up_eviction
+from lab.timing import Clock, copy_bandwidth, eviction_cycle, jump, timed_spans, warm_up_eviction
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -205,8 +205,9 @@ def plot(result: dict, path: str):
 
 def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
          window=None, ratio=0.3, device=None, dtype="auto", cuda_graphs=False, jump=False, every=None,
-         tput_window=100, seed=1337, json_path=None, plot_path=None, out=sys.stdout) -> dict:
+         tput_window=100, seed=1337, json_path=None, plot_path=None, out=None) -> dict:
     """Profile each policy; print the tables; return everything."""
+    out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
     if preset not in PRESETS:
         raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]

@@ -27,10 +27,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import costs  # noqa: E402
-import fastpath  # noqa: E402
+from lab import costs  # noqa: E402
+from lab import fastpath  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, KVCache, rope_frequencies  # noqa: E402
-from timing import Clock, copy_bandwidth  # noqa: E402
+from lab.timing import Clock, copy_bandwidth  # noqa: E402
 
 DEV = torch.device("cuda")
 H, HKV, D, LAYERS = 32, 8, 128, 8

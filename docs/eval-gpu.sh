@@ -5,7 +5,7 @@
 # (seed, policy, level), PROCS_PER_GPU of them on each GPU, started in priority order until
 # DEADLINE_S seconds from now; each writes OUT_DIR/s<seed>-<policy>-<level>.json (and is
 # skipped where that file exists, so a second call finishes what a first one left).
-# Pool them afterwards with `python eval.py --merge OUT_DIR/*.json`.
+# Pool them afterwards with `python -m lab.eval --merge OUT_DIR/*.json`.
 # usage: [GPUS="0 1 2"] bash docs/eval-gpu.sh CKPT_DIR OUT_DIR [DEADLINE_S] [PROCS_PER_GPU] [LEVELS] [SEEDS]
 # (GPUS: which GPUs to use; default all)
 set -u
@@ -36,7 +36,7 @@ run() {  # job number, seed, policy, level
   export CUDA_VISIBLE_DEVICES=${list[$(( $1 % ${#list[@]} ))]}
   name="s$2-$3-$4"
   [ -f "$out/$name.json" ] && exit 0  # done by an earlier call
-  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python eval.py --ckpt "$ck/seed$2.pt" --policies "$3" --fractions "$4" --ranking-traces 0 \
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m lab.eval --ckpt "$ck/seed$2.pt" --policies "$3" --fractions "$4" --ranking-traces 0 \
     --json "$out/$name.json" > "$out/$name.log" 2>&1 || echo "FAILED $name"
 }
 export -f run

@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generate  # noqa: E402
-import task  # noqa: E402
-from cli import run_cli  # noqa: E402
+from lab import task  # noqa: E402
+from lab.cli import run_cli  # noqa: E402
 from model import get_encoding  # noqa: E402
 
 

@@ -18,7 +18,7 @@ i=0
 pids=()
 for s in $seeds; do
   [ -e "$out/seed$s.pt.state" ] || : > "$out/train-seed$s.log"  # a fresh run starts its log; a resumed one appends
-  CUDA_VISIBLE_DEVICES=$(( i % gpus )) python train.py --seed "$s" --steps "$steps" --valid-problems 100 ${BLOCKS:+--blocks $BLOCKS} \
+  CUDA_VISIBLE_DEVICES=$(( i % gpus )) python -m lab.train --seed "$s" --steps "$steps" --valid-problems 100 ${BLOCKS:+--blocks $BLOCKS} \
     ${MAX_MINUTES:+--max-minutes $MAX_MINUTES} --out "$out/seed$s.pt" --force >> "$out/train-seed$s.log" 2>&1 &
   pids+=($!)
   i=$(( i + 1 ))

@@ -1,6 +1,7 @@
 """A user's mistake, in a real process: a non-zero exit, one line on stderr that names the flag
 or the file, and no traceback, before any long work. One case per class of mistake."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import dynts
-import hf
+from lab import hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF_LLAMA = os.path.join("tests", "fixtures", "hf-llama")
@@ -23,25 +24,30 @@ def qwen2_predictor(path):
                     predictor=dynts.ImportancePredictor(config.n_embd).state_dict(), label_scale=1e4,
                     decoding=dict(budget=64, window=8, ratio=0.3), metrics={}), path)
 
+def command(script: str) -> list[str]:
+    """How a user runs it: `python generate.py`, or a lab module `python -m lab.eval`."""
+    return [sys.executable, script] if script.endswith(".py") else [sys.executable, "-m", script]
+
+
 CASES = [  # (script, arguments, what the line must name)
     ("generate.py", ["--device", "tpu"], "--device"),                                # devices
     ("generate.py", ["--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device"),
     ("generate.py", ["--cuda-graphs", "--policy", "h2o+p"], "--policy h2o+p scores by attention"),
     ("generate.py", ["--ckpt", "{tmp}/empty.pt"], "empty.pt"),                       # checkpoint contents
-    ("eval.py", ["--json", "/no/such/folder/r.json"], "--json"),                      # output paths
+    ("lab.eval", ["--json", "/no/such/folder/r.json"], "--json"),                      # output paths
     ("generate.py", ["--init", "random", "--temperature", "nan"], "--temperature"),  # numbers that are not
-    ("train.py", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
+    ("lab.train", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
     ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
     ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
     ("generate.py", ["--init", "random", "--preset", "paper-8b"], "--preset paper-8b"),  # memory
     ("generate.py", ["--num-samples", "1000000"], "--num-samples"),
-    ("eval.py", ["--n", "10000", "--batch-size", "50000"], "--batch-size"),
+    ("lab.eval", ["--n", "10000", "--batch-size", "50000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--budget", "10", "--window", "2", "--prompt-len", "16"], "--budget 10"),
     ("profile.py", ["--preset", "tiny", "--batch-size", "100000000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--json", "/no/such/folder/p.json"], "--json"),
-    ("eval.py", ["--n", "100000000"], "--n"),                                         # hangs
-    ("view.py", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
-    ("eval.py", ["--ranking-traces", "-1"], "--ranking-traces"),
+    ("lab.eval", ["--n", "100000000"], "--n"),                                         # hangs
+    ("lab.view", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
+    ("lab.eval", ["--ranking-traces", "-1"], "--ranking-traces"),
     ("generate.py", ["--hf", HF_LLAMA, "--ckpt", "{tmp}/empty.pt", "--prompt", "hi"], "--hf and --ckpt"),  # --hf
     ("generate.py", ["--hf", HF_LLAMA], "--prompt"),
     ("generate.py", ["--hf", HF_LLAMA, "--prompt", "hi", "--dynts"], "--predictor"),
@@ -56,9 +62,9 @@ def test_one_line_no_traceback(script, argv, names, tmp_path):
     if "{tmp}/qwen2-predictor.pt" in argv:
         qwen2_predictor(tmp_path / "qwen2-predictor.pt")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if "--device" not in argv and script != "view.py":  # (view.py has no --device)
+    if "--device" not in argv and script != "lab.view":  # (lab.view has no --device)
         argv = argv + ["--device", "cpu"]
-    r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(command(script) + argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and names in lines[0] and "Traceback" not in r.stderr, r.stderr
@@ -66,29 +72,29 @@ def test_one_line_no_traceback(script, argv, names, tmp_path):
 
 @pytest.mark.slow
 def test_eval_cpu_default_runs_and_prints_the_table():
-    """`python eval.py` on a CPU: Full and DynTS on one problem per family (about a minute)."""
-    r = subprocess.run([sys.executable, "eval.py", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+    """`python -m lab.eval` on a CPU: Full and DynTS on one problem per family (about a minute)."""
+    r = subprocess.run(command("lab.eval") + ["--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
     assert "full" in r.stdout and "dynts" in r.stdout and "Spearman" in r.stdout
 
 
 def test_train_names_the_flag_the_user_gave(tmp_path):
-    r = subprocess.run([sys.executable, "train.py", "--base", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"),
+    r = subprocess.run(command("lab.train") + ["--base", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"),
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--base" in r.stderr and "--ckpt" not in r.stderr
 
 
 def test_eval_checks_the_budget_against_the_prompt_before_decoding():
-    r = subprocess.run([sys.executable, "eval.py", "--budget", "100", "--device", "cpu"], cwd=ROOT,
+    r = subprocess.run(command("lab.eval") + ["--budget", "100", "--device", "cpu"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 129 tokens")
 
 
-@pytest.mark.parametrize("script", ["generate.py", "eval.py", "profile.py", "train.py", "view.py"])
-def test_help_prints(script, capsys):
+@pytest.mark.parametrize("module", ["generate", "profile", "lab.eval", "lab.train", "lab.view"])
+def test_help_prints(module, capsys):
     """--help formats every flag's help (a bare % in one would make argparse raise instead)."""
-    module = __import__(script[:-3])
+    module = importlib.import_module(module)
     with pytest.raises(SystemExit) as e:
         module.parse_args(["--help"])
     assert e.value.code == 0 and "--" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dynts
-import fastpath
+from lab import fastpath
 from model import GPT, PRESETS, GPTConfig, KVCache, apply_rope, rope_frequencies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,7 +202,7 @@ def check_decode_attention(device, dtype, tol):
 KERNELS = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-import fastpath
+from lab import fastpath
 from model import MLP, PRESETS, GPTConfig, KVCache, RMSNorm, apply_rope
 from test_fastpath import check_decode_attention
 assert fastpath.use_triton(torch.zeros(1))
@@ -236,7 +236,7 @@ print("ok")
 STEP = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-import fastpath
+from lab import fastpath
 from test_fastpath import CONFIGS, check_graphed_step
 assert fastpath.use_triton(torch.zeros(1))
 check_graphed_step(CONFIGS[{name!r}], steps=6, evict_at=3, chunk=32, B=2)  # 2 of 3 splits live, then 1

@@ -389,12 +389,12 @@ def official_predictor_loss(pred, label, thinking, model: str):
 
 def ours_predictor_loss(pred, label):
     """train.py: y = label x LABEL_SCALE, MSE between log(1 + pred) and log(1 + y)."""
-    import train
+    from lab import train
     return F.mse_loss(torch.log1p(pred), torch.log1p(train.LABEL_SCALE * label))
 
 
 def test_predictor_loss_and_labels():
-    import train
+    from lab import train
     assert train.LABEL_SCALE == 1e4  # the official Llama transform; no per-model transform
     source = " ".join(inspect.getsource(train.fit_predictor).split())
     assert "F.mse_loss(torch.log1p(predictor(X[idx])), torch.log1p(Y[idx]))" in source  # log space, no weight

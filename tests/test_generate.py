@@ -12,7 +12,7 @@ import torch
 
 import dynts
 import generate
-import hf
+from lab import hf
 from model import GPT, GPTConfig, get_encoding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,7 +206,7 @@ def test_cli_bad_device_is_one_line_listing_what_is_accepted(device):
 def test_cli_missing_checkpoint_says_how_to_get_one(tmp_path):
     with pytest.raises(SystemExit) as e:
         generate.cli(["--dynts", "--ckpt", str(tmp_path / "nope.pt"), "--device", "cpu"])
-    assert "nope.pt" in e.value.code and "python train.py" in e.value.code
+    assert "nope.pt" in e.value.code and "python -m lab.train" in e.value.code
 
 
 def test_cli_bad_input_in_a_real_process_has_no_traceback():
@@ -273,7 +273,7 @@ def test_hf_mistakes_are_one_line_naming_the_flag_or_file(tmp_path):
         (["--hf", llama, "--init", "random", "--prompt", "hi"], "--hf and --init random"),
         (["--hf", llama], "needs --prompt"),
         (["--hf", llama, "--problem", "3"], "needs --prompt"),
-        (["--hf", llama, "--prompt", "hi", "--dynts"], "python train.py --hf"),
+        (["--hf", llama, "--prompt", "hi", "--dynts"], "python -m lab.train --hf"),
         (["--hf", llama, "--prompt", "hi", "--policy", "dynts-bottom"], "needs --predictor FILE"),
         (["--hf", llama, "--prompt", "hi", "--policy", "h2o"], "needs --budget and --window"),
         (["--hf", llama, "--prompt", "hi", "--policy", "h2o", "--budget", "5", "--window", "1"], "--budget 5"),
@@ -316,7 +316,7 @@ def test_eval_hf_grades_final_answers_and_batches_ragged_prompts(tmp_path):
     """eval.py --hf: questions of different lengths in one left-padded batch give the records each
     gets alone (every policy, DynTS evicting); the cache stays within the budget; a final answer
     is the last \\boxed{} after </think>."""
-    import eval as evaluate
+    from lab import eval as evaluate
     folder = os.path.join(FIXTURES, "hf-llama")
     _, enc, meta = hf.load_hf(folder)
     problems = tmp_path / "problems.jsonl"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import hf
+from lab import hf
 from model import KVCache
 
 FIXTURES = Path(__file__).parent / "fixtures"

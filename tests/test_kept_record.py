@@ -10,7 +10,7 @@ import re
 import pytest
 
 import generate
-import task
+from lab import task
 from model import get_encoding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

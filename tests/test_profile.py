@@ -11,12 +11,12 @@ import sys
 import pytest
 import torch
 
-import cli
-import costs
+from lab import cli
+from lab import costs
 import dynts
-import fastpath
-import timing
-from cli import cache_bytes, weight_bytes
+from lab import fastpath
+from lab import timing
+from lab.cli import cache_bytes, weight_bytes
 from model import GPT, PRESETS, GPTConfig, KVCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,8 +9,8 @@ import statistics
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import task
-from task import (END_THINK, EOT, FAMILIES, FAMILY_WEIGHTS, LAST_STEP, THINK, answer_of, check_answer,
+from lab import task
+from lab.task import (END_THINK, EOT, FAMILIES, FAMILY_WEIGHTS, LAST_STEP, THINK, answer_of, check_answer,
                   decisive_spans, item_accuracy, make_problem, problems)
 
 LINK = re.compile(r"(?=\b([a-z]{2})>([a-z]{2})\b)")                # every "ab>cd", overlapping ones too

@@ -11,11 +11,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dynts
-import eval as evaluate
+from lab import eval as evaluate
 import generate
-import task
-import train
-from cli import UsageError
+from lab import task
+from lab import train
+from lab.cli import UsageError
 from model import GPT, GPTConfig, KVCache, attention_with_probs, get_encoding
 
 HF_LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf-llama")
@@ -169,7 +169,7 @@ def test_eval_bad_flags(argv, message):
 def test_blind_eviction_masks_are_causal_and_know_nothing_of_the_task():
     """Each row: causal, every token sees itself and its recent window; holes elsewhere. The
     same tokens give the same mask, whatever the problems' answers (the problems are not read)."""
-    import task
+    from lab import task
     problems = task.problems("train", 8, **SMALL_TASK)
     enc = get_encoding()
     tokens, prompt_len, _, _ = train.encode_batch(problems, enc, "cpu")
@@ -360,7 +360,7 @@ def test_hf_pipeline_labels_correct_traces_trains_resumes_and_writes_a_predictor
     are the real code on the real loader's model."""
     pytest.importorskip("safetensors")
     import generate
-    import hf
+    from lab import hf
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"question": "1+1?", "answer": "2"}\n\n{"question": "2+2?", "answer": "4"}\n')
     calls = []
@@ -412,7 +412,7 @@ def test_hf_flags_of_the_other_pipeline_are_errors(argv, message):
 def test_eval_run_policy_with_cuda_graphs_gives_the_same_records(monkeypatch):
     """eval.run_policy(cuda_graphs=True): the fast path (eager on the CPU) where the policy allows
     it, the plain path for the attention-scored ones; the records are the plain path's."""
-    import fastpath
+    from lab import fastpath
     steps = []  # which policies the fast path ran
     monkeypatch.setattr(fastpath.GraphedDecode, "_step", lambda self, real=fastpath.GraphedDecode._step:
                         steps.append(1) or real(self))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import generate
-import view
+from lab import view
 from model import KVCache
 
 

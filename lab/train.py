@@ -1,4 +1,4 @@
-"""Train the tiny reasoner and its importance predictor: `python train.py`.
+"""Train the tiny reasoner and its importance predictor: `python -m lab.train`.
 
 The paper's pipeline in miniature (Guo et al., arXiv 2601.18383, Sec. 3):
 1. the base model: a small GPT learns the synthetic reasoning task of task.py (next-token
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 import dynts
-import hf
-import task
-from cli import UsageError, cache_bytes, check_output_path, check_positive, check_seed, resolve_device, run_cli
+from lab import hf
+from lab import task
+from lab.cli import UsageError, cache_bytes, check_output_path, check_positive, check_seed, resolve_device, run_cli
 from generate import DEFAULT_CKPT, generate, load_checkpoint, load_hf_weights, open_hf
 from model import GPT, GPTConfig, KVCache, get_encoding
 
@@ -589,7 +589,7 @@ def hf_traces(model, enc, meta, problems, work: str, samples: int, max_new_token
 def train_hf(hf_dir, problems=None, out=None, force=False, device=None, dtype="auto", samples=1, max_new_tokens=8192,
              temperature=0.6, predictor_steps=1500, predictor_batch_tokens=4096, predictor_lr=1e-3, seed=0,
              budget=None, window=None, ratio=0.3):
-    """`python train.py --hf DIR --problems FILE.jsonl`: a predictor for a Hugging Face model.
+    """`python -m lab.train --hf DIR --problems FILE.jsonl`: a predictor for a Hugging Face model.
     Writes a predictor-only checkpoint (generate.py --hf DIR --predictor OUT)."""
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
@@ -765,7 +765,7 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab.train", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_CKPT, help="where to write the checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--base", help="take the base model from this checkpoint: train the predictor (and fine-tune, "
@@ -805,7 +805,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    run_cli("train.py", main, parse_args, argv)
+    run_cli("python -m lab.train", main, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@
   PERF_NOTES.md).
 """
 
-from cli import cache_bytes
-from fastpath import CHUNK
+from lab.cli import cache_bytes
+from lab.fastpath import CHUNK
 from model import GPT, GPTConfig
 
 MEMORY_MARGIN = 0.05  # --batch-size max leaves 5% of the free memory unused (4 GiB of an H100's 79): for cuBLAS's

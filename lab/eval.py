@@ -1,4 +1,4 @@
-"""Compare KV-cache policies on held-out problems: `python eval.py`.
+"""Compare KV-cache policies on held-out problems: `python -m lab.eval`.
 
 The paper's comparison in miniature: every policy decodes the same held-out problems (n per
 family of task.py) with the same model, budgets, window and ratio, greedily, so Pass@1 is the
@@ -12,7 +12,7 @@ several runs (model seeds, or workers that split the policies), with the mean +-
 model seeds. `--plot` draws Pass@1 against the KV budget, pooled and per family.
 
 `--hf DIR --problems FILE.jsonl` runs the same comparison on a real model from disk (hf.py) and
-your questions, graded by the final answer; DynTS with the predictor `train.py --hf` wrote.
+your questions, graded by the final answer; DynTS with the predictor `python -m lab.train --hf` wrote.
 """
 
 import argparse
@@ -28,10 +28,10 @@ from typing import Callable
 import torch
 
 import dynts
-import hf
-import task
-import train
-from cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
+from lab import hf
+from lab import task
+from lab import train
+from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
                  run_cli)
 from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, NEEDS_ATTENTION, NEEDS_PREDICTOR, POLICIES, generate, load_checkpoint,
                       load_hf_weights, load_predictor, make_policy)
@@ -428,7 +428,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     """The comparison on a real model (a local Hugging Face folder, hf.py) and your problems: every
     policy decodes every question greedily, in the model's chat format, at each budget; a
     problem is solved when the final answer (the last \\boxed{} after `</think>`) is its answer.
-    DynTS and the ablations that rank by it need the predictor `train.py --hf` wrote, whose
+    DynTS and the ablations that rank by it need the predictor `python -m lab.train --hf` wrote, whose
     budget, window and ratio are the defaults."""
     if problems_path is None:
         raise UsageError(f"--hf {hf_dir} needs --problems FILE.jsonl (one {{\"question\": ..., \"answer\": ...}} a line)")
@@ -439,7 +439,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
                              "(the oracle needs the model's own correct answer: not with --hf)")
     if predictor_path is None and any(name in NEEDS_PREDICTOR for name in names):
         raise UsageError(f"--policies {','.join(names)} with --hf needs --predictor FILE for DynTS: train one with "
-                         f"`python train.py --hf {hf_dir} --problems FILE.jsonl`")
+                         f"`python -m lab.train --hf {hf_dir} --problems FILE.jsonl`")
     cases_in = train.read_problems(problems_path)
     config, enc, meta = generate_open_hf(hf_dir)
     predictor, defaults = load_predictor(predictor_path, config) if predictor_path else (None, {})
@@ -523,7 +523,7 @@ def finish(result, json_path, plot_path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab.eval", description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", help=f"checkpoint from train.py (default: {DEFAULT_CKPT})")
     p.add_argument("--n", type=int, help="held-out problems per family (default: 100 on cuda, 1 on cpu)")
     p.add_argument("--seed", type=int, help="which held-out problems (default: 0)")
@@ -562,7 +562,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    run_cli("eval.py", main, parse_args, argv)
+    run_cli("python -m lab.eval", main, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -349,14 +349,14 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
 
 
 # -----------------------------------------------------------------------------
-# Side by side: `python view.py --policies dynts,h2o+p --plot docs/raster.png`
+# Side by side: `python -m lab.view --policies dynts,h2o+p --plot docs/raster.png`
 
 
 def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=None, ckpt=None):
     """Decode one held-out problem under each policy (the checkpoint's budget) and draw their
     rasters side by side; --html writes the first policy's page."""
     import generate
-    import task
+    from lab import task
     from model import get_encoding
     generate.check_output_path("--plot", plot_path)
     generate.check_output_path("--html", html_path)
@@ -395,7 +395,7 @@ def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=No
 
 def parse_args(argv=None):
     import argparse
-    ap = argparse.ArgumentParser(description="Rasters of what each policy keeps, side by side, on one problem")
+    ap = argparse.ArgumentParser(prog="python -m lab.view", description="Rasters of what each policy keeps, side by side, on one problem")
     ap.add_argument("--policies", default="dynts,h2o+p", help="comma-separated policies (default: dynts,h2o+p)")
     ap.add_argument("--problem", type=int, default=0, help="which held-out problem, 0-9999")
     ap.add_argument("--plot", dest="plot_path", default="raster.png", help="the PNG to write (needs matplotlib)")
@@ -405,5 +405,5 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    from cli import run_cli
-    run_cli("view.py", main, parse_args)
+    from lab.cli import run_cli
+    run_cli("python -m lab.view", main, parse_args)
