@@ -88,9 +88,6 @@ LLAMA_STYLE = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False)
 PRESETS = {
     # A CPU runs it in seconds: for tests and mechanics-only runs.
     "tiny": GPTConfig(block_size=2048, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=256),
-    # The same size with the Llama family's blocks.
-    "tiny-llama": GPTConfig(block_size=2048, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=176,
-                            **LLAMA_STYLE),
     # GPT-2 small (124M), vocabulary padded to a multiple of 64 as in nanoGPT.
     "gpt2": GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_kv_head=12,
                       n_embd=768, mlp_hidden=3072),
@@ -104,10 +101,6 @@ PRESETS = {
     "r1-qwen-1.5b": GPTConfig(block_size=131072, vocab_size=151936, n_layer=28, n_head=12, n_kv_head=2,
                               n_embd=1536, mlp_hidden=8960, norm_eps=1e-6, rope_theta=10000.0, qkv_bias=True,
                               tie_embeddings=False, **LLAMA_STYLE),
-    # The GELU stand-in for R1-Distill-Llama-8B that profile.py's fast path measures: the same
-    # attention shape; two GELU matrices of 4096 x 21504 hold SwiGLU's weight bytes.
-    "paper-8b": GPTConfig(block_size=16384, vocab_size=128256, n_layer=32, n_head=32, n_kv_head=8,
-                          n_embd=4096, mlp_hidden=21504, bias=False),
 }
 
 
@@ -118,31 +111,21 @@ PRESETS = {
 class KVCache:
     """Keys and values of every layer, allocated once and written in place.
 
-    `kv` holds all layers in one buffer so that one index compacts them all. Only the first
-    `length` slots are live. `pos[b, s]` is the position of the token in slot s of row b:
-    after evictions the slots are no longer their positions. `seen` counts every token ever
-    written (left padding included), so the next token's position in row b is
-    `seen - pad[b]`, whatever `length` is.
-
-    A batch of prompts of different lengths is left-padded (as the official DynTS code does):
-    row b starts with `pad[b]` padding tokens, so that every row's last prompt token is in the
-    same slot. Row b's positions start at 0 at its first real token; its padding gets negative
-    positions. A slot with a negative position is *empty*: left padding, or a slot a row gave up
-    at an eviction while another row still needed the length (dynts.Policy.select). No real
-    token attends to an empty slot (GPT.forward masks them) and no policy keeps one over a real
-    token.
+    `kv` holds all layers in one buffer, so that one index compacts them all. Only the first
+    `length` slots are live. `pos[b, s]` is the position of the token in slot s of row b: after
+    evictions the slots are no longer their positions. `seen` counts every token ever written,
+    so the next token's position is `seen`, whatever `length` is. Every row holds the same
+    number of slots and its tokens at the same positions (prompts of one length); what differs
+    between rows after an eviction is which positions they kept.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, capacity: int, device=None, dtype=None, pad=None):
+    def __init__(self, config: GPTConfig, batch_size: int, capacity: int, device=None, dtype=None):
         self.capacity = capacity
         shape = (config.n_layer, 2, batch_size, config.n_kv_head, capacity, config.head_dim)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, k|v, B, Hkv, capacity, D)
         self.pos = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # (B, capacity)
-        pad = [0] * batch_size if pad is None else pad
-        self.pad = torch.as_tensor(pad, dtype=torch.long, device=device)  # (B,): left-padding tokens of each row
-        self.ragged = bool(self.pad.any())  # may a slot be empty? (then every forward masks the empty ones)
-        self.length = 0  # live slots, the same for every row
-        self.seen = 0  # tokens written so far, padding included: one step counter for all rows
+        self.length = 0  # live slots
+        self.seen = 0  # tokens written so far: the next token's position
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's keys and values (B, Hkv, T, D) after the live slots and return the
@@ -152,41 +135,28 @@ class KVCache:
         self.kv[layer, 1, :, :, self.length:end] = v
         return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
 
-    def next_positions(self, n: int) -> torch.Tensor:
-        """(B, n): the positions of the next n tokens of each row, negative for its padding."""
-        return torch.arange(self.seen, self.seen + n, device=self.pos.device) - self.pad[:, None]
-
     def advance(self, n: int):
         """Make the n slots just written by every layer live; called once per forward."""
-        self.pos[:, self.length:self.length + n] = self.next_positions(n)
+        self.pos[:, self.length:self.length + n] = torch.arange(self.seen, self.seen + n, device=self.pos.device)
         self.length += n
         self.seen += n
 
     def keep(self, idx: torch.Tensor, chunk: int = 32):
         """Compact every layer to the slots idx (B, n_keep), in place: row b's slot j takes slot
-        idx[b, j]. The non-negative entries of each row are ascending with idx[b, j] >= j; an entry
-        -1 makes slot j empty (a row that keeps fewer slots than another: see dynts.Policy.select).
+        idx[b, j]. Each row of idx is ascending, so idx[b, j] >= j.
 
         One index serves all layers and heads; each slot's position moves with it. The slots
         move `chunk` at a time, first to last: idx[j] >= j, so a chunk never overwrites a slot
-        that a later chunk still reads (an empty entry reads its own slot: nothing moves). What is
-        in flight is one chunk of slots, not a second copy of the kept cache (at paper-8b, batch
-        8: 32 MiB, not 3 GB)."""
+        that a later chunk still reads. What is in flight is one chunk of slots, not a second
+        copy of the kept cache (at the 8B shape, batch 8: 32 MiB, not 3 GB)."""
         n = idx.shape[1]
         L, _, B, Hkv, _, D = self.kv.shape
-        empty = idx < 0  # (B, n)
-        idx = torch.where(empty, torch.arange(n, device=idx.device), idx)  # (B, n): the slot each slot reads
         for a in range(0, n, chunk):
             src = idx[:, a:a + chunk]  # (B, c): the chunk's slots, all >= a
             c = src.shape[1]
             self.kv[:, :, :, :, a:a + c] = self.kv.gather(4, src.view(1, 1, B, 1, c, 1).expand(L, 2, B, Hkv, c, D))
-        self.pos[:, :n] = self.pos.gather(1, idx).masked_fill(empty, -1)
+        self.pos[:, :n] = self.pos.gather(1, idx)
         self.length = n
-        self.ragged = self.ragged or bool(empty.any())
-
-    def live_tokens(self) -> torch.Tensor:
-        """(B,): the real tokens each row holds: its live slots less the empty ones."""
-        return (self.pos[:, :self.length] >= 0).sum(dim=1)
 
     def live_bytes(self, n: int | None = None) -> int:
         """Bytes of keys and values in n live slots (default: the live ones), what a decode step reads."""
@@ -222,7 +192,7 @@ def rope_frequencies(config: GPTConfig) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, heads, T, D) by its tokens' angles, cos and sin (B, 1, T, D/2): dimension i
+    """Rotate x (B, heads, T, D) by its tokens' angles, cos and sin (1 or B, 1, T, D/2): dimension i
     and i + D/2 form a pair (Hugging Face's rotate_half layout, so its q/k weights load as they
     are). The product is taken in float32, then cast back."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, heads, T, D/2) each
@@ -242,7 +212,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias or config.qkv_bias)  # q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def forward(self, x, cache: KVCache | None = None, need_attn: bool = False, mask=None, rope=None):
+    def forward(self, x, cache: KVCache | None = None, need_attention: bool = False, mask=None, rope=None):
         B, T, C = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=2)
@@ -261,13 +231,13 @@ class CausalSelfAttention(nn.Module):
         # Query i (of T) sits at slot S - T + i and sees every slot up to its own: all cached
         # slots are older than this step's tokens, whatever evictions did to them. A decode step
         # (T == 1) sees everything; a prefill of an empty cache (S == T) is plain causal.
-        if mask is not None:  # training under simulated eviction, or a ragged batch's empty slots
+        if mask is not None:  # training under simulated eviction
             mask = mask[:, None]  # (B, 1, T, S)
-        elif T > 1 and (S > T or need_attn):
+        elif T > 1 and (S > T or need_attention):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
-        if need_attn:  # the slow path: materialize the probabilities for the policy
+        if need_attention:  # the slow path: materialize the probabilities for the policy
             y, probs = attention_with_probs(q, k, v, mask)
-            received = probs.sum(dim=2).mean(dim=1)  # (B, S): summed over queries, mean over heads
+            attention = probs.sum(dim=2).mean(dim=1)  # (B, S): summed over queries, mean over heads
         elif T == 1 and self.n_head > self.n_kv_head:
             # A decode step under GQA: the `group` query heads of one key/value head attend to the
             # same keys with the same mask, so they go in as that head's `group` queries. Nothing
@@ -275,13 +245,13 @@ class CausalSelfAttention(nn.Module):
             group = self.n_head // self.n_kv_head
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, group, self.head_dim), k, v,
                                                attn_mask=mask).reshape(B, self.n_head, 1, self.head_dim)
-            received = None
+            attention = None
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(T > 1 and mask is None),
                                                enable_gqa=True)
-            received = None
+            attention = None
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.c_proj(y), received
+        return self.c_proj(y), attention
 
 
 def attention_with_probs(q, k, v, mask=None):
@@ -344,11 +314,11 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, need_attn=False, mask=None, rope=None):
-        a, received = self.attn(self.ln_1(x), cache, need_attn, mask, rope)
+    def forward(self, x, cache=None, need_attention=False, mask=None, rope=None):
+        a, attention = self.attn(self.ln_1(x), cache, need_attention, mask, rope)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
-        return x, received
+        return x, attention
 
 
 class GPT(nn.Module):
@@ -379,20 +349,19 @@ class GPT(nn.Module):
         """Logits from final hidden states (..., C) -> (..., vocab)."""
         return hidden @ (self.wte.weight if self.head is None else self.head.weight).T
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, need_attn: bool = False,
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, need_attention: bool = False,
                 mask: torch.Tensor | None = None):
         """Run T new tokens idx (B, T).
 
         Without a cache this is the plain causal forward over positions 0..T-1 (training, and
         the reference the tests compare against). With a cache, the tokens take positions
-        cache.seen.. (less each row's left padding, cache.pad) and attend to every live slot that
-        is not empty; T > 1 is a prefill, T == 1 a decode step. `mask` (B, T, T) bool, without a
-        cache only, replaces the causal mask: which tokens each query sees (train.py uses it to
-        simulate evictions).
+        cache.seen.. and attend to every live slot; T > 1 is a prefill, T == 1 a decode step.
+        `mask` (B, T, T) bool, without a cache only, replaces the causal mask: which tokens each
+        query sees (lab/train.py uses it to simulate evictions).
 
-        Returns (logits of the last position (B, vocab), final hidden states (B, T, C), and,
-        only when need_attn, the attention each live slot received (B, S): summed over this
-        step's queries, averaged over layers and heads).
+        Returns the logits of the last position (B, vocab), the final hidden states (B, T, C)
+        and, only when need_attention, the attention each live slot received (B, S): summed over
+        this step's queries, averaged over layers and heads.
         """
         B, T = idx.shape
         if mask is not None and cache is not None:
@@ -402,43 +371,23 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         if cache is not None and cache.length + T > cache.capacity:
             raise ValueError(f"KV cache overflow: {cache.length} live + {T} new > capacity {cache.capacity}")
-        if cache is not None:  # (B, T): each row's own positions, negative for its left padding
-            pos = cache.next_positions(T)
-        else:
-            pos = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
-        if cache is not None and cache.ragged:
-            mask = self.empty_slot_mask(cache, pos)  # (B, T, S)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,): the new tokens' positions
         x = self.wte(idx)  # (B, T, C)
         rope = None
-        # Padding tokens take position 0 here: their outputs are never read, only kept finite.
         if self.config.positions == "learned":
-            x = x + self.wpe(pos.clamp(min=0))
+            x = x + self.wpe(pos)
         else:  # every layer rotates q and k by these angles
-            angles = pos.clamp(min=0)[:, None, :, None].float() * self.inv_freq  # (B, 1, T, D/2)
+            angles = pos[None, None, :, None].float() * self.inv_freq  # (1, 1, T, D/2)
             rope = angles.cos(), angles.sin()
-        received = None
+        attention = None
         for block in self.blocks:
-            x, r = block(x, cache, need_attn, mask, rope)
-            if need_attn:
-                received = r if received is None else received + r
+            x, a = block(x, cache, need_attention, mask, rope)
+            if need_attention:
+                attention = a if attention is None else attention + a
         if cache is not None:
             cache.advance(T)  # the one place the cache grows
         hidden = self.ln_f(x)  # (B, T, C): the LM head's input, and the importance predictor's
         logits = self.lm_head(hidden[:, -1])  # (B, vocab)
-        if need_attn:
-            received = received / self.config.n_layer
-        return logits, hidden, received
-
-    @staticmethod
-    def empty_slot_mask(cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-        """(B, T, S) bool: which live slots (this step's T tokens at positions pos (B, T) last)
-        each new token attends to, when some slots may be empty (a ragged batch). A real token
-        sees the slots up to its own that hold real tokens, never an empty one: its row then
-        computes exactly what it computes alone. A padding token (only in a prefill, all of them
-        before the row's first real token) sees the padding up to itself, so that its output,
-        never read, stays finite: a query that sees nothing would give NaN, and NaN keys and
-        values in the cache would poison even the queries that mask them (0 * NaN)."""
-        T, S = pos.shape[1], cache.length + pos.shape[1]
-        real = torch.cat([cache.pos[:, :cache.length], pos], dim=1) >= 0  # (B, S): slots holding real tokens
-        causal = torch.ones(T, S, dtype=torch.bool, device=pos.device).tril(diagonal=S - T)  # (T, S)
-        return causal & (real[:, None, :] | (pos < 0)[:, :, None])  # (B, T, S)
+        if need_attention:
+            attention = attention / self.config.n_layer
+        return logits, hidden, attention

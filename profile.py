@@ -23,7 +23,7 @@ Speed depends on how many slots the cache holds, not on what they hold (the weig
 there is no prefill, the prompt's keys and values are random, and the special tokens (<think>,
 </think>, end-of-text) are masked out of greedy sampling, so the think-end never comes, as in a
 long trace: DynTS protects the prompt and scores every generated token with its predictor.
-`--jump` measures each mark without decoding the steps before it (timing.py, PERF_NOTES.md).
+`--jump` measures each mark without decoding the steps before it (lab/timing.py, docs/PERF_NOTES.md).
 `--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph: fastpath.py, the speed
 layer. The plain path is GPT.forward, as in generate.py.
 
@@ -50,6 +50,7 @@ if __name__ != "__main__":
 
 import argparse
 import datetime
+import functools
 import json
 import time
 
@@ -57,11 +58,12 @@ import torch
 
 import dynts
 from lab import view
-from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, free_bytes,
+from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, free_bytes,
                  resolve_device, run_cli, weight_bytes)
 from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, flops_per_token, max_batch
-from lab.fastpath import GraphedDecode, GraphedObserve, keep_in_place
-from generate import NEEDS_ATTENTION, POLICIES, make_policy
+from lab.fastpath import capture, keep_in_place
+from lab.policies import NAMES, make_policy, needs_attention
+from generate import step
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
 from lab.timing import Clock, copy_bandwidth, eviction_cycle, jump, timed_spans, warm_up_eviction
 
@@ -71,10 +73,8 @@ PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, 
     "kv_memory": [0.64, None, None, None, None, 0.20],
     "gflops": [0.85, None, None, None, None, 0.44],
 }
-# The paper's settings for its model (and paper-8b, its GELU stand-in); the small presets get a
-# tenth of them, to fit their block_size.
+# The paper's settings for its model; the small presets get a tenth of them, to fit their block_size.
 DEFAULTS = {
-    "paper-8b": dict(prompt_len=500, steps=15000, budget=5000, window=2000),
     "r1-llama-8b": dict(prompt_len=500, steps=15000, budget=5000, window=2000),
     "gpt2": dict(prompt_len=50, steps=900, budget=500, window=200),
     "tiny": dict(prompt_len=50, steps=1500, budget=500, window=200),
@@ -100,8 +100,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
     Progress lines go to `out`."""
     device, cfg, B, P = model.wte.weight.device, model.config, batch_size, prompt_len
     capacity = policy.budget if policy.budget is not None else P + steps
-    keep = keep_in_place if cuda_graphs else KVCache.keep  # compaction: no copy in flight on the fast path
-    warm_up_eviction(policy, model, B, keep)
+    warm_up_eviction(policy, model, B, cuda_graphs)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         base_alloc = torch.cuda.memory_allocated()
@@ -113,42 +112,42 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
                kv_buffer_bytes=cache.kv.numel() * cache.kv.element_size(), cache_buffer_bytes=cache.allocated_bytes(),
                evictions=0, eviction_cycle=None, decoded=[], peak_alloc_bytes={},
                base_alloc_bytes=base_alloc if device.type == "cuda" else None)
-    forward, observe, stamps = model, policy.observe, dict(fwd=[], pol=[])
+    stamps, graphs = dict(fwd=[], pol=[]), None
 
-    def step(tokens, i):  # as in generate.py: forward, the policy's bookkeeping, an eviction when due
-        logits, hidden, attn = forward(tokens, cache, need_attn=policy.needs_attention)
+    def timed_forward(tokens, cache, need_attention=False):  # the step's forward, then a stamp: the policy's time starts
+        out = (graphs[0] if graphs else model)(tokens, cache, need_attention=need_attention)
         stamps["fwd"].append(clock.stamp())
-        positions = cache.pos[:, cache.length - tokens.shape[1]:cache.length]  # (B, T): a view, as in generate.py
-        observe(tokens, hidden, positions, attn)
-        read, evict = cache.length, policy.should_evict(cache.length)
-        if evict:
-            idx = policy.select(cache)  # (B, n_keep)
-            keep(cache, idx)
-            policy.keep(idx)
+        return out
+
+    def timed_step(tokens, i):  # generate.step, timed: the forward, then the policy's scoring and eviction
+        observe = graphs[1] if graphs else policy.observe
+        logits, eviction = step(model, cache, policy, tokens, (timed_forward, observe))
         if i > 0:  # (step 0: an untimed warm-up step)
-            rec["kv_read"][i - 1], rec["kv_held"][i - 1] = read, cache.length
-            rec["evictions"] += evict
+            rec["kv_read"][i - 1] = cache.length if eviction is None else eviction[1].shape[1]
+            rec["kv_held"][i - 1] = cache.length
+            rec["evictions"] += eviction is not None
         stamps["pol"].append(clock.stamp())
         return logits
 
     def sample(logits):  # greedy, never a special token: the trace never ends its thinking
         return logits.index_fill_(1, special_ids, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
 
-    cycle = rec["eviction_cycle"] = eviction_cycle(cache, policy, P, cfg.n_embd, keep) if jumps else None
+    if cuda_graphs:  # compaction with no copy in flight, as the fast path compacts (lab/fastpath.py)
+        cache.keep = functools.partial(keep_in_place, cache)
+    cycle = rec["eviction_cycle"] = eviction_cycle(cache, policy, P, cfg.n_embd) if jumps else None
     spans = timed_spans(policy, marks, P, tput_window, cycle)  # mark -> the steps (lo, hi] timed for it
     plan = sorted(set(spans.values())) if jumps else [(0, steps)]  # the stretches decoded, each after a jump
     n = max(hi for _, hi in plan)
     if P + n > cfg.block_size:
         raise UsageError(f"--jump: {policy.name}'s last window ends at step {n}, past the block_size "
                          f"{cfg.block_size} less the prompt's {P} tokens (fewer --steps)")
-    jump(cache, policy, plan[0][0], P, cfg.n_embd, cycle, keep)
+    jump(cache, policy, plan[0][0], P, cfg.n_embd, cycle)
     token = torch.randint(0, 256, (B, 1), device=device)  # a random byte: no special token
     if cuda_graphs:  # the fast path: capture the decode step and the scoring
         t0 = time.perf_counter()
-        forward = GraphedDecode(model, cache)
-        observe = GraphedObserve(policy, forward)
+        graphs = capture(model, cache, policy)
         rec["capture_s"] = time.perf_counter() - t0
-    sample(step(token, 0))  # a warm-up step, untimed
+    sample(timed_step(token, 0))  # a warm-up step, untimed
     rec.update(kv_read=[None] * n, kv_held=[None] * n, step_s=[None] * n, policy_s=[None] * n)
     ends = {}  # step -> the marks whose windows end there
     for m, (lo, hi) in spans.items():
@@ -164,11 +163,11 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
     total, done, t0 = sum(hi - lo for lo, hi in plan), 0, time.perf_counter()
     shown = t0
     for lo, hi in plan:
-        jump(cache, policy, lo, P, cfg.n_embd, cycle, keep)
+        jump(cache, policy, lo, P, cfg.n_embd, cycle)
         stamps.update(start=[clock.stamp()], fwd=[], pol=[])
         collected = lo
         for i in range(lo + 1, hi + 1):
-            token = sample(step(token, i))
+            token = sample(timed_step(token, i))
             stamps["start"].append(clock.stamp())
             done += 1
             due = [m for m in ends.get(i, []) if spans[m][0] >= lo]  # marks whose windows end here (in this stretch)
@@ -190,7 +189,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
         collect(lo, collected + 1, hi)
         rec["decoded"].append([lo, hi])
     rec["wall_s"] = time.perf_counter() - t0
-    del forward, observe, cache
+    del graphs, cache
     return rec
 
 
@@ -203,7 +202,7 @@ def plot(result: dict, path: str):
     view.plot_profile(result, path, flops_per_token, bytes_per_step, PAPER_MARKS)
 
 
-def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
+def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
          window=None, ratio=0.3, device=None, dtype="auto", cuda_graphs=False, jump=False, every=None,
          tput_window=100, seed=1337, json_path=None, plot_path=None, out=None) -> dict:
     """Profile each policy; print the tables; return everything."""
@@ -219,8 +218,8 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     every = (steps + 1 if jump else 1000) if every is None else every  # --jump: only the paper's marks, by default
     names = [p.strip() for p in policies.split(",") if p.strip()]
     for name in names:
-        if name not in POLICIES:
-            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        if name not in NAMES:
+            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(NAMES)}")
     if not names or len(set(names)) != len(names):
         raise UsageError(f"--policies {policies!r}: name each policy once")
     if batch_size != "max":
@@ -228,6 +227,9 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
             batch_size = int(batch_size)
         except ValueError:
             raise UsageError(f"--batch-size must be a number or max, got {batch_size!r}") from None
+    check_seed(seed)
+    if not 0 < ratio <= 1:  # whatever the policies
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
     for flag, value in [("--batch-size", 1 if batch_size == "max" else batch_size), ("--prompt-len", prompt_len),
                         ("--steps", steps), ("--every", every), ("--tput-window", tput_window)]:
         if value < 1:
@@ -235,8 +237,8 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     if prompt_len + steps > cfg.block_size:
         raise UsageError(f"--prompt-len {prompt_len} plus --steps {steps} exceeds the block_size {cfg.block_size} "
                          f"of --preset {preset}")
-    if cuda_graphs and any(name in NEEDS_ATTENTION for name in names):
-        raise UsageError(f"--cuda-graphs: {next(n for n in names if n in NEEDS_ATTENTION)} scores by attention "
+    if cuda_graphs and any(needs_attention(name) for name in names):
+        raise UsageError(f"--cuda-graphs: {next(n for n in names if needs_attention(n))} scores by attention "
                          "weights; profile it without graphs")
     device = resolve_device(device)
     if cuda_graphs and not device.startswith("cuda"):
@@ -257,9 +259,10 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
         check_memory(f"--preset {preset} (built in float32)", weight_bytes(cfg), device)
     else:
         capacity = prompt_len + steps if "full" in names else budget  # the largest cache a policy allocates
+        what = f"--prompt-len {prompt_len} plus --steps {steps}" if "full" in names else f"--budget {budget}"
         # built in float32, then cast; the cache comes after: it needs the larger of the two
-        check_memory(f"--preset {preset} (built in float32, then {dtype} beside a KV cache of --batch-size "
-                     f"{batch_size} x {capacity} slots)",
+        check_memory(f"{what} with --batch-size {batch_size}: --preset {preset} (built in float32, then {dtype} "
+                     f"beside a KV cache of {batch_size} x {capacity} slots)",
                      max(weight_bytes(cfg), weight_bytes(cfg, elt) + cache_bytes(cfg, batch_size, capacity, elt)),
                      str(device))
     device = torch.device(device)
@@ -268,7 +271,7 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
     special_ids = torch.tensor([enc.encode_single_token(t) for t in (EOT, THINK, END_THINK)], device=device)
     # Validate the policies' settings before spending time on the model.
     for name in names:
-        make_policy(name, budget, window, ratio, None, prompt_len, enc)
+        make_policy(name, budget, window, ratio, prompt_len, None, enc)
     with torch.device(device):
         model = GPT(cfg).to(getattr(torch, dtype)).eval()
         if cfg.positions == "rope":  # RoPE's frequencies stay float32, as hf.load_model keeps them (.to rounds buffers)
@@ -304,23 +307,31 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
             with open(json_path, "w") as f:
                 json.dump(result, f)
 
-    for name in names:
-        policy = make_policy(name, budget, window, ratio, predictor, prompt_len, enc)
-        print(f"\n{name}, batch {batches[name]}" + (f" (budget {budget}, window {window}, ratio {ratio})"
-              if name != "full" else "") + "\n" + view.PROFILE_ROW_HEAD, file=out, flush=True)
-        rows = result["marks"][name] = []
+    finished = []  # the policies profiled so far (an interrupted run keeps their records)
+    try:
+        for name in names:
+            policy = make_policy(name, budget, window, ratio, prompt_len, predictor, enc)
+            print(f"\n{name}, batch {batches[name]}" + (f" (budget {budget}, window {window}, ratio {ratio})"
+                  if name != "full" else "") + "\n" + view.PROFILE_ROW_HEAD, file=out, flush=True)
+            rows = result["marks"][name] = []
 
-        def on_mark(step, lo, hi, jumped_to, rec):
-            rows.append(view.profile_row(rec, a, step, lo, hi, jumped_to, bandwidth, flops_per_token, bytes_per_step))
-            print(view.format_profile_row(rows[-1]), file=out, flush=True)
+            def on_mark(step, lo, hi, jumped_to, rec):
+                rows.append(view.profile_row(rec, a, step, lo, hi, jumped_to, bandwidth, flops_per_token, bytes_per_step))
+                print(view.format_profile_row(rows[-1]), file=out, flush=True)
 
-        rec = profile_policy(model, policy, batches[name], prompt_len, steps, special_ids, marks, tput_window, on_mark,
-                             cuda_graphs, jump, out)
-        timed = [t for t in rec["step_s"] if t is not None]
-        rec["policy_share"] = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
-        print(view.format_profile_summary(rec), file=out, flush=True)
-        result["records"][name] = rec
+            rec = profile_policy(model, policy, batches[name], prompt_len, steps, special_ids, marks, tput_window, on_mark,
+                                 cuda_graphs, jump, out)
+            timed = [t for t in rec["step_s"] if t is not None]
+            rec["policy_share"] = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
+            print(view.format_profile_summary(rec), file=out, flush=True)
+            result["records"][name] = rec
+            write_json()
+            finished.append(name)
+    except KeyboardInterrupt:
         write_json()
+        kept = f"the records of {', '.join(finished)} are in {json_path}; " if json_path and finished else ""
+        raise KeyboardInterrupt(f"{kept}to continue, run again with --policies "
+                                f"{','.join(n for n in names if n not in finished)}") from None
     if "full" in names and len(names) > 1:
         result["multipliers"] = view.profile_multipliers(result["marks"])
         for name, ms in result["multipliers"].items():
@@ -334,9 +345,9 @@ def main(preset="paper-8b", policies="full,dynts", batch_size=8, prompt_len=None
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="paper-8b", help=f"model shape, random weights: {', '.join(PRESETS)} "
-                   "(default: paper-8b, the GELU stand-in for R1-Distill-Llama-8B; r1-llama-8b is its own shape)")
-    p.add_argument("--policies", default="full,dynts", help=f"comma-separated, from {', '.join(POLICIES)} "
+    p.add_argument("--preset", default="r1-llama-8b", help=f"model shape, random weights: {', '.join(PRESETS)} "
+                   "(default: r1-llama-8b, the paper's R1-Distill-Llama-8B)")
+    p.add_argument("--policies", default="full,dynts", help=f"comma-separated, from {', '.join(NAMES)} "
                    "(default: full,dynts; multipliers are against full)")
     p.add_argument("--batch-size", default=8, help="sequences decoded together, or max: for each policy the most "
                    f"that fit the GPU's free memory with its cache, less {MEMORY_MARGIN * 100:.0f}%% "  # (%%: argparse's %)

@@ -16,7 +16,7 @@ sampling); its floor, only what must read the weights and the live K and V (the 
 head and the attention's split kernel: no norm, RoPE, activation, combine or embedding); and the
 GEMMs alone. The DynTS / Full ratio of the floors is the most that fusing away the rest could give
 with these GEMMs and this kernel.
-PERF_NOTES.md (calls 5 and 6) has what this printed on H100s, 2026-11-27.
+docs/PERF_NOTES.md has what this printed on H100s, 2026-11-27.
 """
 
 import dataclasses

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evaluation behind the README's comparison: every policy on 100 held-out problems per
+# The GPU evaluation behind docs/RESULTS.md's comparison: every policy on 100 held-out problems per
 # family, at the four budget levels (fractions of Full's peak cache on validation problems),
 # for three model seeds (CKPT_DIR/seed0.pt, seed1.pt, seed2.pt). One eval.py process per
 # (seed, policy, level), PROCS_PER_GPU of them on each GPU, started in priority order until

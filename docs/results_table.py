@@ -1,4 +1,4 @@
-"""The README's results tables from a merged eval.py JSON: `python docs/results_table.py RESULTS.json[.gz]`.
+"""docs/RESULTS.md's tables from a merged eval.py JSON: `python docs/results_table.py RESULTS.json[.gz]`.
 
 Prints (markdown) Pass@1 per policy and budget level as mean +- sd over the model seeds with the
 pooled 95% Wilson interval, Full's row, the per-family table at one level (default 0.3), and

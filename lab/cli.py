@@ -37,10 +37,13 @@ def check_output_path(flag: str, path: str | None):
 
 def run_cli(prog: str, main, parse_args, argv=None):
     """Every CLI's entry point: a user's mistake (a ValueError, which UsageError is, and the
-    bounds dynts.py and model.py check) or running out of memory ends in one line on stderr and
-    a non-zero exit, never a traceback."""
+    bounds dynts.py and model.py check), running out of memory or Ctrl-C ends in one line on
+    stderr and a non-zero exit, never a traceback."""
     try:
         main(**vars(parse_args(argv)))
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, what was kept and how to continue, if the run says
+        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        sys.exit(130)
     except ValueError as e:
         sys.exit(f"{prog}: error: {e}")
     except (torch.OutOfMemoryError, MemoryError) as e:

@@ -15,7 +15,7 @@
 - Memory held per row, for `--batch-size max`: the largest batch that fits the GPU's free
   memory with a policy's own cache. DynTS holds `budget` slots a row against Full's prompt +
   steps, so ~3x the rows, and each step reads the weights once for all of them (the terms:
-  PERF_NOTES.md).
+  docs/PERF_NOTES.md).
 """
 
 from lab.cli import cache_bytes

@@ -33,15 +33,16 @@ from lab import task
 from lab import train
 from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
                  run_cli)
-from generate import (ABLATIONS, BASELINES, DEFAULT_CKPT, NEEDS_ATTENTION, NEEDS_PREDICTOR, POLICIES, generate, load_checkpoint,
-                      load_hf_weights, load_predictor, make_policy)
-from generate import open_hf as generate_open_hf
+from generate import generate
+from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, load_predictor
+from lab.checkpoint import open_hf as generate_open_hf
+from lab.policies import ABLATIONS, BASELINES, NAMES, make_policy, needs_attention, needs_predictor
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
 POLICY_SETS = {
-    "all": ["full", "dynts"] + REFERENCES + BASELINES + [b + "+p" for b in BASELINES]
-           + [a for a in ABLATIONS if a not in REFERENCES],
+    "all": ["full", "dynts"] + REFERENCES + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES]
+           + [c.name for c in ABLATIONS if c.name not in REFERENCES],
     "default": ["full", "dynts"],  # the CPU default, about a minute
 }
 
@@ -54,27 +55,24 @@ class AnswerOracle(dynts.DynTS):
 
     name = "oracle"
 
-    def __init__(self, budget, window, ratio, model, answers: list[list[int]], prompt_len: int | list[int],
-                 end_think_id, eot_id):
-        super().__init__(budget, window, ratio, None, prompt_len, end_think_id, eot_id)
+    def __init__(self, budget, window, ratio, model, answers: list[list[int]], prompt_len: int, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, prompt_len, None, end_think_id, eot_id)
         self.model, self.answers = model, answers  # one row's ids: </think> and its answer
 
     def predict(self, hidden):
         return torch.zeros(hidden.shape[:2], device=hidden.device)
 
-    def selection_scores(self, cache):
+    def eviction_scores(self, cache):
         L, recorded = self.length, self.scores[:, :self.length]
         attention = torch.zeros_like(recorded)
         for A in sorted({len(a) for a in self.answers}):  # the rows whose answers have A tokens, as one batch
             rows = [b for b, a in enumerate(self.answers) if len(a) == A]
-            look = KVCache(self.model.config, len(rows), L + A, device=cache.kv.device, dtype=cache.kv.dtype,
-                           pad=cache.pad[rows])
+            look = KVCache(self.model.config, len(rows), L + A, device=cache.kv.device, dtype=cache.kv.dtype)
             look.kv[:, :, :, :, :L] = cache.kv[:, :, rows, :, :L]
-            look.pos[:, :L] = cache.pos[rows, :L]  # (its empty slots stay masked)
-            look.ragged = cache.ragged
+            look.pos[:, :L] = cache.pos[rows, :L]
             look.length, look.seen = L, min(cache.seen, self.model.config.block_size - A)  # (the last positions)
             ids = torch.tensor([self.answers[b] for b in rows], device=cache.kv.device)
-            _, _, received = self.model(ids, look, need_attn=True)  # (rows, L + A)
+            _, _, received = self.model(ids, look, need_attention=True)  # (rows, L + A)
             attention[rows] = received[:, :L].float()
         return torch.where(recorded.isinf(), recorded, attention)  # protected and padding slots as DynTS has them
 
@@ -111,33 +109,42 @@ def hf_cases(problems: list[dict], enc, meta: dict) -> list[Case]:
 @torch.no_grad()
 def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio, batch_size, enc, max_new_tokens=None,
                eot_id=None, end_think_id=None, cuda_graphs=False) -> list[dict]:
-    """Decode `cases` under one policy: one record per problem (correct, item accuracy, the
-    cache's peak and mean length over the forwards). Prompts of different lengths share a
-    batch, left-padded (generate.generate). End-of-text and `</think>`: the byte encoding's
-    unless given (a real model's). `cuda_graphs`: the fast path (fastpath.py) for the policies
-    that need no attention weights, where the prompts have one length."""
+    """Decode `cases` under one policy: one record per problem, in the cases' order (correct,
+    item accuracy, the cache's peak and mean length over the forwards). Prompts of one length
+    share a batch (generate.generate). End-of-text and `</think>`: the byte encoding's unless
+    given (a real model's). `cuda_graphs`: the fast path (lab/fastpath.py) for the policies
+    that need no attention weights."""
     eot_id = enc.eot_token if eot_id is None else eot_id
     end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
-    records = []
-    for i in range(0, len(cases), batch_size):
-        batch = cases[i:i + batch_size]
-        P = [len(c.prompt) for c in batch]
+    records = [None] * len(cases)
+    for batch in batches_by_length(cases, batch_size):
+        P = len(cases[batch[0]].prompt)
         if name == "oracle":
-            policy = AnswerOracle(budget, window, ratio, model, [c.answer for c in batch], P, end_think_id, eot_id)
+            policy = AnswerOracle(budget, window, ratio, model, [cases[i].answer for i in batch], P, end_think_id,
+                                  eot_id)
         else:
-            policy = make_policy(name, budget, window, ratio, predictor, P, enc, end_think_id, eot_id)
-        lengths = []  # (B,) after each forward: the tokens each row held, the ones that step attended to
-        steps = model.config.block_size - max(P) if max_new_tokens is None else max_new_tokens
-        tokens, stats = generate(model, [c.prompt for c in batch], policy, steps, eot_id=eot_id,
-                                 vocab_limit=enc.n_vocab, on_step=lambda cache: lengths.append(cache.live_tokens()),
-                                 check_every=32, cuda_graphs=cuda_graphs and not policy.needs_attention
-                                 and len(set(P)) == 1)
-        for c, row, held in zip(batch, tokens.tolist(), torch.stack(lengths, dim=1).tolist()):
+            policy = make_policy(name, budget, window, ratio, P, predictor, enc, end_think_id, eot_id)
+        lengths = []  # after each forward: the slots that step attended to
+        on_step = lambda cache, eviction: lengths.append(cache.length if eviction is None else eviction[1].shape[1])
+        steps = model.config.block_size - P if max_new_tokens is None else max_new_tokens
+        tokens, stats = generate(model, [cases[i].prompt for i in batch], policy, steps, eot_id=eot_id,
+                                 vocab_limit=enc.n_vocab, on_step=on_step, check_every=32,
+                                 cuda_graphs=cuda_graphs and not policy.needs_attention)
+        for i, row in zip(batch, tokens.tolist()):
             n = row.index(eot_id) + 1 if eot_id in row else len(row)  # this row's own tokens
-            correct, items = c.grade(enc.decode(row[:n]))
-            records.append(dict(policy=name, budget=budget, family=c.family, correct=correct, items=items,
-                                peak_kv=max(held[:n]), mean_kv=sum(held[:n]) / n, seconds=stats["seconds"] / len(batch)))
+            correct, items = cases[i].grade(enc.decode(row[:n]))
+            records[i] = dict(policy=name, budget=budget, family=cases[i].family, correct=correct, items=items,
+                              peak_kv=max(lengths[:n]), mean_kv=sum(lengths[:n]) / n,
+                              seconds=stats["seconds"] / len(batch))
     return records
+
+
+def batches_by_length(cases: list[Case], batch_size: int) -> list[list[int]]:
+    """The cases' indices in batches of at most batch_size, each of prompts of one length."""
+    by_length = defaultdict(list)
+    for i, c in enumerate(cases):
+        by_length[len(c.prompt)].append(i)
+    return [group[a:a + batch_size] for group in by_length.values() for a in range(0, len(group), batch_size)]
 
 
 # -----------------------------------------------------------------------------
@@ -191,7 +198,7 @@ def summarize(records: list[dict]) -> list[dict]:
                          pass_at_1=k / n, ci=wilson(k, n), seed_sd=sd, n_seeds=len(seed_means),
                          items=sum(r["items"] for r in rs) / n, families=families, family_n=family_n,
                          peak_kv=sum(r["peak_kv"] for r in rs) / n, mean_kv=sum(r["mean_kv"] for r in rs) / n))
-    order = {name: i for i, name in enumerate(POLICIES + ["oracle"])}
+    order = {name: i for i, name in enumerate(NAMES + ["oracle"])}
     return sorted(rows, key=lambda r: (r["level"] is not None, r["level"] or 0, order.get(r["policy"], 99)))
 
 
@@ -203,7 +210,7 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
         outcome[(r["policy"], level_of(r))][(r.get("model_seed", 0), r["problem"])] = r["correct"]
     tests = []
     for level in sorted({r["level"] for r in rows if r["policy"] == "dynts"}):
-        rivals = [r for r in rows if r["level"] == level and r["policy"].removesuffix("+p") in BASELINES]
+        rivals = [r for r in rows if r["level"] == level and r["policy"].removesuffix("+p") in [c.name for c in BASELINES]]
         if not rivals:
             continue
         best = max(rivals, key=lambda r: r["pass_at_1"])
@@ -357,8 +364,8 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     policies = policies or ("all" if cuda else "default")
     names = POLICY_SETS.get(policies) or policies.split(",")
     for name in names:
-        if name not in POLICIES + REFERENCES:
-            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES + ['oracle'])}, "
+        if name not in NAMES + REFERENCES:
+            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(NAMES + ['oracle'])}, "
                              f"or a set: {', '.join(POLICY_SETS)}")
     check_graphs(cuda_graphs, device, names)
     model, predictor, meta = load_checkpoint(ckpt)
@@ -401,7 +408,7 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
             ([(None, None)] if name == "full" else levels)]
     for name, b, _ in runs:  # bad settings fail now, not after an hour of decoding
         if name not in ("full", "oracle"):
-            make_policy(name, b, window_of(b), ratio, predictor, prompt_len, enc)
+            make_policy(name, b, window_of(b), ratio, prompt_len, predictor, enc)
     model_seed = meta["metrics"].get("seed", 0)
     print(f"{len(problems)} {split} problems ({n} per family, seed {seed}), model seed {model_seed}, "
           f"budgets {[b for b, _ in levels]}, ratio {ratio}, on {device} ({dtype})", flush=True)
@@ -434,10 +441,10 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
         raise UsageError(f"--hf {hf_dir} needs --problems FILE.jsonl (one {{\"question\": ..., \"answer\": ...}} a line)")
     names = POLICY_SETS.get(policies or "default") or policies.split(",")
     for name in names:
-        if name not in POLICIES:
-            raise UsageError(f"--policies: unknown policy {name!r} for --hf; choose from {', '.join(POLICIES)} "
+        if name not in NAMES:
+            raise UsageError(f"--policies: unknown policy {name!r} for --hf; choose from {', '.join(NAMES)} "
                              "(the oracle needs the model's own correct answer: not with --hf)")
-    if predictor_path is None and any(name in NEEDS_PREDICTOR for name in names):
+    if predictor_path is None and any(needs_predictor(name) for name in names):
         raise UsageError(f"--policies {','.join(names)} with --hf needs --predictor FILE for DynTS: train one with "
                          f"`python -m lab.train --hf {hf_dir} --problems FILE.jsonl`")
     cases_in = train.read_problems(problems_path)
@@ -475,7 +482,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
             raise UsageError(f"--budget {b} must exceed the longest prompt's {longest} tokens")
     for name in names:  # bad settings fail now, not after the weights are read
         for b in ([None] if name == "full" else levels):
-            make_policy(name, b, window, ratio, predictor, longest, enc, meta["end_think_id"], meta["eos_id"])
+            make_policy(name, b, window, ratio, longest, predictor, enc, meta["end_think_id"], meta["eos_id"])
     device = resolve_device(device)
     check_graphs(cuda_graphs, device, names)
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -507,7 +514,7 @@ def check_graphs(cuda_graphs: bool, device: str, names: list[str]):
         return
     if not device.startswith("cuda"):
         raise UsageError(f"--cuda-graphs needs a CUDA device, not {device}")
-    plain = [name for name in names if name in NEEDS_ATTENTION]
+    plain = [name for name in names if name != "oracle" and needs_attention(name)]
     if plain:
         print(f"eval.py: note: --cuda-graphs: {', '.join(plain)} score by attention weights and run without graphs",
               file=sys.stderr)

@@ -9,7 +9,7 @@ against GPT.forward, and the Triton kernels on the CPU in Triton's interpreter.
 
 Why CUDA graphs: GPT.forward launches ~14 kernels a layer from Python, ~450 a step. At batch 8
 most of them are tiny, and Python launches them slower than the GPU runs them: eager decoding
-of paper-8b reached 11-23% of the memory roofline on an H100 (PERF_NOTES.md). A CUDA graph
+of the 8B shape reached 11-23% of the memory roofline on an H100 (docs/PERF_NOTES.md). A CUDA graph
 launches a whole recorded step at once (80-86% there).
 
 A graph replays fixed arguments, so what changes from step to step lives in device tensors:
@@ -31,6 +31,7 @@ two. The kernels run on CUDA with Triton; without Triton (or on the CPU) each fa
 eager PyTorch, which is also what the tests compare the kernels against.
 """
 
+import functools
 import math
 import os
 
@@ -45,7 +46,7 @@ try:
     import triton.language as tl
 except ImportError:
     triton = None
-# The attention kernel's settings, measured on an H100 (PERF_NOTES.md, call 5): a program reads
+# The attention kernel's settings, measured on an H100 (docs/PERF_NOTES.md, 2026-11-27): a program reads
 # CHUNK slots of one (row, kv head), BLOCK_N at a time, loads pipelined NUM_STAGES deep. Once a
 # step has MANY_PAIRS (row, kv head) pairs or more there are programs enough to fill the GPU with
 # longer chunks, which read at 97-99% of the copy bandwidth (at batch 30 and 94 of r1-llama-8b);
@@ -72,6 +73,19 @@ def use_triton(t: torch.Tensor) -> bool:
     return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def capture(model: GPT, cache: KVCache, policy: dynts.Policy):
+    """generate.step's forward and scoring for one token a row, each replayed as a CUDA graph
+    (`(forward, observe)`, generate.step's `graphs`); the policy's scoring runs eagerly where it
+    cannot be captured. The cache's compaction becomes `keep_in_place`: the graphs hold its
+    buffers, and nothing is in flight. On the CPU the same steps run eagerly (for tests)."""
+    live = cache.kv.device.type == "cuda"
+    forward = GraphedDecode(model, cache, capture=live)
+    observe = GraphedObserve(policy, forward, capture=live) \
+        if type(policy).observe is dynts.Policy.observe and policy.graph_safe else policy.observe
+    cache.keep = functools.partial(keep_in_place, cache)
+    return forward, observe
+
+
 class GraphedDecode:
     """Callable like the model for one decode token: (idx (B, 1), cache) -> (logits, hidden, None).
 
@@ -79,9 +93,6 @@ class GraphedDecode:
 
     def __init__(self, model: GPT, cache: KVCache, capture: bool = True, chunk: int | None = None):
         cfg, dev = model.config, cache.kv.device
-        if cache.ragged:
-            raise ValueError("GraphedDecode does not mask empty slots: a ragged (left-padded) batch runs "
-                             "without graphs")
         if use_triton(cache.kv) and (cfg.head_dim & (cfg.head_dim - 1) or cfg.head_dim < 16):
             raise ValueError(f"the attention kernel needs a power-of-two head_dim >= 16, not {cfg.head_dim}")
         B = cache.kv.shape[2]
@@ -109,10 +120,9 @@ class GraphedDecode:
             with torch.cuda.graph(self.graph):
                 self.logits, self.hidden = self._step()
 
-    def __call__(self, idx: torch.Tensor, cache: KVCache, need_attn: bool = False):
-        if cache is not self.cache or idx.shape != self.token.shape or need_attn or cache.ragged:
-            raise ValueError("GraphedDecode runs one token per row, without attention weights, on its own "
-                             "cache (not ragged)")
+    def __call__(self, idx: torch.Tensor, cache: KVCache, need_attention: bool = False):
+        if cache is not self.cache or idx.shape != self.token.shape or need_attention:
+            raise ValueError("GraphedDecode runs one token per row, without attention weights, on its own cache")
         if cache.seen + 1 > self.model.config.block_size or cache.length + 1 > cache.capacity:
             raise ValueError(f"no room for another token: {cache.seen} seen, {cache.length} of {cache.capacity} live")
         self.token.copy_(idx)
@@ -132,7 +142,7 @@ class GraphedDecode:
         m, kv = self.model, self.cache.kv
         cfg = m.config
         B, C, H, Hkv, D = self.token.shape[0], cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        pos = (self.pos - self.cache.pad).clamp(min=0)  # (B,): each row's position, as GPT.forward's
+        pos = self.pos.expand(B)  # (B,): every row's position, as GPT.forward's
         x = m.wte(self.token)  # (B, 1, C): the residual stream, updated in place below
         rope = None
         if cfg.positions == "learned":
@@ -186,7 +196,7 @@ class GraphedObserve:
         self.policy.scores.index_copy_(1, d.slot, self.policy.score(d.token, d.hidden, d.pos).float())
         self.policy.positions.index_copy_(1, d.slot, d.pos.expand(d.token.shape))
 
-    def __call__(self, tokens, hidden, positions, attn=None):
+    def __call__(self, tokens, hidden, positions, attention=None):
         if hidden is not self.decode.hidden:
             raise ValueError("GraphedObserve scores the token that its GraphedDecode just ran")
         if self.graph is not None:
@@ -244,7 +254,7 @@ def decode_attention(q, k_new, v_new, k, v, n_live, partial, rope=None, chunk=CH
     Returns (B, H, D). On CUDA with Triton: split-KV kernels that read only the live slots, and
     whose loop over a chunk stops at its last live block (the newest chunk is nearly empty after
     each crossing; looping over all of it cost DynTS 0.4 ms a step at 94 rows on an H100,
-    PERF_NOTES call 6). In Triton's CPU interpreter the loop runs over the whole chunk, masked,
+    docs/PERF_NOTES.md, 2026-11-27). In Triton's CPU interpreter the loop runs over the whole chunk, masked,
     which computes the same: the interpreter cannot take a loop bound read from memory (its
     scalars are 1-element arrays, which NumPy 2.4 and later will not turn into ints). Otherwise index_copy_
     and plain masked SDPA over the whole buffer (a reference, for tests)."""
@@ -282,9 +292,9 @@ def keep_in_place(cache: KVCache, idx: torch.Tensor):
     block's sources, and a barrier between a block's loads and its stores covers its own.
     The cache never holds more than its buffers (KVCache.keep holds a 32-slot chunk)."""
     if not use_triton(cache.kv):
-        return cache.keep(idx)
+        return KVCache.keep(cache, idx)
     L, _, B, Hkv, cap, D = cache.kv.shape
-    assert cache.kv.is_contiguous() and idx.is_contiguous() and idx.shape[0] == B  # (no -1: not ragged)
+    assert cache.kv.is_contiguous() and idx.is_contiguous() and idx.shape[0] == B
     n = idx.shape[1]
     _compact_kernel[(L * 2 * B * Hkv,)](cache.kv, idx, n, B=B, HKV=Hkv, CAP=cap, D=D, BLOCK=64)
     cache.pos[:, :n] = cache.pos.gather(1, idx)

@@ -91,7 +91,7 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     walks_first:   every walk first, then all the checks: the table is needed only at the start
                    (and, in the prompt family, for the answer), so that a policy that drops the
                    prompt can still follow the trace
-    The shipped checkpoint was trained with both off (see README, "Not done yet").
+    The shipped checkpoint was trained with both off (docs/RESULTS.md, "Not done yet").
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")

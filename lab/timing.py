@@ -9,7 +9,7 @@ tokens, so its scores, positions and flags are its own; once it has evicted, its
 is replayed with its own select and keep. The eviction schedule is the real one (first at
 budget - prompt_len steps, then every cycle), so a jumped decode's cache lengths equal a full
 decode's at every decoded step: tests/test_profile.py checks this against a real prefill and
-decode. PERF_NOTES.md says what was predicted and measured.
+decode. docs/PERF_NOTES.md says what was predicted and measured.
 
 Also here: `Clock`, timestamps on the device's own timeline; `copy_bandwidth`, the roofline's
 denominator (the bytes a step must read, costs.py, over it); `warm_up_eviction`, which keeps the
@@ -18,6 +18,7 @@ selection's and compaction's one-time kernel loading out of the timed steps.
 
 import copy
 import dataclasses
+import functools
 import time
 
 import torch
@@ -71,9 +72,10 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
     return 2 * nbytes / sorted(times)[len(times) // 2]
 
 
-def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVCache.keep):
-    """One selection and one compaction on scratch data of the real sizes, so that loading their
-    kernels (a one-time cost, like the forward's warm-up) stays out of the timed steps."""
+def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, in_place: bool = False):
+    """One eviction on scratch data of the real sizes, so that loading its kernels (a one-time
+    cost, like the forward's warm-up) stays out of the timed steps. `in_place`: the fast path's
+    compaction (lab/fastpath.keep_in_place)."""
     if policy.budget is None:
         return
     device, dtype = model.wte.weight.device, model.wte.weight.dtype
@@ -82,9 +84,10 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, keep=KVC
     scratch.positions = torch.arange(policy.budget, device=device).repeat(batch_size, 1)
     cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
     cache.length = policy.budget
-    idx = scratch.select(cache)
-    keep(cache, idx)
-    scratch.keep(idx)
+    if in_place:
+        from lab.fastpath import keep_in_place
+        cache.keep = functools.partial(keep_in_place, cache)
+    scratch.evict(cache)
 
 
 # -----------------------------------------------------------------------------
@@ -115,8 +118,7 @@ def last_eviction(policy: dynts.Policy, prompt_len: int, step: int, cycle: int |
     return first if cycle is None else first + (step - first) // cycle * cycle
 
 
-def jump(cache: KVCache, policy: dynts.Policy, step: int, prompt_len: int, n_embd: int, cycle: int | None,
-         keep=KVCache.keep):
+def jump(cache: KVCache, policy: dynts.Policy, step: int, prompt_len: int, n_embd: int, cycle: int | None):
     """Set the cache and the policy, in place (the CUDA graphs hold their buffers), as a decode
     holds them after `step` steps: the prompt and the tokens since; or, once the policy has
     evicted, the prompt and the latest tokens up to the budget, the last eviction replayed on
@@ -127,19 +129,16 @@ def jump(cache: KVCache, policy: dynts.Policy, step: int, prompt_len: int, n_emb
         return fill(cache, policy, 0, prompt_len + step, n_embd)
     fill(cache, policy, 0, prompt_len, n_embd)
     fill(cache, policy, prompt_len + last - (policy.budget - prompt_len), policy.budget - prompt_len, n_embd)
-    idx = policy.select(cache)  # (B, n_keep)
-    keep(cache, idx)
-    policy.keep(idx)
+    policy.evict(cache)
     fill(cache, policy, prompt_len + last, step - last, n_embd)
 
 
-def eviction_cycle(cache: KVCache, policy: dynts.Policy, prompt_len: int, n_embd: int,
-                   keep=KVCache.keep) -> int | None:
+def eviction_cycle(cache: KVCache, policy: dynts.Policy, prompt_len: int, n_embd: int) -> int | None:
     """The steps from one eviction to the next, budget less what an eviction keeps: the first
     eviction, replayed by a jump (it leaves the cache there). None: the policy never evicts."""
     if policy.budget is None:
         return None
-    jump(cache, policy, policy.budget - prompt_len, prompt_len, n_embd, None, keep)
+    jump(cache, policy, policy.budget - prompt_len, prompt_len, n_embd, None)
     return policy.budget - cache.length
 
 

@@ -7,7 +7,7 @@ The paper's pipeline in miniature (Guo et al., arXiv 2601.18383, Sec. 3):
    them knows which tokens the task needs or which policy will decode, so every policy gets
    the same model;
 2. importance labels: for correct traces, the attention that the answer pays to each thinking
-   token, averaged over layers, heads and answer queries (`importance_labels`);
+   token, averaged over layers, heads and answer queries (dynts.importance_labels);
 3. the ImportancePredictor: regression of those labels from each token's final hidden
    state, with the base model frozen.
 4. (an ablation, off by default: `--finetune-steps N`) the base model fine-tuned on the caches
@@ -33,7 +33,9 @@ import dynts
 from lab import hf
 from lab import task
 from lab.cli import UsageError, cache_bytes, check_output_path, check_positive, check_seed, resolve_device, run_cli
-from generate import DEFAULT_CKPT, generate, load_checkpoint, load_hf_weights, open_hf
+from dynts import LABEL_SCALE, importance_labels, predictor_loss
+from generate import generate
+from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, open_hf
 from model import GPT, GPTConfig, KVCache, get_encoding
 
 # The task: task.py's mixture of five families, ~2,900 tokens a problem, each prompt naming its
@@ -46,7 +48,7 @@ CURRICULUM = 0.4
 # The base model: GPT-2's blocks (4.0M parameters, 1M of them learned positions), or (`--blocks
 # llama`) the paper's model family in miniature, Llama's blocks of the same width and depth
 # (RMSNorm, SwiGLU, RoPE, GQA; 3.0M: SwiGLU's 688 hidden units hold a GELU MLP's 1024 weights).
-# Chosen on validation problems (README, "Which blocks"): on the Llama blocks the answer's
+# Chosen on validation problems (docs/RESULTS.md, "How the design was chosen"): on the Llama blocks the answer's
 # attention goes mostly to the last lines, the predictor ranks the thinking tokens poorly
 # (Spearman 0.55 against 0.9) and DynTS falls far below the oracle.
 CONFIGS = dict(
@@ -59,7 +61,6 @@ CONFIGS = dict(
 # peak cache on validation problems (`budgets_on_validation`), with the paper's proportions
 # (window 0.4 x budget, ratio 0.3). The second is the default budget.
 BUDGET_FRACTIONS = (0.2, 0.3, 0.45, 0.6)
-LABEL_SCALE = 1e4  # labels are attention probabilities (~1e-4): rescaled for the regression
 # The blind eviction masks draw, per row, one of these kinds with these weights (see
 # blind_eviction_mask), and a simulated cache's setting from these ranges.
 MASK_KINDS = dict(holes=0.4, replay=0.45, sinks=0.15)
@@ -284,31 +285,6 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
 
 
 # -----------------------------------------------------------------------------
-# 2. Importance labels
-
-
-@torch.no_grad()
-def importance_labels(model: GPT, tokens: torch.Tensor, think_end: int, length: int):
-    """The label of every token of one trace (T,): the attention it receives from the answer;
-    and, as they come for free, the final hidden states of the trace (T, C).
-
-    The paper's definition: the mean of A[l, h, i, j] over layers l, heads h and answer
-    queries i (the tokens after `</think>`). We prefill up to `</think>` into a KV cache, then
-    run the answer as one chunk asking the model for the attention each slot received:
-    summed over the chunk's queries and averaged over layers and heads. Dividing by the number
-    of queries gives the mean. Slots of the answer itself (their diagonal included) are not
-    thinking tokens; they get label 0.
-    """
-    cache = KVCache(model.config, 1, capacity=length, device=tokens.device, dtype=model.wte.weight.dtype)
-    _, thinking, _ = model(tokens[None, :think_end + 1], cache)  # prompt, thinking and </think>
-    n_answer = length - think_end - 1
-    _, answer, received = model(tokens[None, think_end + 1:length], cache, need_attn=True)  # (1, length)
-    labels = received[0] / n_answer
-    labels[think_end + 1:] = 0.0
-    return labels, torch.cat([thinking, answer], dim=1)[0]
-
-
-# -----------------------------------------------------------------------------
 # 3. The predictor
 
 
@@ -339,22 +315,18 @@ def train_predictor(model: GPT, predictor: dynts.ImportancePredictor, n_traces: 
 
 def fit_predictor(predictor: dynts.ImportancePredictor, X: torch.Tensor, Y: torch.Tensor, steps: int,
                   batch_tokens: int, lr: float, device, seed: int, log_every: int = 100):
-    """Regression of labels Y (N,) from hidden states X (N, C), the base model frozen.
-
-    The paper regresses LABEL_SCALE * label by MSE. Our labels are heavy-tailed (a few tokens
-    get 100x the mean), and plain MSE taught the predictor only that node letters matter: its
-    top tokens kept none of the results (teacher-forced answers with the top-160 thinking
-    tokens kept: 0/30 with MSE, 30/30 with this loss). So the squared error is taken between
-    log(1 + prediction) and log(1 + label): the same target, errors measured in ratios.
+    """Regression of labels Y (N,) from hidden states X (N, C), the base model frozen, by
+    dynts.predictor_loss. (Plain MSE on the scaled labels taught only that node letters matter:
+    teacher-forced answers with the top-160 thinking tokens kept, 0/30 with MSE, 30/30 with it.)
     """
-    X, Y = X.to(device, torch.float32), LABEL_SCALE * Y.to(device, torch.float32)
+    X, Y = X.to(device, torch.float32), Y.to(device, torch.float32)
     gen = torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=0.0)
     progress = Progress("predictor", steps, log_every)
     predictor.train()
     for step in range(steps):
         idx = torch.randint(0, len(X), (batch_tokens,), device=device, generator=gen)
-        loss = F.mse_loss(torch.log1p(predictor(X[idx])), torch.log1p(Y[idx]))
+        loss = predictor_loss(predictor(X[idx]), Y[idx])
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=min(50, steps // 10 + 1))
         opt.zero_grad(set_to_none=True)
@@ -400,27 +372,37 @@ def eviction_deaths(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Te
     """(T,) long: for each token of a teacher-forced trace (T,), the first query that no
     longer sees it when `policy` decodes the trace (T if none): the prompt is prefilled, then
     one token per step, and query i sees the slots live right after token i is written
-    (before any eviction it triggers). The policy's own observe, select and keep, replayed one
-    segment between two evictions at a time; `hidden` (T, C) feeds its scores, if it needs them."""
+    (before any eviction it triggers). The policy's own observe and evict, replayed one segment
+    between two evictions at a time; `hidden` (T, C) feeds its scores, if it needs them."""
     T, device = tokens.shape[0], tokens.device
     death = torch.full((T,), T, dtype=torch.long, device=device)
     policy.reset(1, policy.budget, device)
-    live = torch.empty(0, dtype=torch.long, device=device)  # the cache: its slots' positions, in order
+    live = LivePositions(device)
     start = 0
     while start < T:
         end = start + min(T - start, policy.budget - policy.length)  # until the cache is full or the trace ends
         new = torch.arange(start, end, device=device)
         policy.observe(tokens[None, start:end], None if hidden is None else hidden[None, start:end], new)
-        live = torch.cat([live, new])
+        live.pos = torch.cat([live.pos, new[None]], dim=1)
         if policy.should_evict(policy.length):
-            idx = policy.select()[0]  # (n_keep,)
-            policy.keep(idx[None])
-            evicted = torch.ones(len(live), dtype=torch.bool, device=device)
-            evicted[idx] = False
-            death[live[evicted]] = end  # token end - 1 triggered it: query end is the first blind one
-            live = live[idx]
+            before = live.pos[0]
+            idx, _ = policy.evict(live)
+            evicted = torch.ones(len(before), dtype=torch.bool, device=device)
+            evicted[idx[0]] = False
+            death[before[evicted]] = end  # token end - 1 triggered it: query end is the first blind one
         start = end
     return death
+
+
+class LivePositions:
+    """Stands in for the KV cache where only which positions are live matters: keep() follows
+    an eviction as model.KVCache.keep does."""
+
+    def __init__(self, device):
+        self.pos = torch.empty(1, 0, dtype=torch.long, device=device)  # (1, L): the live slots' positions
+
+    def keep(self, idx):
+        self.pos = self.pos.gather(1, idx)
 
 
 def dynts_eviction_mask(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -448,7 +430,7 @@ class DynTSMasks:
         masks = torch.zeros(B, T, T, dtype=torch.bool, device=device)
         for b in range(B):
             budget, window, ratio = int(uniform(b0, b1 + 1)), int(uniform(w0, w1 + 1)), round(uniform(r0, r1), 3)
-            policy = dynts.DynTS(budget, window, ratio, self.predictor, int(prompt_len[b]), end_think, enc.eot_token)
+            policy = dynts.DynTS(budget, window, ratio, int(prompt_len[b]), self.predictor, end_think, enc.eot_token)
             masks[b] = dynts_eviction_mask(policy, tokens[b], hidden[b].float())
         return masks
 
@@ -781,7 +763,7 @@ def parse_args(argv=None):
     p.add_argument("--predictor-batch-tokens", type=int, default=4096, help="thinking tokens per predictor step")
     p.add_argument("--predictor-lr", type=float, default=1e-3, help="predictor peak learning rate")
     p.add_argument("--blocks", help="the base model's blocks: gpt2 (LayerNorm, GELU, learned "
-                   "positions) or llama (RMSNorm, SwiGLU, RoPE: its predictor ranks poorly, see README)")
+                   "positions) or llama (RMSNorm, SwiGLU, RoPE: its predictor ranks poorly, see docs/RESULTS.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training problems")
     p.add_argument("--finetune-steps", type=int, help="the ablation: base-model steps on the caches "
                    "DynTS alone leaves, then the predictor again (default: 0, off)")

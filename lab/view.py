@@ -25,36 +25,43 @@ INF = float("inf")
 
 
 class TraceLog:
-    """Hooks for generate(): pass `on_step=log.on_step, on_select=log.on_select`, then call
-    `log.finish(cache)` once it returns."""
+    """What a policy kept, for the pictures: pass `on_step=log.on_step` to generate.generate
+    (after each step, with its eviction or None); `log.finish()` once it returns."""
 
     def __init__(self, policy):
         self.policy = policy
-        self.lengths = []  # the cache's length after each forward (step 0 is the prefill)
+        self.lengths = []  # the cache's length after each forward, before its eviction (step 0 is the prefill)
         self.evicted = {}  # (row, position) -> the step after which the token left the cache
         self.scores = {}  # (row, position) -> the policy's last ranking of the token
+        self.kept, self.kept_until = None, 0  # the live slots' positions after the last eviction, and cache.seen then
 
-    def on_step(self, cache_length: int):
-        self.lengths.append(cache_length)
+    def _record(self, positions, ranking):
+        for b, (row_pos, row_score) in enumerate(zip(positions.tolist(), ranking.float().tolist())):
+            self.scores.update(((b, p), s) for p, s in zip(row_pos, row_score))
 
-    def _record(self, cache, ranking):
-        pos = cache.pos[:, :ranking.shape[1]].tolist()
-        for b, (row_pos, row_score) in enumerate(zip(pos, ranking.tolist())):
-            self.scores.update(((b, p), s) for p, s in zip(row_pos, row_score) if p >= 0)  # (not empty slots)
-
-    def on_select(self, cache, idx):
-        """Called after select, before the compaction: the live slots still hold every token."""
-        self._record(cache, self.policy.ranking(cache).float())
+    def on_step(self, cache, eviction):
+        """After a step: an eviction's slots, before it, are the live ones after the last
+        eviction followed by every token written since."""
+        self.cache = cache
+        if eviction is None:
+            self.lengths.append(cache.length)
+            return
+        kept, ranking = eviction
+        B, L = ranking.shape
+        since = torch.arange(self.kept_until, cache.seen).expand(B, -1)  # (B, written since)
+        before = since if self.kept is None else torch.cat([self.kept, since], dim=1)  # (B, L): each slot's position
+        self.lengths.append(L)
+        self._record(before, ranking)
+        gone = torch.ones(B, L, dtype=torch.bool).scatter_(1, kept.cpu(), False)  # (B, L)
         step = len(self.lengths) - 1
-        kept = torch.zeros(cache.pos.shape[0], cache.length + 1, dtype=torch.bool, device=idx.device)
-        kept.scatter_(1, idx.masked_fill(idx < 0, cache.length), True)  # (an empty slot, -1: the extra column)
-        for b, (row_pos, row_kept) in enumerate(zip(cache.pos[:, :cache.length].tolist(), kept.tolist())):
-            self.evicted.update(((b, p), step) for p, k in zip(row_pos, row_kept) if not k and p >= 0)
+        for b in range(B):
+            self.evicted.update(((b, p), step) for p in before[b][gone[b]].tolist())
+        self.kept, self.kept_until = cache.pos[:, :cache.length].cpu().clone(), cache.seen  # (a copy: the cache moves on)
 
-    def finish(self, cache):
+    def finish(self):
         """The live tokens' final ranking (Full ranks nothing: its scores stay empty)."""
         if self.policy.budget is not None:
-            self._record(cache, self.policy.ranking(cache).float())
+            self._record(self.cache.pos[:, :self.cache.length], self.policy.ranking(self.cache))
 
     def live(self, row: int, n_positions: int) -> torch.Tensor:
         """(steps, n_positions) bool: which tokens of a row are in the cache after each forward."""
@@ -175,6 +182,27 @@ def ansi(log: TraceLog, tokens: list[str], row: int = 0) -> str:
     for p, piece in enumerate(tokens):
         out.append(f"\x1b[2m{piece}\x1b[0m" if (row, p) in log.evicted else piece)
     return "".join(out)
+
+
+def show(log: TraceLog, enc, prompt: list[int], rows: list[list[int]], out, title: str, problem=None,
+         html_path=None, plot_path=None):
+    """generate.py's pictures of one generation: on a terminal the trace again with the evicted
+    tokens dimmed; with `html_path` the page; with `plot_path` the raster."""
+    from lab import task
+    log.finish()
+    pieces = [token_texts(enc, prompt + row) for row in rows]  # each row's tokens, prompt first
+    if out.isatty():
+        out.write("\n" + ansi(log, pieces[0]) + "\n")
+    if html_path:
+        verdicts = answers = None
+        if problem is not None:
+            answers = [problem.answer] * len(rows)
+            verdicts = [f"expected {problem.answer}: {'correct' if task.check_answer(problem, enc.decode(r)) else 'WRONG'}"
+                        for r in rows]
+        with open(html_path, "w") as f:
+            f.write(html(log, pieces, title, verdicts, answers))
+    if plot_path:
+        raster({log.policy.name: log}, len(pieces[0]), plot_path)
 
 
 # -----------------------------------------------------------------------------
@@ -346,64 +374,3 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
-
-
-# -----------------------------------------------------------------------------
-# Side by side: `python -m lab.view --policies dynts,h2o+p --plot docs/raster.png`
-
-
-def main(policies="dynts,h2o+p", problem=0, plot_path="raster.png", html_path=None, ckpt=None):
-    """Decode one held-out problem under each policy (the checkpoint's budget) and draw their
-    rasters side by side; --html writes the first policy's page."""
-    import generate
-    from lab import task
-    from model import get_encoding
-    generate.check_output_path("--plot", plot_path)
-    generate.check_output_path("--html", html_path)
-    generate.check_matplotlib("--plot", plot_path)
-    if not 0 <= problem < 10**4:
-        raise generate.UsageError(f"--problem must be in [0, 10000), got {problem}")
-    model, predictor, meta = generate.load_checkpoint(ckpt or generate.DEFAULT_CKPT)
-    model.eval()
-    enc = get_encoding(meta["encoding"])
-    p = task.problems("eval", problem + 1, **meta["task"])[problem]
-    ids = enc.encode(p.prompt, allowed_special="all")
-    d = meta["decoding"]
-    names = policies.split(",")
-    for name in names:  # every name checked before the first decode
-        if name not in generate.POLICIES:
-            raise generate.UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(generate.POLICIES)}")
-    logs, length = {}, 0
-    for name in names:
-        policy = generate.make_policy(name, d["budget"], d["window"], d["ratio"], predictor, len(ids), enc)
-        logs[name] = TraceLog(policy)
-        tokens, _ = generate.generate(model, ids, policy, model.config.block_size - len(ids), eot_id=enc.eot_token,
-                                      vocab_limit=enc.n_vocab, log=logs[name])
-        row = tokens[0].tolist()
-        row = row[:row.index(enc.eot_token) + 1] if enc.eot_token in row else row
-        verdict = "correct" if task.check_answer(p, enc.decode(row)) else "WRONG"
-        print(f"{name}: {verdict} ({len(row)} tokens)")
-        logs[f"{name}, answer {verdict}"] = logs.pop(name)
-        length = max(length, len(ids) + len(row))
-        if html_path and len(logs) == 1:
-            with open(html_path, "w") as f:
-                f.write(html(next(iter(logs.values())), [token_texts(enc, ids + row)],
-                             f"{name} on held-out problem {problem}", [f"expected {p.answer}: {verdict}"], [p.answer]))
-    raster(logs, length, plot_path)
-    print(f"wrote {plot_path}" + (f" and {html_path}" if html_path else ""))
-
-
-def parse_args(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m lab.view", description="Rasters of what each policy keeps, side by side, on one problem")
-    ap.add_argument("--policies", default="dynts,h2o+p", help="comma-separated policies (default: dynts,h2o+p)")
-    ap.add_argument("--problem", type=int, default=0, help="which held-out problem, 0-9999")
-    ap.add_argument("--plot", dest="plot_path", default="raster.png", help="the PNG to write (needs matplotlib)")
-    ap.add_argument("--html", dest="html_path", help="also the first policy's page")
-    ap.add_argument("--ckpt", help="checkpoint (default: the shipped one)")
-    return ap.parse_args(argv)
-
-
-if __name__ == "__main__":
-    from lab.cli import run_cli
-    run_cli("python -m lab.view", main, parse_args)

@@ -39,14 +39,14 @@ CASES = [  # (script, arguments, what the line must name)
     ("lab.train", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
     ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
     ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
-    ("generate.py", ["--init", "random", "--preset", "paper-8b"], "--preset paper-8b"),  # memory
+    ("generate.py", ["--init", "random", "--preset", "r1-llama-8b"], "--preset r1-llama-8b"),  # memory
     ("generate.py", ["--num-samples", "1000000"], "--num-samples"),
     ("lab.eval", ["--n", "10000", "--batch-size", "50000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--budget", "10", "--window", "2", "--prompt-len", "16"], "--budget 10"),
     ("profile.py", ["--preset", "tiny", "--batch-size", "100000000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--json", "/no/such/folder/p.json"], "--json"),
     ("lab.eval", ["--n", "100000000"], "--n"),                                         # hangs
-    ("lab.view", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
+    ("lab.sidebyside", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
     ("lab.eval", ["--ranking-traces", "-1"], "--ranking-traces"),
     ("generate.py", ["--hf", HF_LLAMA, "--ckpt", "{tmp}/empty.pt", "--prompt", "hi"], "--hf and --ckpt"),  # --hf
     ("generate.py", ["--hf", HF_LLAMA], "--prompt"),
@@ -62,7 +62,7 @@ def test_one_line_no_traceback(script, argv, names, tmp_path):
     if "{tmp}/qwen2-predictor.pt" in argv:
         qwen2_predictor(tmp_path / "qwen2-predictor.pt")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if "--device" not in argv and script != "lab.view":  # (lab.view has no --device)
+    if "--device" not in argv and script != "lab.sidebyside":  # (lab.sidebyside has no --device)
         argv = argv + ["--device", "cpu"]
     r = subprocess.run(command(script) + argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
@@ -91,7 +91,7 @@ def test_eval_checks_the_budget_against_the_prompt_before_decoding():
     assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 129 tokens")
 
 
-@pytest.mark.parametrize("module", ["generate", "profile", "lab.eval", "lab.train", "lab.view"])
+@pytest.mark.parametrize("module", ["generate", "profile", "lab.eval", "lab.train", "lab.sidebyside"])
 def test_help_prints(module, capsys):
     """--help formats every flag's help (a bare % in one would make argparse raise instead)."""
     module = importlib.import_module(module)

@@ -1,4 +1,5 @@
-"""dynts.py: select_keep's contract and the policies' invariants, as hypothesis properties."""
+"""dynts.py and lab/policies.py: select_keep's contract and the policies' invariants, as hypothesis
+properties."""
 
 import math
 
@@ -8,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dynts
+from lab import policies
 from model import GPTConfig, KVCache
 
 INF, NAN = float("inf"), float("nan")
@@ -112,26 +114,26 @@ POLICY_NAMES = ["window", "streaming", "dynts", "h2o", "h2o-last", "snapkv", "rk
                 "window+p", "streaming+p", "h2o+p", "snapkv+p", "rkv+p", "sepllm+p",
                 "dynts-random", "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 ANSWER_PROTECTED = ("dynts", "dynts-random", "dynts-bottom", "dynts-noprompt", "noquestion")
-SEPARATORS = [ord(c) for c in dynts.SepLLM.SEPARATORS]
+SEPARATORS = [ord(c) for c in policies.SepLLM.SEPARATORS]
 KV_CONFIG = GPTConfig(block_size=512, n_layer=2, n_head=2, n_kv_head=1, n_embd=8, mlp_hidden=8)
 
 
 def build(name, budget, window, ratio, prompt_len):
     n_sink = min(4, budget - window - 1)
-    p = prompt_len if name.endswith("+p") else 0
-    simple = {"window": lambda: dynts.Window(budget, window, ratio, prompt_len=p),
-              "streaming": lambda: dynts.StreamingLLM(budget, window, ratio, n_sink=n_sink, prompt_len=p),
-              "h2o": lambda: dynts.H2O(budget, window, ratio, prompt_len=p),
-              "h2o-last": lambda: dynts.H2OLast(budget, window, ratio, prompt_len=p),
-              "snapkv": lambda: dynts.SnapKV(budget, window, ratio, prompt_len=p),
-              "rkv": lambda: dynts.RKV(budget, window, ratio, prompt_len=p),
-              "sepllm": lambda: dynts.SepLLM(budget, window, ratio, SEPARATORS, n_sink=n_sink, prompt_len=p)}
+    p = dict(prompt_len=prompt_len, protect_prompt=name.endswith("+p"))
+    simple = {"window": lambda: policies.Window(budget, window, ratio, **p),
+              "streaming": lambda: policies.StreamingLLM(budget, window, ratio, n_sink=n_sink, **p),
+              "h2o": lambda: policies.H2O(budget, window, ratio, **p),
+              "h2o-last": lambda: policies.H2OLast(budget, window, ratio, **p),
+              "snapkv": lambda: policies.SnapKV(budget, window, ratio, **p),
+              "rkv": lambda: policies.RKV(budget, window, ratio, **p),
+              "sepllm": lambda: policies.SepLLM(budget, window, ratio, separator_ids=SEPARATORS, n_sink=n_sink, **p)}
     if name.removesuffix("+p") in simple:
         return simple[name.removesuffix("+p")]()
-    kind = {"dynts": dynts.DynTS, "dynts-random": dynts.RandomThinking, "dynts-bottom": dynts.BottomK,
-            "dynts-noprompt": dynts.NoProtectedPrompt, "random-all": dynts.RandomAll, "bottom-all": dynts.BottomAll,
-            "noquestion": dynts.NoQuestion}[name]
-    return kind(budget, window, ratio, ScoreIsHidden(), prompt_len, END_THINK, EOT)
+    kind = {"dynts": dynts.DynTS, "dynts-random": policies.RandomThinking, "dynts-bottom": policies.BottomK,
+            "dynts-noprompt": policies.NoProtectedPrompt, "random-all": policies.RandomAll,
+            "bottom-all": policies.BottomAll, "noquestion": policies.NoQuestion}[name]
+    return kind(budget, window, ratio, prompt_len, ScoreIsHidden(), END_THINK, EOT)
 
 
 def protected_positions(name, policy, prompt_len, end_think_b, seen):
@@ -173,8 +175,10 @@ def test_policy_invariants_over_a_generation(name, run):
         policy.observe(tokens, hidden, positions, attn)
         assert policy.length == cache.length <= budget
         if policy.should_evict(cache.length):
-            L, pos = cache.length, cache.pos
-            idx = policy.select(cache)
+            L, pos = cache.length, cache.pos.clone()
+            ranking = policy.ranking(cache)
+            assert ranking.shape == (B, L)
+            idx = policy.select(ranking)
             n = idx.shape[1]
             protected = [protected_positions(name, policy, prompt_len, end_think[b], cache.seen) for b in range(B)]
             n_protected_older = max(len([p for p in pos[b, :L - window].tolist() if p in protected[b]])
@@ -189,115 +193,14 @@ def test_policy_invariants_over_a_generation(name, run):
                     assert protected[b] & set(pos[b, :L].tolist()) <= kept
                 if name == "window":  # only the newest
                     assert kept == set(pos[b, L - n:L].tolist())
-            assert torch.equal(idx, policy.select(cache))  # deterministic
-            cache.keep(idx)
-            policy.keep(idx)
+            assert torch.equal(idx, policy.select(policy.ranking(cache)))  # deterministic
+            kept_idx, evicted_ranking = policy.evict(cache)  # ranking -> select -> compaction
+            assert torch.equal(kept_idx, idx)
+            torch.testing.assert_close(evicted_ranking, ranking, rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(cache.pos[:, :n], pos.gather(1, idx))
             evictions += 1
             assert policy.length == n < budget
     assert evictions >= (prompt_len + steps - budget >= 0)  # the budget was hit: at least one eviction
-
-
-# -----------------------------------------------------------------------------
-# Ragged batches: left padding, a budget of real tokens per row
-
-
-RAGGED_POLICIES = ["window", "streaming", "sepllm", "window+p", "streaming+p", "sepllm+p", "h2o", "h2o-last", "h2o+p",
-                   "dynts", "dynts-bottom", "dynts-noprompt", "bottom-all", "noquestion"]  # (not random, not pooled)
-
-
-@st.composite
-def ragged_run(draw):
-    name = draw(st.sampled_from(RAGGED_POLICIES))
-    B, window = draw(st.integers(2, 3)), draw(st.integers(0, 8))
-    budget = draw(st.integers(window + 8, 48))
-    ratio = draw(st.floats(0.1, 0.9))
-    share = math.floor(ratio * (budget - window))  # the older slots an eviction keeps, by ratio
-    assume(share >= 4 and window + share < budget)  # room for the 4 sinks and the prompts, and something evicted
-    prompts = [draw(st.integers(1, share)) for _ in range(B)]  # protected slots never decide the count
-    return name, budget, window, ratio, prompts, draw(st.integers(1, 100)), draw(st.integers(0, 2**16))
-
-
-def tables(B, n, seed):
-    """What each row's token at each position is, and its score and the attention its slot
-    receives at every step: they depend only on (row, position)."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, 250, (B, n), generator=g)
-    tokens[torch.rand(B, n, generator=g) < 0.2] = ord(".")  # separators
-    return tokens, torch.randn(B, n, generator=g).round(), torch.rand(B, n, generator=g)  # scores with ties
-
-
-def drive_rows(name, budget, window, ratio, prompts, steps, table):
-    """Decode left-padded rows under a policy, as generate.py does, the padding garbage: NaN
-    scores and the special tokens. Returns, per row, the positions its cache holds after each
-    forward, and checks each eviction."""
-    tokens, scores, attention = table
-    B, P = len(prompts), max(prompts)
-    policy = build(name, budget, window, ratio, prompts)
-    policy.reset(B, budget)
-    cache = KVCache(KV_CONFIG, B, budget, pad=[P - p for p in prompts])
-    held = [[] for _ in range(B)]
-    for T in [P] + [1] * steps:
-        pos = cache.next_positions(T)  # (B, T): negative for the padding
-        at = pos.clamp(min=0)
-        hidden = torch.stack([scores.gather(1, at), torch.zeros(B, T)], dim=-1).masked_fill((pos < 0)[..., None], NAN)
-        toks = tokens.gather(1, at).masked_fill(pos < 0, END_THINK).masked_fill(pos == -1, EOT)
-        cache.advance(T)
-        live = cache.pos[:, :cache.length]
-        attn = attention.gather(1, live.clamp(min=0)).masked_fill(live < 0, 0.0) if policy.needs_attention else None
-        policy.observe(toks, hidden, pos, attn)
-        assert policy.length == cache.length <= budget and (cache.live_tokens() <= budget).all()
-        if policy.should_evict(cache.length):
-            assert (policy.ranking(cache)[live < 0] == -INF).all()  # padding is never protected
-            idx = policy.select(cache)
-            for b in range(B):
-                if (live[b] < 0).any():  # not due: keeps every real token, gives up padding only
-                    assert live[b, idx[b][idx[b] >= 0]].tolist() == live[b][live[b] >= 0].tolist()
-            cache.keep(idx)
-            policy.keep(idx)
-            assert policy.length == cache.length < budget
-        for b in range(B):
-            held[b].append([p for p in cache.pos[b, :cache.length].tolist() if p >= 0])
-    return held
-
-
-@settings(max_examples=40, deadline=None)
-@given(run=ragged_run())
-def test_a_ragged_batch_keeps_in_each_row_what_the_row_keeps_alone(run):
-    """Left-padded rows of different prompt lengths: each row evicts when it holds `budget` real
-    tokens and keeps, after every forward, exactly the positions it keeps decoded alone; the
-    cache never exceeds the budget, padding is never protected, and a row not due to evict gives
-    up only padding. (Random scores, and SnapKV's and R-KV's pooling over slots, are left out.)"""
-    name, budget, window, ratio, prompts, steps, seed = run
-    table = tables(len(prompts), max(prompts) + steps, seed)
-    held = drive_rows(name, budget, window, ratio, prompts, steps, table)
-    for b, p in enumerate(prompts):
-        assert held[b] == drive_rows(name, budget, window, ratio, [p], steps, [x[b:b + 1] for x in table])[0]
-
-
-def test_a_row_with_padding_gives_up_padding_before_any_real_token():
-    """Prompts of 3 and 1 tokens. When row 0 holds the budget, row 1 holds 8 real tokens and 2
-    padding slots: row 0 evicts, row 1 keeps its 8 real tokens, and as the cache keeps 8 slots,
-    row 0 carries two empty ones (-1)."""
-    policy = dynts.DynTS(budget=10, window=2, ratio=0.5, predictor=ScoreIsHidden(), prompt_len=[3, 1],
-                         end_think_id=END_THINK, eot_id=EOT)
-    policy.reset(2, 10)
-    cache = KVCache(KV_CONFIG, 2, 10, pad=[0, 2])
-    scores = torch.tensor([[9.0, 9, 9, 1, 5, 2, 7, 3, 0, 0], [NAN, NAN, 9, 4, 1, 6, 8, 2, 5, 3]])
-    hidden = torch.stack([scores, torch.zeros(2, 10)], dim=-1)  # (2, 10, 2)
-    for s in [slice(0, 3)] + [slice(i, i + 1) for i in range(3, 10)]:  # the prefill, then one token a step
-        pos = cache.next_positions(s.stop - s.start)
-        cache.advance(s.stop - s.start)
-        policy.observe(torch.zeros_like(pos), hidden[:, s], pos)
-    assert cache.pos[1].tolist() == [-2, -1, 0, 1, 2, 3, 4, 5, 6, 7]
-    assert policy.ranking(cache)[1].tolist() == [-INF, -INF, INF, 4, 1, 6, 8, 2, 5, 3]  # padding: last, unprotected
-    # row 0 is due: window 2 + max(3 protected, floor(0.5 * 8)) = 6 slots: its prompt, the best
-    # of slots 3-7 (slot 6) and the window; slots 5 and 7 come along empty
-    idx = policy.select(cache)
-    assert idx.tolist() == [[0, 1, 2, -1, 6, -1, 8, 9], [2, 3, 4, 5, 6, 7, 8, 9]]
-    cache.keep(idx)
-    policy.keep(idx)
-    assert cache.pos[:, :8].tolist() == [[0, 1, 2, -1, 6, -1, 8, 9], [0, 1, 2, 3, 4, 5, 6, 7]]
-    assert cache.live_tokens().tolist() == [6, 8] and policy.positions[:, :8].tolist() == cache.pos[:, :8].tolist()
 
 
 def test_dynts_keeps_the_top_predicted_thinking_tokens():
@@ -308,7 +211,7 @@ def test_dynts_keeps_the_top_predicted_thinking_tokens():
     hidden = torch.stack([scores, torch.zeros(10)], dim=-1)[None]  # (1, 10, 2)
     policy.observe(torch.zeros(1, 10, dtype=torch.long), hidden, torch.arange(10))
     # older: 8 slots, 2 of them the protected prompt; floor(0.5 * 8) = 4 > 2: keep 4 + window 2
-    assert policy.select().tolist() == [[0, 1, 4, 6, 8, 9]]
+    assert policy.select(policy.ranking(None)).tolist() == [[0, 1, 4, 6, 8, 9]]
 
 
 def test_dynts_protects_answer_tokens_and_not_padding_after_end_of_text():
@@ -317,7 +220,7 @@ def test_dynts_protects_answer_tokens_and_not_padding_after_end_of_text():
     policy.reset(1, 20)
     for i, tok in enumerate([1, 5, END_THINK, 7, EOT, 9]):
         policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
-    assert policy.ranking()[0].tolist() == [INF, 0.0, 0.0, INF, INF, -INF]
+    assert policy.ranking(None)[0].tolist() == [INF, 0.0, 0.0, INF, INF, -INF]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -340,22 +243,22 @@ def test_a_budget_full_of_protected_tokens_still_frees_a_slot():
     policy.reset(1, 6)
     for i, tok in enumerate([1, END_THINK, 4, 5, 6, 7]):  # the prompt, then </think> and an answer that never ends
         policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
-    idx = policy.select()
+    idx = policy.select(policy.ranking(None))
     assert idx.tolist() == [[0, 2, 3, 4, 5]]  # </think> itself is the one unprotected slot
-    policy.keep(idx)
+    policy.keep_scores(idx)
     policy.observe(torch.tensor([[8]]), torch.zeros(1, 1, 2), torch.tensor([6]))
-    assert policy.select().tolist() == [[1, 2, 3, 4, 5]]  # all protected: the oldest (the prompt) goes
+    assert policy.select(policy.ranking(None)).tolist() == [[1, 2, 3, 4, 5]]  # all protected: the oldest (the prompt) goes
 
 
 def test_special_tokens_inside_the_prompt_end_nothing_in_the_ablations_either():
     """dynts-noprompt leaves the prompt unprotected, but an end-of-text typed into the prompt
     still does not turn the generated tokens into padding."""
-    policy = dynts.NoProtectedPrompt(budget=20, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=3,
+    policy = policies.NoProtectedPrompt(budget=20, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=3,
                                      end_think_id=END_THINK, eot_id=EOT)
     policy.reset(1, 20)
     policy.observe(torch.tensor([[EOT, 1, 2]]), torch.zeros(1, 3, 2), torch.arange(3))  # the prompt
     policy.observe(torch.tensor([[5]]), torch.ones(1, 1, 2), torch.tensor([3]))
-    assert policy.ranking()[0].tolist() == [0.0, 0.0, 0.0, 1.0]  # scored, not protected, not padding
+    assert policy.ranking(None)[0].tolist() == [0.0, 0.0, 0.0, 1.0]  # scored, not protected, not padding
 
 
 def test_special_tokens_inside_the_prompt_protect_nothing_and_end_nothing():
@@ -366,7 +269,7 @@ def test_special_tokens_inside_the_prompt_protect_nothing_and_end_nothing():
     policy.observe(torch.tensor([[EOT, END_THINK, 1]]), torch.zeros(1, 3, 2), torch.arange(3))  # the prompt
     for i, tok in enumerate([5, 6], start=3):
         policy.observe(torch.tensor([[tok]]), torch.ones(1, 1, 2), torch.tensor([i]))
-    assert policy.ranking()[0].tolist() == [INF, INF, INF, 1.0, 1.0]  # prompt protected; thinking scored
+    assert policy.ranking(None)[0].tolist() == [INF, INF, INF, 1.0, 1.0]  # prompt protected; thinking scored
 
 
 def test_predictor_has_the_papers_shape_and_is_non_negative():
@@ -389,19 +292,19 @@ def drive(policy, B, L, attn_steps=(), tokens=None, hidden=None, cache=None):
     policy.observe(tokens, hidden, torch.arange(L), torch.zeros(B, L) if policy.needs_attention else None)
     for i, a in enumerate(attn_steps):
         policy.observe(torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, 1, 2), torch.tensor([L + i]), a)
-    return policy.select(cache)
+    return policy.select(policy.ranking(cache))
 
 
 def test_h2o_keeps_the_most_attention_accumulated_over_all_steps():
     # slot 1 gets a lot once, early; slot 2 a little, at every step: 2 wins over the sum
     steps = [torch.tensor([[0.0, 5.0 if i == 0 else 0.0, 1.0, 0.0, 0.0] + [0.0] * i + [1.0]]) for i in range(3)]
     steps += [torch.tensor([[0.0, 0.0, 2.0, 0.0, 0.0] + [0.0] * (i + 3) + [1.0]]) for i in range(2)]
-    idx = drive(dynts.H2O(budget=10, window=2, ratio=0.2), 1, 5, steps)  # floor(0.2 * 8) = 1 older slot
+    idx = drive(policies.H2O(budget=10, window=2, ratio=0.2), 1, 5, steps)  # floor(0.2 * 8) = 1 older slot
     assert idx.tolist() == [[2, 8, 9]]  # 2 accumulated 1+1+1+2+2 = 7 > slot 1's 5
 
 
 def test_snapkv_counts_only_the_last_queries_before_the_eviction():
-    policy = dynts.SnapKV(budget=12, window=2, ratio=0.1, obs_window=2, kernel=1)
+    policy = policies.SnapKV(budget=12, window=2, ratio=0.1, obs_window=2, kernel=1)
     early = [torch.tensor([[9.0, 0, 0, 0, 0] + [0.0] * i + [1.0]]) for i in range(5)]  # slot 0, long ago
     late = [torch.tensor([[0.0, 0, 0, 1.0, 0] + [0.0] * (i + 5) + [1.0]]) for i in range(2)]  # slot 3, just now
     idx = drive(policy, 1, 5, early + late)  # 12 slots; floor(0.1 * 10) = 1 older slot
@@ -409,7 +312,7 @@ def test_snapkv_counts_only_the_last_queries_before_the_eviction():
 
 
 def test_rkv_evicts_the_redundant_key_among_equally_attended_ones():
-    policy = dynts.RKV(budget=6, window=1, ratio=0.25, obs_window=6, kernel=1, lam=0.5)
+    policy = policies.RKV(budget=6, window=1, ratio=0.25, obs_window=6, kernel=1, lam=0.5)
     cache = KVCache(KV_CONFIG, 1, 6)
     keys = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.01, 0, 0], [1.0, 0, 0.01, 0], [0, 0, 0, 1.0], [0, 1.0, 0, 0], [0, 0, 1, 0]])
     cache.kv[:, 0, 0, 0, :6] = keys
@@ -420,7 +323,7 @@ def test_rkv_evicts_the_redundant_key_among_equally_attended_ones():
 
 
 def test_sepllm_keeps_separators_before_newer_words():
-    policy = dynts.SepLLM(budget=12, window=2, ratio=0.3, separator_ids=SEPARATORS, n_sink=1)
+    policy = policies.SepLLM(budget=12, window=2, ratio=0.3, separator_ids=SEPARATORS, n_sink=1)
     tokens = torch.tensor([[ord(c) for c in "ab. cd,efgh"]])  # 11 tokens; '.', ' ', ',' are separators
     idx = drive(policy, 1, 11, [], tokens=tokens)  # floor(0.3 * 9) = 2 older: sink 0, then the newest separator
     assert idx.tolist() == [[0, 6, 9, 10]]
@@ -438,19 +341,19 @@ SCORES = torch.tensor([0.0, 0.0, 5.0, 1.0, 7.0, 2.0, 6.0, 0.5, 3.0, 3.0])
 
 def test_bottom_k_keeps_the_least_important_thinking_tokens():
     assert ablation(dynts.DynTS, SCORES).tolist() == [[0, 1, 4, 6, 8, 9]]
-    assert ablation(dynts.BottomK, SCORES).tolist() == [[0, 1, 3, 7, 8, 9]]
+    assert ablation(policies.BottomK, SCORES).tolist() == [[0, 1, 3, 7, 8, 9]]
 
 
 def test_random_thinking_ignores_the_predictor_but_keeps_the_prompt():
-    idx = ablation(dynts.RandomThinking, SCORES)
+    idx = ablation(policies.RandomThinking, SCORES)
     assert idx[0, :2].tolist() == [0, 1] and idx.shape == (1, 6)
-    assert ablation(dynts.RandomThinking, -SCORES).tolist() == idx.tolist()  # the predictor plays no part
+    assert ablation(policies.RandomThinking, -SCORES).tolist() == idx.tolist()  # the predictor plays no part
 
 
 def test_no_protected_prompt_lets_the_prompt_go():
     scores = SCORES.clone()
     scores[:2] = -1.0  # the prompt looks unimportant to the predictor
-    assert 0 not in ablation(dynts.NoProtectedPrompt, scores)[0].tolist()
+    assert 0 not in ablation(policies.NoProtectedPrompt, scores)[0].tolist()
     assert ablation(dynts.DynTS, scores)[0, :2].tolist() == [0, 1]
 
 
@@ -462,18 +365,18 @@ def test_streaming_with_the_prompt_protected_is_window_with_the_prompt_protected
     first 4 tokens) lie inside a protected prompt of at least 4 tokens, so both rank every
     other slot by position and keep the same slots at every eviction."""
     assume(prompt_len + window < budget and window + math.floor(ratio * (budget - window)) < budget)
-    policies = [dynts.Window(budget, window, ratio, prompt_len=prompt_len),
-                dynts.StreamingLLM(budget, window, ratio, prompt_len=prompt_len)]
-    for policy in policies:
+    both = [policies.Window(budget, window, ratio, prompt_len=prompt_len, protect_prompt=True),
+            policies.StreamingLLM(budget, window, ratio, prompt_len=prompt_len, protect_prompt=True)]
+    for policy in both:
         policy.reset(2, budget)
     seen = 0
     for _ in range(evictions):
-        n = budget - policies[0].length  # fill the cache to its budget
+        n = budget - both[0].length  # fill the cache to its budget
         positions = torch.arange(seen, seen + n)
-        for policy in policies:
+        for policy in both:
             policy.observe(torch.zeros(2, n, dtype=torch.long), None, positions)
         seen += n
-        kept = [policy.select() for policy in policies]
+        kept = [policy.select(policy.ranking(None)) for policy in both]
         assert torch.equal(kept[0], kept[1])
-        for policy, idx in zip(policies, kept):
-            policy.keep(idx)
+        for policy, idx in zip(both, kept):
+            policy.keep_scores(idx)

@@ -126,7 +126,7 @@ def test_graphed_scoring_matches_policy_observe(name):
     caches, policies = [], []
     for _ in range(2):
         caches.append(KVCache(cfg, B, 32))
-        policies.append(dynts.DynTS(32, 8, 0.3, predictor, prompt_len=12, end_think_id=258, eot_id=256))
+        policies.append(dynts.DynTS(32, 8, 0.3, 12, predictor, end_think_id=258, eot_id=256))
         policies[-1].reset(B, 32)
         _, hidden, _ = model(prompt, caches[-1])
         policies[-1].observe(prompt, hidden, torch.arange(12))
@@ -143,9 +143,9 @@ def test_graphed_scoring_matches_policy_observe(name):
                                    policies[0].scores[:, :policies[0].length], atol=1e-4, rtol=1e-4)
         assert torch.equal(policies[1].positions[:, :policies[1].length], policies[0].positions[:, :policies[0].length])
         if policies[0].should_evict(caches[0].length):
-            idx = policies[0].select()  # the same slots in both
+            idx = policies[0].select(policies[0].ranking(caches[0]))  # the same slots in both
             for cache, policy in zip(caches, policies):
-                cache.keep(idx), policy.keep(idx)
+                cache.keep(idx), policy.keep_scores(idx)
             evictions += 1
         token = logits[:, :256].argmax(dim=-1, keepdim=True)  # bytes only: the thinking never ends
     assert evictions >= 2
@@ -153,14 +153,12 @@ def test_graphed_scoring_matches_policy_observe(name):
 
 def test_graphed_step_refuses_what_it_does_not_compute():
     model = GPT(CONFIGS["llama"]).eval()
-    with pytest.raises(ValueError, match="ragged"):  # left padding: its empty slots are not masked here
-        fastpath.GraphedDecode(model, KVCache(model.config, 2, 16, pad=[0, 3]), capture=False)
     cache = KVCache(model.config, 2, 16)
     step = fastpath.GraphedDecode(model, cache, capture=False)
     with pytest.raises(ValueError, match="one token per row"):
         step(torch.zeros(2, 2, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="one token per row"):
-        step(torch.zeros(2, 1, dtype=torch.long), cache, need_attn=True)
+        step(torch.zeros(2, 1, dtype=torch.long), cache, need_attention=True)
 
 
 @torch.no_grad()
@@ -290,10 +288,11 @@ def test_generate_with_cuda_graphs_on_cuda_decodes_the_plain_paths_tokens(name):
     prompt = torch.randint(0, 256, (3, 12), device="cuda")
     runs = []
     for graphs in (False, True):
-        policy = dynts.DynTS(40, 8, 0.3, predictor, prompt_len=12, end_think_id=258, eot_id=256)
+        policy = dynts.DynTS(40, 8, 0.3, 12, predictor, end_think_id=258, eot_id=256)
         evictions = []
+        on_step = lambda cache, eviction: eviction is not None and evictions.append(cache.pos[:, :cache.length].clone())
         tokens, _ = generate.generate(model, prompt, policy, 100, vocab_limit=256, cuda_graphs=graphs,
-                                      on_evict=lambda before, cache: evictions.append(cache.pos[:, :cache.length].clone()))
+                                      on_step=on_step)
         runs.append((tokens, evictions))
     assert torch.equal(runs[0][0], runs[1][0])
     assert len(runs[0][1]) == len(runs[1][1]) >= 3 and all(torch.equal(a, b) for a, b in zip(*[r[1] for r in runs]))

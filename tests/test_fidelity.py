@@ -44,6 +44,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dynts
+from lab import policies
 
 INF, NAN = float("inf"), float("nan")
 RATIOS = [0.3, 0.4, 0.5]  # the paper's 0.3 / 0.4, and one more
@@ -110,7 +111,7 @@ def run_official(table: torch.Tensor, prompt_len: int, budget: int, window: int,
 
 
 # -----------------------------------------------------------------------------
-# Our code, driven through its real path (Policy.observe / should_evict / select / keep)
+# Our code, driven through its real path (Policy.observe / should_evict / evict)
 
 
 class Scripted(dynts.Policy):
@@ -134,7 +135,18 @@ def ours_select(scores: torch.Tensor, window: int, ratio: float) -> torch.Tensor
     policy.reset(B, L)
     policy.scores[:] = scores
     policy.length = L
-    return policy.select()
+    return policy.select(policy.ranking(None))
+
+
+class Slots:
+    """Stands in for the KV cache where only the position each slot holds matters: keep()
+    compacts as model.KVCache.keep does."""
+
+    def __init__(self, B: int):
+        self.pos = torch.zeros(B, 0, dtype=torch.long)  # (B, L): the position held by each slot
+
+    def keep(self, idx):
+        self.pos = self.pos.gather(1, idx)
 
 
 def run_ours(table: torch.Tensor, prompt_len: int, budget: int, window: int, ratio: float) -> dict:
@@ -143,21 +155,20 @@ def run_ours(table: torch.Tensor, prompt_len: int, budget: int, window: int, rat
     B, N = table.shape
     policy = Scripted(table, budget, window, ratio)
     policy.reset(B, budget)
-    slots = torch.zeros(B, budget, dtype=torch.long)  # the position held by each slot
+    slots = Slots(B)
     peak, evictions = 0, []
     prefill = [list(range(prompt_len))] if prompt_len else []
     for chunk in prefill + [[t] for t in range(prompt_len, N)]:
-        L, T = policy.length, len(chunk)
+        T = len(chunk)
         positions = torch.tensor(chunk, dtype=torch.long)
         policy.observe(torch.zeros(B, T, dtype=torch.long), None, positions)
-        slots[:, L:L + T] = positions
+        slots.pos = torch.cat([slots.pos, positions.expand(B, T)], dim=1)
         peak = max(peak, policy.length)
         if policy.should_evict(policy.length):
             held = policy.length
-            idx = policy.select()
-            slots[:, :idx.shape[1]] = slots[:, :held].gather(1, idx)
-            policy.keep(idx)
-            evictions.append((chunk[-1], held, slots[:, :policy.length].tolist()))
+            idx, ranking = policy.evict(slots)
+            assert ranking.shape == (B, held) and idx.shape[1] == policy.length == slots.pos.shape[1]
+            evictions.append((chunk[-1], held, slots.pos.tolist()))
     return dict(peak=peak, evictions=evictions)
 
 
@@ -331,7 +342,7 @@ def dynts_scores(rows: list[list[int]]):
 def ranked(policy: dynts.Policy) -> torch.Tensor:
     """What Policy.select ranks the live slots by (B, L): the recorded scores, with the
     protected prompt at +inf (applied at selection, by `ranking`, where dynts.py has it)."""
-    return policy.ranking(None) if hasattr(policy, "ranking") else policy.selection_scores(None)
+    return policy.ranking(None)
 
 
 def test_end_think_official_protects_it_ours_scores_it():
@@ -388,16 +399,19 @@ def official_predictor_loss(pred, label, thinking, model: str):
 
 
 def ours_predictor_loss(pred, label):
-    """train.py: y = label x LABEL_SCALE, MSE between log(1 + pred) and log(1 + y)."""
-    from lab import train
-    return F.mse_loss(torch.log1p(pred), torch.log1p(train.LABEL_SCALE * label))
+    """dynts.predictor_loss: y = label x LABEL_SCALE, MSE between log(1 + pred) and log(1 + y)."""
+    return dynts.predictor_loss(pred, label)
 
 
 def test_predictor_loss_and_labels():
     from lab import train
-    assert train.LABEL_SCALE == 1e4  # the official Llama transform; no per-model transform
+    assert dynts.LABEL_SCALE == 1e4  # the official Llama transform; no per-model transform
+    source = " ".join(inspect.getsource(dynts.predictor_loss).split())
+    assert "F.mse_loss(torch.log1p(predicted), torch.log1p(LABEL_SCALE * labels))" in source  # log space, no weight
     source = " ".join(inspect.getsource(train.fit_predictor).split())
-    assert "F.mse_loss(torch.log1p(predictor(X[idx])), torch.log1p(Y[idx]))" in source  # log space, no weight
+    assert "predictor_loss(predictor(X[idx]), Y[idx])" in source  # what training minimizes
+    pred, label = torch.rand(50) * 10, torch.rand(50) * 1e-3
+    assert ours_predictor_loss(pred, label) == F.mse_loss(torch.log1p(pred), torch.log1p(1e4 * label))
 
     # ours measures errors in ratios: twice too high costs the same on a small and a large label
     small, large = torch.tensor([1e-4]), torch.tensor([1e-2])  # y = 1 and y = 100
@@ -425,7 +439,7 @@ def test_h2o_official_overwrites_ours_accumulates():
     steps = [torch.tensor([[0.9, 0.1, 0.0, 0.0]]),  # slot 0: heavy early on
              torch.tensor([[0.9, 0.0, 0.1, 0.0, 0.0]]),
              torch.tensor([[0.0, 0.3, 0.4, 0.1, 0.1, 0.1]])]  # the last step looks elsewhere
-    ours = dynts.H2O(budget=6, window=2, ratio=0.5)
+    ours = policies.H2O(budget=6, window=2, ratio=0.5)
     ours.reset(1, 6)
     ours.observe(torch.zeros(1, 3, dtype=torch.long), None, torch.arange(3), torch.zeros(1, 3))  # prefill
     theirs = torch.zeros(1, 3)
@@ -435,7 +449,7 @@ def test_h2o_official_overwrites_ours_accumulates():
     assert torch.allclose(ours.scores, sum(F.pad(a, (0, 6 - a.shape[1])) for a in steps))
     assert torch.equal(theirs, steps[-1])
     # keep 2 of the 4 older slots: ours keeps the heavy hitter 0, the official drops it
-    assert ours.select().tolist() == [[0, 2, 4, 5]]
+    assert ours.select(ours.ranking(None)).tolist() == [[0, 2, 4, 5]]
     assert official_select(theirs, 2, 0.5).tolist() == [[1, 2, 4, 5]]
 
 
@@ -459,16 +473,16 @@ def official_snapkv_query_counts(prompt_len, budget, window, ratio, ob_window, n
 def test_snapkv_official_no_pooling_33_queries_ours_pools_32():
     budget, window, ratio, P = 96, 8, 0.3, 10
     # pooling: a single spike spreads to the slots within kernel // 2 in ours, not in theirs
-    ours = dynts.SnapKV(budget, window, ratio)  # obs_window 32, kernel 7
+    ours = policies.SnapKV(budget, window, ratio)  # obs_window 32, kernel 7
     ours.reset(1, budget)
     ours.length = 64
     ours.scores[0, 20] = 1.0
-    pooled = ours.selection_scores(None)[0]
+    pooled = ours.eviction_scores(None)[0]
     assert pooled.nonzero().flatten().tolist() == list(range(17, 24))
     assert ours.scores[0, :64].nonzero().flatten().tolist() == [20]  # what the official ranks by
 
     # queries observed before each eviction: every attention row is all ones, so slot 0 sums their count
-    ours = dynts.SnapKV(budget, window, ratio)
+    ours = policies.SnapKV(budget, window, ratio)
     ours.reset(1, budget)
     ours.observe(torch.zeros(1, P, dtype=torch.long), None, torch.arange(P), torch.zeros(1, P))
     counts = []
@@ -476,7 +490,7 @@ def test_snapkv_official_no_pooling_33_queries_ours_pools_32():
         ours.observe(torch.zeros(1, 1, dtype=torch.long), None, torch.tensor([t]), torch.ones(1, ours.length + 1))
         if ours.should_evict(ours.length):
             counts.append(int(ours.scores[0, 0]))
-            ours.keep(ours.select())
+            ours.keep_scores(ours.select(ours.ranking(None)))
     assert counts[:3] == [32, 32, 32]
     assert official_snapkv_query_counts(P, budget, window, ratio, 32, 3 * budget)[:3] == [33, 34, 34]
 
@@ -502,10 +516,10 @@ def test_rkv_official_exempts_newest_duplicate_ours_mean_similarity():
     keys = keys.expand(n_layer, 1, Hkv, L, D)
     cache = types.SimpleNamespace(kv=torch.zeros(n_layer, 2, 1, Hkv, 64, D))
     cache.kv[:, 0, :, :, :L] = keys
-    ours = dynts.RKV(budget=64, window=4, ratio=0.3)
+    ours = policies.RKV(budget=64, window=4, ratio=0.3)
     ours.reset(1, 64)
     ours.length = L  # no attention observed: the score is -(1 - lam) * redundancy
-    redundancy = -ours.selection_scores(cache)[0] / (1 - ours.lam)
+    redundancy = -ours.eviction_scores(cache)[0] / (1 - ours.lam)
     theirs = official_rkv_redundancy(keys)[0]
     assert redundancy[3] == redundancy[5] == redundancy[7] > redundancy[0]  # ours: copies alike
     assert theirs[3] > theirs[5] > theirs[7]  # official: the newest copy is exempt...

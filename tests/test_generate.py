@@ -12,7 +12,8 @@ import torch
 
 import dynts
 import generate
-from lab import hf
+from lab import checkpoint, hf, policies
+from lab.cli import UsageError
 from model import GPT, GPTConfig, get_encoding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,11 +35,15 @@ def tiny(seed=0, sharp=False):
 def run(policy_name, budget, window, ratio=0.3, n=200, B=1, temperature=0.0, seed=0, prompt_len=12, sharp=False):
     model, predictor = tiny(seed, sharp)
     prompt = list(range(40, 40 + prompt_len))
-    policy = generate.make_policy(policy_name, budget, window, ratio, predictor, len(prompt), ENC)
+    policy = policies.make_policy(policy_name, budget, window, ratio, len(prompt), predictor, ENC)
     seen_caches = []
 
-    def on_evict(before, cache):
-        assert before <= budget
+    def on_step(cache, eviction):
+        if eviction is None:
+            return
+        kept, ranking = eviction
+        before = ranking.shape[1]  # the cache's length before the eviction
+        assert before <= budget and kept.shape == (B, cache.length)
         pos = cache.pos[:, :cache.length]
         assert (pos[:, 1:] > pos[:, :-1]).all()  # positions strictly increase inside the cache
         assert (cache.pos[:, cache.length - 1] == cache.seen - 1).all()  # the newest token stays
@@ -46,7 +51,7 @@ def run(policy_name, budget, window, ratio=0.3, n=200, B=1, temperature=0.0, see
 
     gen = torch.Generator().manual_seed(seed)
     tokens, stats = generate.generate(model, prompt, policy, n, B, temperature, None,
-                                      eot_id=None, vocab_limit=256, generator=gen, on_evict=on_evict)
+                                      eot_id=None, vocab_limit=256, generator=gen, on_step=on_step)
     return tokens, stats, seen_caches
 
 
@@ -80,11 +85,12 @@ def test_evicting_changes_what_is_generated():
 
 def test_batch_rows_keep_their_own_tokens():
     model, predictor = tiny()
-    policy = generate.make_policy("dynts", 40, 4, 0.5, predictor, 10, ENC)
+    policy = policies.make_policy("dynts", 40, 4, 0.5, 10, predictor, ENC)
     kept = []
     generate.generate(model, list(range(60, 70)), policy, 80, num_samples=3, temperature=1.0, vocab_limit=256,
                       generator=torch.Generator().manual_seed(1),
-                      on_evict=lambda before, cache: kept.append(cache.pos[:, :cache.length].clone()))
+                      on_step=lambda cache, eviction: eviction is not None
+                      and kept.append(cache.pos[:, :cache.length].clone()))
     assert kept and any(not torch.equal(k[0], k[1]) or not torch.equal(k[1], k[2]) for k in kept)
     assert all(k.shape[0] == 3 for k in kept)  # every row the same count
 
@@ -112,37 +118,19 @@ LLAMA_CFG = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=3
                       norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False)
 
 
-@pytest.mark.parametrize("config", [CFG, LLAMA_CFG], ids=["gpt2", "llama"])
-def test_a_ragged_batch_decodes_what_each_prompt_decodes_alone(config):
-    """Prompts of 5, 20 and 40 tokens in one batch, left-padded: greedy decoding gives each row
-    exactly the tokens it gets alone, under Full and under DynTS (a random predictor) with a
-    budget of 64 that every row fills several times; the cache never holds more than 64 slots.
-    (The ratio's share, floor(0.8 * 56) = 44 older slots, exceeds every prompt, so no row's
-    count depends on another's protected tokens.)"""
-    torch.manual_seed(0)
-    model, predictor = GPT(config).eval(), dynts.ImportancePredictor(config.n_embd).eval()
-    with torch.no_grad():  # sharpen GPT-2's init, so that what the cache holds matters
-        for p in model.parameters():
-            p.mul_(8 if config is CFG else 1)
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (5, 20, 40)]
-
-    def decode(name, rows):
-        policy = generate.make_policy(name, 64, 8, 0.8, predictor, [len(r) for r in rows], ENC)
-        sizes = []  # after each forward: the slots, and the real tokens of each row
-        tokens, stats = generate.generate(model, rows, policy, 96, vocab_limit=256,
-                                          on_step=lambda cache: sizes.append((cache.length, cache.live_tokens())))
-        return tokens, stats, sizes
-
-    batch = {}
-    for name in ["full", "dynts"]:
-        batch[name], stats, sizes = decode(name, prompts)
-        for b, prompt in enumerate(prompts):
-            alone, alone_stats, _ = decode(name, [prompt])
-            assert batch[name][b].tolist() == alone[0].tolist(), (name, b)
-            assert name == "full" or alone_stats["evictions"] >= 3
-    assert stats["peak_kv_tokens"] == 64 and all(n <= 64 and (live <= n).all() for n, live in sizes)
-    assert not torch.equal(batch["full"], batch["dynts"])  # the evictions mattered
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_prompts_of_different_lengths_are_refused(cuda_graphs):
+    """One batch, one prompt length: generate refuses prompts of different lengths (lab/eval.py
+    groups them by length) and says so, before any decoding."""
+    model, predictor = tiny()
+    for prompts in ([[1, 2, 3], [4, 5]], [[1, 2], [3, 4, 5, 6], [7, 8]]):
+        for policy in (dynts.Full(), policies.make_policy("dynts", 40, 4, 0.5, 2, predictor, ENC)):
+            with pytest.raises(ValueError, match="of one length"):
+                generate.generate(model, prompts, policy, 5, cuda_graphs=cuda_graphs)
+    with pytest.raises(ValueError, match="of one length"):
+        generate.generate(model, torch.randint(0, 256, (2, 3)).tolist() + [[1]], dynts.Full(), 5)
+    tokens, _ = generate.generate(model, [[1, 2, 3], [4, 5, 6]], dynts.Full(), 5)  # one length: decoded
+    assert tokens.shape == (2, 5)
 
 
 # -----------------------------------------------------------------------------
@@ -158,6 +146,7 @@ def test_cli_runs_on_cpu_and_writes_stats(tmp_path):
     text = out.getvalue()
     assert text.startswith("Question:") and "[evict 80->" in text
     assert "policy dynts (budget 80, window 16, ratio 0.3)" in text and "tokens/s" in text
+    assert " older thinking tokens) | " in text  # what each eviction kept of the generated tokens
     saved = json.loads(path.read_text())
     assert saved["evictions"] == stats["evictions"] >= 1 and saved["peak_kv_tokens"] == 80
 
@@ -253,7 +242,7 @@ def test_hf_checkpoint_generates_under_full_and_dynts(fixture, tmp_path, monkeyp
     assert (stats["budget"], stats["window"], stats["ratio"]) == (len(ids) + 6, 4, 0.3)  # the file's defaults
     assert stats["evictions"] >= 2 and stats["peak_kv_tokens"] == len(ids) + 6
     assert (policy.end_think_id, policy.eot_id, eos) == (meta["end_think_id"], meta["eos_id"], meta["eos_id"])
-    assert policy.prompt_len == len(ids)  # the whole chat prompt is protected
+    assert policy.prompt_len == len(ids) and policy.protect_prompt  # the whole chat prompt is protected
 
     out = io.StringIO()  # a prompt that starts with the bos token is used as it is
     whole = enc.decode(ids) + "Let me see"
@@ -293,42 +282,80 @@ def test_hf_mistakes_are_one_line_naming_the_flag_or_file(tmp_path):
 def test_load_predictor_checks_the_model_it_was_trained_on(tmp_path):
     decoding = dict(budget=64, window=8, ratio=0.3)
     llama = hf.config_from_hf(os.path.join(FIXTURES, "hf-llama", "config.json"))
-    with pytest.raises(generate.UsageError, match=r"qwen2.pt: a predictor for another model \(.*hf-qwen2: norm_eps"):
-        generate.load_predictor(predictor_file(tmp_path / "qwen2.pt", "hf-qwen2", decoding), llama)
-    predictor, meta = generate.load_predictor(predictor_file(tmp_path / "llama.pt", "hf-llama", decoding), llama)
+    with pytest.raises(UsageError, match=r"qwen2.pt: a predictor for another model \(.*hf-qwen2: norm_eps"):
+        checkpoint.load_predictor(predictor_file(tmp_path / "qwen2.pt", "hf-qwen2", decoding), llama)
+    predictor, meta = checkpoint.load_predictor(predictor_file(tmp_path / "llama.pt", "hf-llama", decoding), llama)
     assert meta["decoding"] == decoding and meta["label_scale"] == 1e4
     assert isinstance(predictor, dynts.ImportancePredictor)
 
 
-@pytest.mark.parametrize("name", generate.POLICIES)
+@pytest.mark.parametrize("name", policies.NAMES)
 def test_only_attention_based_policies_make_the_model_compute_attention(name, monkeypatch):
     import model as model_module
     calls = []
     real = model_module.attention_with_probs
     monkeypatch.setattr(model_module, "attention_with_probs", lambda *a: calls.append(1) or real(*a))
     tokens, stats, _ = run(name, None if name == "full" else 48, 8, n=60)
-    policy = generate.make_policy(name, 48, 8, 0.3, dynts.ImportancePredictor(CFG.n_embd), 12, ENC)
+    policy = policies.make_policy(name, 48, 8, 0.3, 12, dynts.ImportancePredictor(CFG.n_embd), ENC)
     assert bool(calls) == policy.needs_attention == (name.removesuffix("+p") in ("h2o", "h2o-last", "snapkv", "rkv"))
     assert stats["peak_kv_tokens"] <= (48 if name != "full" else 72)
 
 
-def test_eval_hf_grades_final_answers_and_batches_ragged_prompts(tmp_path):
-    """eval.py --hf: questions of different lengths in one left-padded batch give the records each
-    gets alone (every policy, DynTS evicting); the cache stays within the budget; a final answer
-    is the last \\boxed{} after </think>."""
+def test_eval_hf_grades_final_answers_and_batches_prompts_by_length(tmp_path, monkeypatch):
+    """eval.py --hf: questions of two prompt lengths, interleaved. Each batch holds prompts of one
+    length, and a batch of two gives the records each prompt gets alone (every policy, DynTS
+    evicting); the cache stays within the budget; the records come back in the problems' order,
+    each graded by its own final answer, the last \\boxed{} after </think>."""
     from lab import eval as evaluate
     folder = os.path.join(FIXTURES, "hf-llama")
     _, enc, meta = hf.load_hf(folder)
+    questions = ["What is 12 + 30?", "Six times seven, written as digits, is what number exactly?",
+                 "What is 19 + 23?", "Seven times six, written as digits, is what number exactly?"]
+    lengths = [len(hf.chat_prompt(q, enc, meta["bos"])) for q in questions]
+    assert lengths[0] == lengths[2] != lengths[1] == lengths[3]  # two lengths, interleaved
     problems = tmp_path / "problems.jsonl"
-    problems.write_text("\n".join(json.dumps(dict(question=q, answer="42")) for q in
-                                  ["What is 12 + 30?", "Six times seven, written as digits, is what number exactly?"]))
+    problems.write_text("\n".join(json.dumps(dict(question=q, answer="42")) for q in questions))
     path = predictor_file(tmp_path / "predictor.pt", "hf-llama", dict(budget=80, window=8, ratio=0.3))
-    runs = {b: evaluate.main(hf_dir=folder, problems_path=str(problems), predictor_path=path, batch_size=b,
-                             policies="full,dynts,h2o+p", max_new_tokens=60, device="cpu") for b in (1, 2)}
+    batches, replies = [], None  # each generate call's prompt lengths; canned answers by prompt
+    real = evaluate.generate
+
+    def spy(model, prompts, policy, steps, **kw):
+        batches.append([len(p) for p in prompts])
+        tokens, stats = real(model, prompts, policy, steps, **kw)
+        if replies is not None:  # what the model "wrote": a canned answer per question
+            rows = [enc.encode(replies[tuple(p)], allowed_special="all") + [meta["eos_id"]] for p in prompts]
+            n = max(map(len, rows))
+            tokens = torch.tensor([row + [meta["eos_id"]] * (n - len(row)) for row in rows])
+        return tokens, stats
+
+    monkeypatch.setattr(evaluate, "generate", spy)
+    runs = {}
+    for b in (1, 2):
+        batches.clear()
+        runs[b] = evaluate.main(hf_dir=folder, problems_path=str(problems), predictor_path=path, batch_size=b,
+                                policies="full,dynts,h2o+p", max_new_tokens=60, device="cpu")
+        assert all(len(set(batch)) == 1 for batch in batches)  # each batch of one prompt length
+        groups = [[lengths[0]] * 2, [lengths[1]] * 2] if b == 2 else [[n] for n in lengths]  # per policy
+        assert sorted(batches) == sorted(groups * 3)
     key = lambda r: (r["policy"], r["problem"], r["correct"], r["peak_kv"], round(r["mean_kv"], 6))
-    assert sorted(map(key, runs[1]["records"])) == sorted(map(key, runs[2]["records"]))
-    assert len(runs[2]["records"]) == 6 and all(r["peak_kv"] <= 80 for r in runs[2]["records"] if r["policy"] != "full")
-    assert max(r["peak_kv"] for r in runs[2]["records"] if r["policy"] == "full") > 80  # so DynTS did evict
+    assert list(map(key, runs[1]["records"])) == list(map(key, runs[2]["records"]))  # alone = batched, in order
+    records = runs[2]["records"]
+    assert len(records) == 12 and all(r["peak_kv"] <= 80 for r in records if r["policy"] != "full")
+    assert max(r["peak_kv"] for r in records if r["policy"] == "full") > 80  # so DynTS did evict
+    for name in ("full", "dynts", "h2o+p"):
+        assert [r["problem"] for r in records if r["policy"] == name] == [0, 1, 2, 3]
+    # Full's cache grows one slot a step from the prompt's P: peak P + n - 1, mean P + (n - 1) / 2,
+    # so each record's 2 x mean - peak is its own problem's prompt length.
+    assert [round(2 * r["mean_kv"] - r["peak_kv"]) for r in records if r["policy"] == "full"] == lengths
+
+    # Grading, in the problems' order: batched [0, 2] and [1, 3], the records must still read 0, 1, 2, 3.
+    ids = [tuple(hf.chat_prompt(q, enc, meta["bos"])) for q in questions]
+    replies = dict(zip(ids, ["so 42</think>The answer is \\boxed{42}.", "\\boxed{41}</think>\\boxed{42}",
+                             "\\boxed{42} but no end of thinking", "</think>\\boxed{41}"]))
+    graded = evaluate.main(hf_dir=folder, problems_path=str(problems), predictor_path=path, batch_size=2,
+                           policies="full,dynts", max_new_tokens=8, device="cpu")["records"]
+    for name in ("full", "dynts"):
+        assert [r["correct"] for r in graded if r["policy"] == name] == [True, True, False, False]
     grade = evaluate.hf_cases([dict(question="q", answer=" 42 ")], enc, meta)[0].grade
     assert grade("so \\boxed{41}, no: \\boxed{42}</think>The answer is \\boxed{42}.") == (True, 1.0)
     assert grade("\\boxed{42} but no end of thinking") == (False, 0.0)
@@ -347,19 +374,18 @@ def test_cuda_graphs_path_decodes_the_same_tokens(config, name):
     prompt = torch.randint(0, 256, (3, 12))
     runs = []
     for graphs in (False, True):
-        policy = generate.make_policy(name, 40, 8, 0.3, predictor, 12, ENC)
+        policy = policies.make_policy(name, 40, 8, 0.3, 12, predictor, ENC)
         evictions = []
+        on_step = lambda cache, eviction: eviction is not None and evictions.append(cache.pos[:, :cache.length].clone())
         tokens, stats = generate.generate(model, prompt, policy, 100, vocab_limit=256, cuda_graphs=graphs,
-                                          on_evict=lambda before, cache: evictions.append(cache.pos[:, :cache.length].clone()))
+                                          on_step=on_step)
         runs.append((tokens, evictions))
     assert torch.equal(runs[0][0], runs[1][0])
     assert len(runs[0][1]) == len(runs[1][1]) == (0 if name == "full" else len(runs[0][1])) and \
         all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
     assert name == "full" or len(runs[0][1]) >= 3
     with pytest.raises(ValueError, match="scores by attention weights"):
-        generate.generate(model, prompt, generate.make_policy("h2o", 40, 8, 0.3), 5, cuda_graphs=True)
-    with pytest.raises(ValueError, match="different lengths"):
-        generate.generate(model, [[1, 2, 3], [4, 5]], dynts.Full(), 5, cuda_graphs=True)
+        generate.generate(model, prompt, policies.make_policy("h2o", 40, 8, 0.3, 12), 5, cuda_graphs=True)
 
 
 def test_ignore_eot_decodes_every_requested_token():

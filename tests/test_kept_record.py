@@ -11,6 +11,8 @@ import pytest
 
 import generate
 from lab import task
+from lab.checkpoint import DEFAULT_CKPT, load_checkpoint
+from lab.policies import make_policy
 from model import get_encoding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,23 +21,21 @@ RECORD = json.load(open(os.path.join(ROOT, "tests", "fixtures", "kept-record.jso
 
 @pytest.fixture(scope="module")
 def shipped():
-    model, predictor, meta = generate.load_checkpoint(generate.DEFAULT_CKPT)
+    model, predictor, meta = load_checkpoint(DEFAULT_CKPT)
     enc = get_encoding(meta["encoding"])
     problems = task.problems("eval", max(RECORD["problems"]) + 1, **meta["task"])
     prompts = [enc.encode(problems[i].prompt, allowed_special="all") for i in RECORD["problems"]]
-    prompts.append(prompts[-1][6:])  # a shorter row: the batch is ragged
     return model.eval(), predictor.eval(), enc, prompts
 
 
 @pytest.mark.parametrize("name", sorted(RECORD["policies"]))
 def test_every_policy_keeps_the_recorded_positions(name, shipped):
     model, predictor, enc, prompts = shipped
-    policy = generate.make_policy(name, RECORD["budget"], RECORD["window"], RECORD["ratio"], predictor,
-                                  [len(p) for p in prompts], enc)
+    policy = make_policy(name, RECORD["budget"], RECORD["window"], RECORD["ratio"], len(prompts[0]), predictor, enc)
     kept = []
+    on_step = lambda cache, eviction: eviction is not None and kept.append(cache.pos[:, :cache.length].tolist())
     tokens, _ = generate.generate(model, prompts, policy, RECORD["new_tokens"], eot_id=enc.eot_token,
-                                  vocab_limit=enc.n_vocab,
-                                  on_evict=lambda before, cache: kept.append(cache.pos[:, :cache.length].tolist()))
+                                  vocab_limit=enc.n_vocab, on_step=on_step)
     want = RECORD["policies"][name]
     assert len(kept) == len(want["kept"])
     for i, (got, expected) in enumerate(zip(kept, want["kept"])):

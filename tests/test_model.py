@@ -129,36 +129,6 @@ def test_eviction_oracle_compacted_cache_equals_masked_full_cache(config):
         torch.testing.assert_close(decoded[i], reference[:, t], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-def test_a_left_padded_batch_computes_what_each_prompt_computes_alone(config):
-    """Prompts of 3, 9 and 16 tokens, left-padded into one batch: through a prefill and 6 decode
-    steps, each row's logits (and, with need_attn, the attention its real slots receive) equal its
-    own run without padding. Its padding takes negative positions, and no real token reads it:
-    garbage written into the padding's keys and values after the prefill changes nothing."""
-    model = tiny_model(config)
-    g = torch.Generator().manual_seed(0)
-    lengths, N = [3, 9, 16], 6
-    P, seqs = max(lengths), [torch.randint(0, config.vocab_size, (n + N,), generator=g) for n in lengths]
-    pad = [P - n for n in lengths]
-    prompt = torch.stack([torch.cat([torch.zeros(p, dtype=torch.long), s[:n]]) for p, n, s in zip(pad, lengths, seqs)])
-    for need_attn in (False, True):
-        cache = KVCache(config, 3, P + N, pad=pad)
-        with torch.no_grad():
-            batch = [model(prompt, cache, need_attn=need_attn)]
-            for b in range(2):  # garbage in the padding of rows 0 and 1
-                cache.kv[:, :, b, :, :pad[b]] = 1e4 * torch.randn(cache.kv[:, :, b, :, :pad[b]].shape, generator=g)
-            for t in range(N):
-                batch.append(model(torch.stack([s[n + t] for n, s in zip(lengths, seqs)])[:, None], cache, need_attn))
-            for b, (n, s) in enumerate(zip(lengths, seqs)):
-                assert cache.pos[b].tolist() == list(range(-pad[b], n + N))
-                alone = KVCache(config, 1, n + N)
-                for t, (logits, _, attn) in enumerate(batch):
-                    logits_b, _, attn_b = model(s[None, :n] if t == 0 else s[None, n + t - 1:n + t], alone, need_attn)
-                    torch.testing.assert_close(logits[b], logits_b[0], rtol=1e-5, atol=1e-5)
-                    if need_attn:
-                        torch.testing.assert_close(attn[b, pad[b]:], attn_b[0], rtol=1e-5, atol=1e-5)
-
-
 def test_keep_compacts_bit_identically_and_moves_positions():
     cfg = GQA
     cache = KVCache(cfg, batch_size=2, capacity=10)
@@ -177,58 +147,44 @@ def test_keep_compacts_bit_identically_and_moves_positions():
     assert cache.pos[:, 4].tolist() == [10, 10] and cache.length == 5 and cache.seen == 11
 
 
-def test_keep_with_empty_entries_marks_those_slots_empty_and_moves_the_rest():
-    cache = KVCache(GQA, batch_size=2, capacity=8)
-    cache.kv.normal_()
-    cache.length, cache.pos[:] = 8, torch.arange(8)
-    kv = cache.kv.clone()
-    cache.keep(torch.tensor([[1, -1, 5, 7], [0, 2, 3, 7]]), chunk=1)
-    assert cache.pos[:, :4].tolist() == [[1, -1, 5, 7], [0, 2, 3, 7]] and cache.ragged
-    assert torch.equal(cache.kv[:, :, 0, :, [0, 2, 3]], kv[:, :, 0, :, [1, 5, 7]])
-    assert cache.live_tokens().tolist() == [3, 4]
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_keep_in_chunks_equals_one_gather(data):
     """keep moves the slots a chunk at a time, in place: any chunk size gives what one gather of
-    the whole buffer gives (the slow, obviously-correct reference); the entries -1 (a ragged
-    batch's rows that keep fewer slots) leave those slots empty and move nothing else."""
+    the whole buffer gives (the slow, obviously-correct reference)."""
     B, cap = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40))
     length = data.draw(st.integers(1, cap))
     n = data.draw(st.integers(1, length))
     rows = [sorted(data.draw(st.lists(st.integers(0, length - 1), min_size=n, max_size=n, unique=True)))
             for _ in range(B)]
     idx, chunk = torch.tensor(rows), data.draw(st.integers(1, n + 2))
-    empty = torch.tensor(data.draw(st.lists(st.booleans(), min_size=B * n, max_size=B * n))).view(B, n)
     cache = KVCache(GQA, batch_size=B, capacity=cap)
     cache.kv.normal_()
     cache.pos.copy_(torch.randperm(1000)[:B * cap].view(B, cap))
     cache.length = length
     kv, pos = cache.kv.clone(), cache.pos.clone()
-    cache.keep(idx.masked_fill(empty, -1), chunk=chunk)
+    cache.keep(idx, chunk=chunk)
     L, _, _, Hkv, _, D = kv.shape
     expected = kv.gather(4, idx.view(1, 1, B, 1, n, 1).expand(L, 2, B, Hkv, n, D))
     assert cache.length == n
-    kept = (~empty).view(1, 1, B, 1, n, 1).expand_as(expected)
-    assert torch.equal(cache.kv[:, :, :, :, :n][kept], expected[kept])
-    assert torch.equal(cache.pos[:, :n], pos.gather(1, idx).masked_fill(empty, -1))
+    assert torch.equal(cache.kv[:, :, :, :, :n], expected)
+    assert torch.equal(cache.pos[:, :n], pos.gather(1, idx))
 
 
 @pytest.mark.parametrize("config", [GQA, LLAMA], ids=["gpt2", "llama"])
-def test_need_attn_gives_the_same_output_and_attention_that_sums_to_one_per_query(config):
+def test_need_attention_gives_the_same_output_and_attention_that_sums_to_one_per_query(config):
     model = tiny_model(config)
     idx = torch.randint(0, 259, (2, 12))
     with torch.no_grad():
         c1, c2 = KVCache(config, 2, 13), KVCache(config, 2, 13)
         l1, h1, a1 = model(idx, c1)
-        l2, h2, a2 = model(idx, c2, need_attn=True)
+        l2, h2, a2 = model(idx, c2, need_attention=True)
         assert a1 is None and a2.shape == (2, 12)
         torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a2.sum(dim=1), torch.full((2,), 12.0))  # 12 queries
         # the first token is seen by all 12 queries, the last only by itself
         assert (a2[:, 0] > a2[:, -1]).all()
-        _, _, a3 = model(idx[:, :1], c2, need_attn=True)
+        _, _, a3 = model(idx[:, :1], c2, need_attention=True)
         assert a3.shape == (2, 13)
         torch.testing.assert_close(a3.sum(dim=1), torch.ones(2))
 
@@ -261,10 +217,10 @@ def n_params(config: GPTConfig) -> int:
 
 
 def test_presets_have_the_shapes_they_claim():
-    p = PRESETS["paper-8b"]
+    p = PRESETS["r1-llama-8b"]
     assert (p.n_layer, p.n_embd, p.n_head, p.n_kv_head, p.head_dim) == (32, 4096, 32, 8, 128)
     assert p.block_size >= 16384
-    assert 2 * p.n_embd * p.mlp_hidden == 3 * 4096 * 14336  # the SwiGLU's weight bytes
+    assert p.mlp == "swiglu" and 3 * p.n_embd * p.mlp_hidden == 3 * 4096 * 14336  # the SwiGLU's weight bytes
     assert 123e6 < n_params(PRESETS["gpt2"]) < 125e6
     # The published sizes: Llama 3.1 8B has 8,030,261,248 parameters; R1-Distill-Qwen-1.5B
     # 1,777,088,000 (1.54B without its untied 151936 x 1536 LM head).

@@ -20,6 +20,9 @@ from lab.cli import cache_bytes, weight_bytes
 from model import GPT, PRESETS, GPTConfig, KVCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The Llama family's blocks at the tiny preset's size (RMSNorm, SwiGLU, RoPE, GQA, no biases).
+TINY_LLAMA = GPTConfig(block_size=2048, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=176, norm="rmsnorm",
+                       mlp="swiglu", positions="rope", bias=False)
 
 
 def load_profile(name="dynts_profile"):
@@ -125,10 +128,11 @@ def test_bad_inputs_exit_with_one_line(argv, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_cuda_requested_without_cuda_is_an_error():
+def test_cuda_requested_without_cuda_is_an_error(monkeypatch):
     r = subprocess.run([sys.executable, "profile.py", "--preset", "tiny", "--device", "cuda"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.strip() == "profile.py: error: --device cuda: CUDA is not available on this machine (use cpu)"
+    monkeypatch.setitem(P.PRESETS, "tiny-llama", TINY_LLAMA)
     for preset in ["tiny", "tiny-llama"]:  # both block families have a fast path: only the device is missing
         with pytest.raises(SystemExit, match="--cuda-graphs needs a CUDA device"):
             P.cli(["--preset", preset, "--device", "cpu", "--cuda-graphs"])
@@ -160,9 +164,7 @@ def decode(model, policy, cache, token, steps, forward=None, observe=None):
         observe(token, hidden, torch.arange(cache.seen - 1, cache.seen))
         evict = policy.should_evict(cache.length)
         if evict:
-            idx = policy.select(cache)
-            cache.keep(idx)
-            policy.keep(idx)
+            policy.evict(cache)
         out.append((cache.length, evict))
         token = logits.index_fill(1, SPECIAL, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
     return out
@@ -171,7 +173,7 @@ def decode(model, policy, cache, token, steps, forward=None, observe=None):
 def tiny_dynts(model, B, P_len, budget, window):
     """A fresh DynTS policy (its predictor seeded: the same in every call) and cache, reset for a generation."""
     torch.manual_seed(1)
-    policy = dynts.DynTS(budget, window, 0.3, dynts.ImportancePredictor(model.config.n_embd).eval(), P_len,
+    policy = dynts.DynTS(budget, window, 0.3, P_len, dynts.ImportancePredictor(model.config.n_embd).eval(),
                          end_think_id=258, eot_id=256)
     cache = KVCache(model.config, B, budget)
     policy.reset(B, budget)
@@ -292,7 +294,7 @@ def test_memory_check_counts_the_float32_build_apart_from_the_cache(monkeypatch)
     monkeypatch.setattr(cli, "free_bytes", lambda device: need)
     assert P.main(**run, out=io.StringIO())["batch_sizes"] == {"full": 2}
     monkeypatch.setattr(cli, "free_bytes", lambda device: need - 1)
-    with pytest.raises(cli.UsageError, match="--batch-size 2 x 26 slots"):
+    with pytest.raises(cli.UsageError, match=r"--batch-size 2: .* a KV cache of 2 x 26 slots\) needs"):
         P.main(**run, out=io.StringIO())
 
 

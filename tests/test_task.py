@@ -350,8 +350,8 @@ def test_the_shipped_checkpoints_problems_do_not_change():
     """The problems the shipped checkpoint was evaluated on, drawn with the knobs it stores."""
     import hashlib
 
-    import generate
-    meta = generate.load_checkpoint(generate.DEFAULT_CKPT)[2]
+    from lab.checkpoint import DEFAULT_CKPT, load_checkpoint
+    meta = load_checkpoint(DEFAULT_CKPT)[2]
     assert meta["task"] == {"announce": True}
     text = "".join(p.text() for f in FAMILIES for p in problems("eval", 20, family=f, **meta["task"]))
     assert hashlib.sha256(text.encode()).hexdigest() == SHIPPED_EVAL_SHA256

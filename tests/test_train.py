@@ -1,5 +1,5 @@
-"""train.py and eval.py: labels against their definition, the checkpoint, the whole pipeline
-on a miniature task."""
+"""lab/train.py and lab/eval.py: labels (dynts.importance_labels) against their definition, the
+checkpoint, the whole pipeline on a miniature task."""
 
 import math
 import os
@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dynts
+from lab import checkpoint
 from lab import eval as evaluate
 import generate
 from lab import task
@@ -64,7 +65,7 @@ def test_importance_labels_match_the_papers_definition():
     tokens = torch.randint(0, 256, (60,))
     tokens[50] = get_encoding().encode_single_token("</think>")
     with torch.no_grad():
-        got, hidden = train.importance_labels(model, tokens, think_end=50, length=60)
+        got, hidden = dynts.importance_labels(model, tokens, think_end=50, length=60)
         _, reference_hidden, _ = model(tokens[None])
         want = labels_by_definition(model, tokens, think_end=50)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
@@ -83,7 +84,7 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     metrics = train.main(out=path, device="cpu", steps=3, batch_size=2, predictor_traces=2, predictor_steps=2,
                          eval_traces=2)
     assert -1 <= metrics["spearman"] <= 1 and 0 <= metrics["decisive_recall_top10"] <= 1
-    model, predictor, meta = generate.load_checkpoint(path)
+    model, predictor, meta = checkpoint.load_checkpoint(path)
     assert model.config == SMALL and meta["task"] == SMALL_TASK and meta["encoding"] == "bytes-think"
     d = meta["decoding"]  # chosen on validation problems: fractions of Full's mean peak cache there
     assert d["budgets"] == [round(f * d["full_peak_valid"]) for f in train.BUDGET_FRACTIONS]
@@ -93,7 +94,7 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     ckpt = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in ckpt["model"].values())
 
-    with pytest.raises(generate.UsageError, match="exists: pass --force"):
+    with pytest.raises(UsageError, match="exists: pass --force"):
         train.main(out=path, device="cpu")
 
     stats = generate.main(policy="dynts", budget=300, ckpt=path, device="cpu", max_new_tokens=60,
@@ -210,7 +211,7 @@ def test_train_bad_numbers_fail_before_training(argv, message, tmp_path):
 
 def test_a_diverging_loss_stops_training_without_a_checkpoint(small_setup, tmp_path):
     path = tmp_path / "x.pt"
-    with pytest.raises(generate.UsageError, match="the loss became nan"):
+    with pytest.raises(UsageError, match="the loss became nan"):
         train.main(out=str(path), device="cpu", steps=2, batch_size=2, lr=1e30, predictor_traces=1,
                    predictor_steps=1, eval_traces=1)
     assert not path.exists()
@@ -240,8 +241,8 @@ def replayed_one_token_at_a_time(policy, tokens, hidden, prompt_len):
         for i in c:
             visible[i, [j for j in live if j <= i]] = True
         if policy.should_evict(policy.length):
-            idx = policy.select()
-            policy.keep(idx)
+            idx = policy.select(policy.ranking(None))
+            policy.keep_scores(idx)
             live = [live[j] for j in idx[0].tolist()]
     return visible
 
@@ -266,7 +267,7 @@ def test_dynts_eviction_mask_replays_decoding(data):
             tokens[data.draw(st.integers(P, T - 1))] = special
     hidden = torch.randn(T, 8, generator=gen)
     predictor = dynts.ImportancePredictor(8)
-    make = lambda: dynts.DynTS(budget, window, ratio, predictor, P, end_think, eot)
+    make = lambda: dynts.DynTS(budget, window, ratio, P, predictor, end_think, eot)
     with torch.no_grad():
         expected = replayed_one_token_at_a_time(make(), tokens, hidden, P)
     assert torch.equal(train.dynts_eviction_mask(make(), tokens, hidden), expected)
@@ -292,9 +293,9 @@ def test_train_model_gives_the_odd_rows_the_eviction_mask(small_setup):
         calls.append((len(problems), tuple(tokens.shape), prompt_len.tolist()))
         return torch.eye(tokens.shape[1], dtype=torch.bool).repeat(len(problems), 1, 1)
 
-    def spy(idx, cache=None, need_attn=False, mask=None):
+    def spy(idx, cache=None, need_attention=False, mask=None):
         seen.append(mask)
-        return forward(idx, cache, need_attn, mask)
+        return forward(idx, cache, need_attention, mask)
 
     model.forward = spy
     train.train_model(model, steps=1, batch_size=3, lr=1e-3, device=torch.device("cpu"), seed=0, eviction_mask=holes)
@@ -327,7 +328,7 @@ def test_the_oracle_ranks_by_the_attention_each_rows_own_answer_pays():
         for b in range(B):
             fresh = KVCache(SMALL, 1, L + len(answers[b]))
             model(tokens[b:b + 1], fresh)
-            _, _, received = model(torch.tensor([answers[b]]), fresh, need_attn=True)
+            _, _, received = model(torch.tensor([answers[b]]), fresh, need_attention=True)
             want = received[0, :L].clone()
             want[:P] = float("inf")
             torch.testing.assert_close(got[b], want, rtol=1e-5, atol=1e-7)
@@ -337,9 +338,9 @@ def test_the_checkpoint_error_survives_an_exception_with_no_message(monkeypatch)
     def broken(config):
         raise RuntimeError()
 
-    monkeypatch.setattr(generate, "GPT", broken)
-    with pytest.raises(generate.UsageError, match=r"not a checkpoint of this project \(RuntimeError\)$"):
-        generate.load_checkpoint(generate.DEFAULT_CKPT)
+    monkeypatch.setattr(checkpoint, "GPT", broken)
+    with pytest.raises(UsageError, match=r"not a checkpoint of this project \(RuntimeError\)$"):
+        checkpoint.load_checkpoint(checkpoint.DEFAULT_CKPT)
 
 
 # -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""view.py: the page, the raster and the terminal view agree with what the generation did."""
+"""lab/view.py: the page, the raster and the terminal view agree with what the generation did."""
 
 import io
 from html.parser import HTMLParser
@@ -8,7 +8,9 @@ import torch
 
 import generate
 from lab import view
-from model import KVCache
+from lab.cli import UsageError
+from lab.policies import make_policy
+from model import GPT, PRESETS, KVCache
 
 
 class Spans(HTMLParser):
@@ -62,13 +64,19 @@ def test_the_page_has_one_span_per_token_and_greys_exactly_the_evicted(policy, m
 
 
 def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
-    model = generate.GPT(generate.PRESETS["tiny"]).eval()
-    policy = generate.make_policy("window", 40, 8, 0.3)
+    model = GPT(PRESETS["tiny"]).eval()
+    policy = make_policy("window", 40, 8, 0.3, 20)
     log = view.TraceLog(policy)
-    lengths = []
-    tokens, _ = generate.generate(model, list(range(20)), policy, 120, num_samples=2, temperature=1.0,
-                                  generator=torch.Generator().manual_seed(0), log=log,
-                                  on_step=lambda cache: lengths.append(cache.length))
+    lengths = []  # after each forward, before its eviction: the slots the cache held
+
+    def on_step(cache, eviction):
+        log.on_step(cache, eviction)
+        lengths.append(cache.length if eviction is None else eviction[1].shape[1])
+
+    tokens, stats = generate.generate(model, list(range(20)), policy, 120, num_samples=2, temperature=1.0,
+                                      generator=torch.Generator().manual_seed(0), on_step=on_step)
+    log.finish()
+    assert stats["evictions"] >= 3 and max(lengths) == 40
     for row in range(2):
         live = log.live(row, 20 + tokens.shape[1])  # (steps, positions)
         assert live.sum(dim=1).tolist() == lengths
@@ -76,10 +84,11 @@ def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
 
 def test_the_raster_png_is_written(tmp_path):
     pytest.importorskip("matplotlib")
-    model = generate.GPT(generate.PRESETS["tiny"]).eval()
-    policy = generate.make_policy("window", 40, 8, 0.3)
+    model = GPT(PRESETS["tiny"]).eval()
+    policy = make_policy("window", 40, 8, 0.3, 20)
     log = view.TraceLog(policy)
-    generate.generate(model, list(range(20)), policy, 60, log=log)
+    generate.generate(model, list(range(20)), policy, 60, on_step=log.on_step)
+    log.finish()
     view.raster({"window": log}, 80, str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -99,5 +108,5 @@ def test_bad_output_paths_fail_before_decoding(tmp_path):
     for flag, kwargs in [("--html", dict(html_path=str(tmp_path / "no" / "such" / "dir.html"))),
                          ("--html", dict(html_path=str(tmp_path))),
                          ("--plot", dict(plot_path=str(tmp_path / "missing" / "r.png")))]:
-        with pytest.raises(generate.UsageError, match=flag):
+        with pytest.raises(UsageError, match=flag):
             generate.main(init="random", preset="tiny", device="cpu", **kwargs)

@@ -1,0 +1,259 @@
+"""Every policy by name: the paper's baselines and DynTS's ablations, on dynts.Policy's interface,
+and the registry that generate.py, profile.py and lab/eval.py build policies from.
+
+A baseline's name + "+p" protects the prompt as DynTS does (the paper's baselines did not).
+The ablations come both as this project runs them (the prompt protected) and as the official
+DynTS code ran them (nothing protected). docs/FIDELITY.md says where each follows the official
+code and where it differs.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from dynts import INF, DynTS, Full, Policy
+from model import END_THINK
+
+# -----------------------------------------------------------------------------
+# Baselines that score by position or by token
+
+
+class Window(Policy):
+    """Only the most recent tokens: the score is the position, so the newest win."""
+
+    name = "window"
+
+    def score(self, tokens, hidden, positions):
+        return positions.float().expand(tokens.shape)
+
+
+class StreamingLLM(Policy):
+    """Attention sinks + window (Xiao et al., "Efficient Streaming Language Models with
+    Attention Sinks", arXiv 2309.17453): the first `n_sink` tokens are never evicted, the rest
+    are kept newest first."""
+
+    name = "streaming"
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, n_sink=4):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        if n_sink + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the {n_sink} sink tokens plus --window {window}")
+        self.n_sink = n_sink
+
+    def score(self, tokens, hidden, positions):
+        s = positions.float().masked_fill(positions < self.n_sink, INF)
+        return s.expand(tokens.shape)
+
+
+class SepLLM(Policy):
+    """SepLLM (Chen et al., 2024, arXiv 2412.12094): separators (punctuation, newline, space)
+    stand for the segments they close. The first `n_sink` tokens are never evicted; of the
+    other older tokens the separators come first, newest first, then the newest of the rest,
+    up to the ratio."""
+
+    name = "sepllm"
+    SEPARATORS = ".,;:!?\n "
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, separator_ids=(), n_sink=4):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        if n_sink + window >= budget:
+            raise ValueError(f"--budget {budget} must exceed the {n_sink} sink tokens plus --window {window}")
+        self.separator_ids, self.n_sink = torch.tensor(separator_ids, dtype=torch.long), n_sink
+
+    def score(self, tokens, hidden, positions):
+        is_sep = torch.isin(tokens, self.separator_ids.to(tokens.device))  # (B, T)
+        s = positions.float() + is_sep * float(2 ** 20)  # separators rank above any position
+        return s.masked_fill((positions < self.n_sink).expand_as(s), INF)
+
+
+# -----------------------------------------------------------------------------
+# Baselines that score by attention
+
+
+class H2O(Policy):
+    """Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023, arXiv 2306.14048): a slot's score is
+    the attention it has received, summed over every step since its token was written. (The
+    official DynTS baseline code overwrites the sum with the last step's attention; this one
+    accumulates, as H2O defines it.)"""
+
+    name = "h2o"
+    needs_attention = True
+
+    def add_attention(self, attention):
+        self.scores[:, :self.length] += attention
+
+
+class H2OLast(Policy):
+    """H2O as the official DynTS baseline code ran it: a slot's score is the attention it
+    received at the last step only (the sum overwritten, not accumulated)."""
+
+    name = "h2o-last"
+    needs_attention = True
+
+    def add_attention(self, attention):
+        self.scores[:, :self.length] = attention
+
+
+class SnapKV(Policy):
+    """SnapKV (Li et al., 2024, arXiv 2404.14469): a slot's score is the attention it received
+    from the last `obs_window` queries before an eviction, max-pooled over `kernel` neighbouring
+    slots so that a kept token keeps its context."""
+
+    name = "snapkv"
+    needs_attention = True
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=32, kernel=7):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        self.obs_window, self.kernel = obs_window, kernel
+
+    def add_attention(self, attention):
+        if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
+            self.scores[:, :self.length] += attention
+
+    def eviction_scores(self, cache):
+        s = self.scores[:, None, :self.length]  # (B, 1, L)
+        return F.max_pool1d(s, self.kernel, stride=1, padding=self.kernel // 2)[:, 0]
+
+    def keep_scores(self, idx):
+        super().keep_scores(idx)
+        self.scores.zero_()  # the next eviction observes its own window
+
+
+class RKV(SnapKV):
+    """R-KV (Cai et al., 2025, arXiv 2505.24133), redundancy-aware compression for reasoning
+    traces: score = lam * importance - (1 - lam) * redundancy. Importance is SnapKV's pooled
+    attention of the last `obs_window` queries; the redundancy of a slot is the mean cosine
+    similarity of its key to the other live keys, averaged over layers and KV heads. Each is
+    normalized over the slots of a row (importance to sum 1, redundancy by softmax)."""
+
+    name = "rkv"
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=8, kernel=7,
+                 lam=0.1):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt, obs_window, kernel)
+        self.lam = lam
+
+    def eviction_scores(self, cache):
+        importance = super().eviction_scores(cache)  # (B, L)
+        importance = importance / importance.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        L = self.length
+        k = F.normalize(cache.kv[:, 0, :, :, :L].float(), dim=-1)  # (n_layer, B, Hkv, L, D)
+        # mean_i cos(k_i, k_j) over the other keys i = (k_j . sum_i k_i - 1) / (L - 1): O(L), not O(L^2)
+        similarity = ((k * k.sum(dim=3, keepdim=True)).sum(dim=-1) - 1) / max(L - 1, 1)  # (n_layer, B, Hkv, L)
+        redundancy = similarity.mean(dim=(0, 2)).softmax(dim=1)  # (B, L)
+        return self.lam * importance - (1 - self.lam) * redundancy
+
+
+# -----------------------------------------------------------------------------
+# DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
+
+
+class RandomThinking(DynTS):
+    """Ablation: random thinking tokens instead of the predicted ones."""
+
+    name = "dynts-random"
+    needs_predictor = False
+    graph_safe = False  # its generator's state would not advance in a replayed graph
+
+    def reset(self, batch_size, capacity, device=None):
+        super().reset(batch_size, capacity, device)
+        self.generator = torch.Generator(device=device).manual_seed(0)
+
+    def predict(self, hidden):
+        return torch.rand(hidden.shape[:2], device=hidden.device, generator=self.generator)
+
+
+class BottomK(DynTS):
+    """Ablation: the least important thinking tokens by the predictor."""
+
+    name = "dynts-bottom"
+
+    def predict(self, hidden):
+        return -super().predict(hidden)
+
+
+class NoProtectedPrompt(DynTS):
+    """Ablation: the prompt competes with the thinking tokens, scored by the predictor."""
+
+    name = "dynts-noprompt"
+
+    def __init__(self, budget, window, ratio, prompt_len, predictor, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, prompt_len, predictor, end_think_id, eot_id, protect_prompt=False)
+
+
+# The ablations as the official code ran them: nothing protected, the prompt included.
+
+
+class RandomAll(RandomThinking):
+    """Official ablation "random": random scores for every older slot, the prompt and the
+    answer included (the official code draws over all older slots, ignoring +inf)."""
+
+    name = "random-all"
+
+    def __init__(self, budget, window, ratio, prompt_len, predictor, end_think_id, eot_id):
+        super().__init__(budget, window, ratio, prompt_len, predictor, end_think_id, eot_id, protect_prompt=False)
+
+    def score(self, tokens, hidden, positions):
+        return self.predict(hidden)
+
+
+class BottomAll(NoProtectedPrompt):
+    """Official ablation "bottom-k": the lowest predicted scores win; the prompt (+inf there)
+    goes last, so it is evicted first."""
+
+    name = "bottom-all"
+
+    def score(self, tokens, hidden, positions):
+        return -super().score(tokens, hidden, positions).masked_fill(positions < self.prompt_len, INF)
+
+
+class NoQuestion(NoProtectedPrompt):
+    """Official ablation "no question": the prompt's scores are set to 0 (the lowest a
+    Softplus gives), so the prompt goes before any thinking token."""
+
+    name = "noquestion"
+
+    def score(self, tokens, hidden, positions):
+        return super().score(tokens, hidden, positions).masked_fill(positions < self.prompt_len, 0.0)
+
+
+# -----------------------------------------------------------------------------
+# The registry: a new policy is one class above and one entry here
+
+
+BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
+ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
+CLASSES = {cls.name: cls for cls in (Full, DynTS, *BASELINES, *ABLATIONS)}
+NAMES = ["full", "dynts"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \
+        [c.name for c in ABLATIONS]
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The class behind a policy's name ("h2o+p" is H2O with the prompt protected)."""
+    cls = CLASSES.get(name.removesuffix("+p"))
+    if cls is None or name not in NAMES:
+        raise ValueError(f"--policy {name!r}: choose one of {', '.join(NAMES)}")
+    return cls
+
+
+def needs_attention(name: str) -> bool:
+    return policy_class(name).needs_attention
+
+
+def needs_predictor(name: str) -> bool:
+    return policy_class(name).needs_predictor
+
+
+def make_policy(name, budget, window, ratio, prompt_len, predictor=None, enc=None, end_think_id=None,
+                eot_id=None) -> Policy:
+    """A policy by name, for prompts of `prompt_len` tokens. DynTS's `</think>` and end-of-text
+    ids, and SepLLM's separators, are the encoding's `enc`, unless given."""
+    cls = policy_class(name)
+    if cls is Full:
+        return Full()
+    if issubclass(cls, DynTS):
+        end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
+        return cls(budget, window, ratio, prompt_len, predictor, end_think_id, enc.eot_token if eot_id is None else eot_id)
+    extra = dict(separator_ids=[enc.encode_single_token(c) for c in SepLLM.SEPARATORS]) if cls is SepLLM else {}
+    policy = cls(budget, window, ratio, prompt_len, protect_prompt=name.endswith("+p"), **extra)
+    policy.name = name  # "h2o+p" in summaries and pictures, not the class's "h2o"
+    return policy
