@@ -174,8 +174,8 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     if pol.protect_prompt and older <= len(ids):  # the rule keeps max(protected, older): the prompt wins
         print(f"generate.py: note: --budget {budget} --window {window} --ratio {ratio} keeps "
               f"floor({ratio} x {budget - window}) = {older} older tokens, no more than the "
-              f"{len(ids)}-token protected prompt: every eviction keeps the prompt and the window only, as window+p "
-              "does", file=sys.stderr)
+              f"{len(ids)}-token protected prompt: every eviction keeps the prompt and the window, no older generated "
+              "token", file=sys.stderr)
     capacity = pol.budget if pol.budget is not None else len(ids) + max_new_tokens
     nbytes = cache_bytes(config, num_samples, capacity, dtype.itemsize)
     what = f"--budget {budget}" if pol.budget is not None else f"--max-new-tokens {max_new_tokens}"

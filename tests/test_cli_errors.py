@@ -98,3 +98,60 @@ def test_help_prints(module, capsys):
     with pytest.raises(SystemExit) as e:
         module.parse_args(["--help"])
     assert e.value.code == 0 and "--" in capsys.readouterr().out
+
+
+BOUNDS = [  # a bound a number breaks, named by the flag the user typed
+    ("generate.py", ["--dynts", "--budget", "10000000000"], "--budget 10000000000"),  # its KV cache cannot fit
+    ("profile.py", ["--preset", "tiny", "--policies", "dynts", "--budget", "10000000000", "--batch-size", "64"],
+     "--budget 10000000000"),
+    ("profile.py", ["--preset", "tiny", "--seed", str(2**70)], "--seed"),  # beyond 64 bits
+    ("profile.py", ["--preset", "tiny", "--policies", "full", "--ratio", "2"], "--ratio"),  # even for full alone
+]
+
+
+@pytest.mark.parametrize("script,argv,names", BOUNDS, ids=[f"{s} {a[-2]}" for s, a, _ in BOUNDS])
+def test_a_number_out_of_bounds_is_one_line_naming_its_flag(script, argv, names):
+    r = subprocess.run(command(script) + argv + ["--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and names in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_dynts_setting_that_keeps_no_older_thinking_token_says_so(capsys):
+    """--budget 600 --window 240 keeps floor(0.3 x 360) = 108 older slots, fewer than the 129-token
+    protected prompt: one note, and DynTS then decodes exactly what window+p decodes."""
+    import io
+
+    import generate
+    settings = dict(budget=600, window=240, max_new_tokens=900, out=io.StringIO())
+    dynts_stats = generate.main(policy="dynts", stats_json=None, **settings)
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "108 older tokens" in note[0] and "129-token protected prompt" in note[0]
+    assert dynts_stats["evictions"] >= 1 and set(dynts_stats["older_thinking_kept"]) == {0}
+    window_text, dynts_text = io.StringIO(), settings["out"].getvalue()
+    generate.main(policy="window+p", **dict(settings, out=window_text))
+    assert "no older generated token" in capsys.readouterr().err  # window+p protects the prompt too
+    strip = lambda text: text.split("\n\n")[0]  # the trace, before the summary
+    assert strip(dynts_text) == strip(window_text.getvalue())
+    generate.main(policy="dynts", **dict(settings, budget=860, window=344, out=io.StringIO()))  # the default keeps some
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_in_profile_keeps_the_policies_done_and_says_how_to_continue(tmp_path):
+    import json
+    import signal
+    import time
+    out = tmp_path / "p.json"
+    p = subprocess.Popen(command("profile.py") + ["--preset", "tiny", "--policies", "full,dynts", "--every", "100",
+                                                  "--device", "cpu", "--json", str(out)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # Full is done once dynts's table starts
+        if line.startswith("dynts, batch"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    lines = err.strip().splitlines()
+    assert p.returncode == 130 and len(lines) == 1, err
+    assert f"the records of full are in {out}" in lines[0] and "run again with --policies dynts" in lines[0]
+    assert list(json.load(open(out))["records"]) == ["full"]
