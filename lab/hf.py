@@ -13,6 +13,7 @@ by tests/fixtures/make_hf_fixtures.py.
 """
 
 import json
+import re
 import unicodedata
 from pathlib import Path
 
@@ -229,13 +230,33 @@ def bpe_ranks(path: Path, vocab: dict[str, int], merges: list, added_ids: set[in
 
 class NFCEncoding(tiktoken.Encoding):
     """Qwen2's tokenizer.json normalizes text to Unicode NFC before splitting it; tiktoken does
-    not, so encode and encode_ordinary do it first ('e' + U+0301 becomes 'é')."""
+    not, so encode and encode_ordinary do it first ('e' + U+0301 becomes 'é'). As in Hugging
+    Face's tokenizers, encode splits out the special tokens first and normalizes only the text
+    between them: NFC would turn `<think>` + U+0338 into `<think` + '≯' and lose the token."""
 
     def encode_ordinary(self, text: str) -> list[int]:
         return super().encode_ordinary(unicodedata.normalize("NFC", text))
 
-    def encode(self, text: str, **kwargs) -> list[int]:
-        return super().encode(unicodedata.normalize("NFC", text), **kwargs)
+    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        allowed = self.special_tokens_set if allowed_special == "all" else frozenset(allowed_special)
+        disallowed = self.special_tokens_set - allowed if disallowed_special == "all" else frozenset(disallowed_special)
+        ids = []
+        for i, piece in enumerate(split_specials(text, allowed | disallowed)):
+            if i % 2 == 0:  # text between special tokens
+                ids += self.encode_ordinary(piece)
+            elif piece in allowed:
+                ids.append(self.encode_single_token(piece))
+            else:  # tiktoken's own error for a special token that is not allowed
+                super().encode(piece, allowed_special=allowed, disallowed_special=disallowed)
+        return ids
+
+
+def split_specials(text: str, specials) -> list[str]:
+    """[text, token, text, token, ..., text]: the special tokens found in `text`, leftmost first and
+    the longest where several start at one place (as Hugging Face's added-token matcher)."""
+    if not specials:
+        return [text]
+    return re.split("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")", text)
 
 
 def encoding_from_hf(path) -> tiktoken.Encoding:

@@ -120,6 +120,20 @@ def test_chat_prompt_matches_apply_chat_template(name):
     assert meta["end_think_id"] == enc.encode_single_token("</think>") and meta["eos"] == hf.EOS
 
 
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_special_tokens_are_split_out_before_normalizing(name):
+    """A combining mark after `<think>`: Hugging Face matches the added token (not normalized)
+    before normalizing, so it stays a token; NFC over the whole text would make '>' + U+0338 '≯'."""
+    enc = hf.encoding_from_hf(FIXTURES / name / "tokenizer.json")
+    think = enc.encode_single_token("<think>")
+    assert enc.encode("<think>\u0338", allowed_special="all") == [think, *enc.encode_ordinary("\u0338")]
+    ids = enc.encode("e\u0301 <think>\u0338x</think>", allowed_special="all")
+    assert ids == [*enc.encode_ordinary("e\u0301 "), think, *enc.encode_ordinary("\u0338x"),
+                   enc.encode_single_token("</think>")]
+    with pytest.raises(ValueError, match="disallowed special token"):  # tiktoken's default: special text refused
+        enc.encode("a <think>\u0338")
+
+
 def test_gpt2_style_pre_tokenizer(tmp_path):
     """ByteLevel(use_regex=true) alone, as GPT-2's tokenizer.json has it, splits with GPT-2's pattern."""
     path = copy("hf-llama", tmp_path) / "tokenizer.json"
