@@ -679,7 +679,11 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     blocks = "gpt2" if blocks is None else blocks
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # (fails now, not after training)
+    folder = os.path.dirname(os.path.abspath(out))
+    try:  # now, not after training
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: its folder {folder} cannot be created ({e.strerror})") from None
     check_output_path("--out", out)
     check_seed(seed)
     for flag, value in [("--lr", lr), ("--predictor-lr", predictor_lr), ("--finetune-lr", finetune_lr)]:

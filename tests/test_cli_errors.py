@@ -37,6 +37,7 @@ CASES = [  # (script, arguments, what the line must name)
     ("lab.eval", ["--json", "/no/such/folder/r.json"], "--json"),                      # output paths
     ("generate.py", ["--init", "random", "--temperature", "nan"], "--temperature"),  # numbers that are not
     ("lab.train", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
+    ("lab.train", ["--out", "/proc/x/y.pt"], "--out /proc/x/y.pt: its folder /proc/x cannot be"),
     ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
     ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
     ("generate.py", ["--init", "random", "--preset", "paper-8b"], "--preset paper-8b"),  # memory
