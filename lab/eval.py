@@ -310,6 +310,8 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     check_output_path("--json", json_path)
     check_output_path("--plot", plot_path)
     check_matplotlib("--plot", plot_path)
+    if ratio is not None and not 0 < ratio <= 1:  # whatever the policies (full alone would ignore it)
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
     tiny_only = dict(ckpt="--ckpt", n="--n", seed="--seed", split="--split", fractions="--fractions",
                      ranking_traces="--ranking-traces")
     values = dict(ckpt=ckpt, n=n, seed=seed, split=split, fractions=fractions, ranking_traces=ranking_traces)
@@ -354,8 +356,7 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     for flag, value in [("--budgets", budgets), ("--fractions", fractions)]:
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty: give comma-separated values, or leave the flag out")
-    policies = policies or ("all" if cuda else "default")
-    names = POLICY_SETS.get(policies) or policies.split(",")
+    names = policy_names(policies, "all" if cuda else "default")
     for name in names:
         if name not in POLICIES + REFERENCES:
             raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(POLICIES + ['oracle'])}, "
@@ -432,7 +433,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     budget, window and ratio are the defaults."""
     if problems_path is None:
         raise UsageError(f"--hf {hf_dir} needs --problems FILE.jsonl (one {{\"question\": ..., \"answer\": ...}} a line)")
-    names = POLICY_SETS.get(policies or "default") or policies.split(",")
+    names = policy_names(policies, "default")
     for name in names:
         if name not in POLICIES:
             raise UsageError(f"--policies: unknown policy {name!r} for --hf; choose from {', '.join(POLICIES)} "
@@ -498,6 +499,17 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     result = dict(records=records, ranking=None, n=len(cases), split=problems_path, device=device, dtype=dtype,
                   ckpt=hf_dir, predictor=predictor_path, **report(records))
     return finish(result, json_path, plot_path)
+
+
+def policy_names(policies: str | None, default: str) -> list[str]:
+    """--policies as names: a set's, or the comma-separated ones (`default`, a set, if not given).
+    An empty or blank name is refused: '' must not run the default set."""
+    policies = default if policies is None else policies
+    names = POLICY_SETS.get(policies.strip()) or [name.strip() for name in policies.split(",")]
+    if "" in names:
+        raise UsageError(f"--policies {policies!r}: an empty name; give comma-separated policies or a set "
+                         f"({', '.join(POLICY_SETS)}), or leave the flag out")
+    return names
 
 
 def check_graphs(cuda_graphs: bool, device: str, names: list[str]):

@@ -49,6 +49,10 @@ CASES = [  # (script, arguments, what the line must name)
     ("lab.eval", ["--n", "100000000"], "--n"),                                         # hangs
     ("lab.view", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
     ("lab.eval", ["--ranking-traces", "-1"], "--ranking-traces"),
+    ("lab.eval", ["--policies", ""], "--policies '': an empty name"),
+    ("lab.eval", ["--policies", "full, ,dynts"], "--policies 'full, ,dynts': an empty name"),
+    ("lab.eval", ["--policies", "full", "--ratio", "1.5"], "--ratio must be in (0, 1], got 1.5"),
+    ("lab.eval", ["--policies", "full", "--ratio", "0"], "--ratio must be in (0, 1], got 0.0"),
     ("generate.py", ["--hf", HF_LLAMA, "--ckpt", "{tmp}/empty.pt", "--prompt", "hi"], "--hf and --ckpt"),  # --hf
     ("generate.py", ["--hf", HF_LLAMA], "--prompt"),
     ("generate.py", ["--hf", HF_LLAMA, "--prompt", "hi", "--dynts"], "--predictor"),
