@@ -3,6 +3,9 @@ on a miniature task."""
 
 import math
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import asdict, replace
 
 import pytest
@@ -18,7 +21,8 @@ from lab import train
 from lab.cli import UsageError
 from model import GPT, GPTConfig, KVCache, attention_with_probs, get_encoding
 
-HF_LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf-llama")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HF_LLAMA = os.path.join(ROOT, "tests", "fixtures", "hf-llama")
 
 SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
 SMALL_TASK = dict(n_items=(2, 2), hops=2, n_distractors=2, n_filler=(0, 3), n_review=2)
@@ -456,3 +460,40 @@ def test_train_model_stopped_and_resumed_ends_where_one_run_ends(tmp_path):
     torch.save(dict(model=whole.state_dict()), path)  # loads, but holds no run's state (a checkpoint, say)
     with pytest.raises(UsageError, match=r"not a state train.py can continue from \(KeyError\)"):
         train.train_model(GPT(cfg), state_path=path, settings=settings, **kw)
+
+
+# -----------------------------------------------------------------------------
+# Ctrl-C keeps what a long run finished
+
+
+def interrupt(module: str, argv: list[str], when: str):
+    """Run `python -m module argv` and send it SIGINT (Ctrl-C) once a line of its stdout holds
+    `when`: (exit status, stdout, stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if when in line:
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=120)
+    return p.returncode, "".join(seen) + out, err
+
+
+def test_ctrl_c_keeps_the_base_models_state_and_the_same_command_continues(tmp_path):
+    """SIGINT in the base model's steps: the step running ends, its state is kept in OUT.state,
+    one line says so, exit 130; the same command resumes past it (and can be stopped again)."""
+    out = str(tmp_path / "ck.pt")
+    argv = ["--steps", "400", "--batch-size", "2", "--out", out, "--device", "cpu"]
+    first = None
+    for when in ["base model:", "resuming at step"]:
+        code, stdout, stderr = interrupt("lab.train", argv, when)
+        step = torch.load(out + ".state", weights_only=True)["step"]
+        assert code == 130 and stderr.strip() == f"python -m lab.train: interrupted: {out}.state keeps the base " \
+            f"model's state after step {step}: the same command continues from it", stderr
+        if first is None:
+            first = step
+        else:
+            assert f"model: resuming at step {first} of 400" in stdout and step > first >= 1
+    assert not os.path.exists(out)
