@@ -319,7 +319,9 @@ class StopRequest:
         self.requested = True
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.on_sigint)
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is not signal.SIG_IGN:  # (ignored, as in a script's background job: it stays so)
+            signal.signal(signal.SIGINT, self.on_sigint)
         return self
 
     def __exit__(self, kind, value, traceback):
