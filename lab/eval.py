@@ -9,7 +9,8 @@ Reported per policy and budget: Pass@1 with a 95% Wilson interval, the accuracy 
 item, Pass@1 per family, the KV cache's peak and mean length; a paired test (McNemar's, exact)
 of DynTS against the best baseline at each budget. `--merge` pools the per-problem records of
 several runs (model seeds, or workers that split the policies), with the mean +- sd over
-model seeds. `--plot` draws Pass@1 against the KV budget, pooled and per family.
+model seeds. `--plot` draws Pass@1 against the KV budget, pooled and per family. Ctrl-C keeps the
+records of the policies decoded in full (where --json writes) and says how to --merge the rest.
 
 `--hf DIR --problems FILE.jsonl` runs the same comparison on a real model from disk (hf.py) and
 your questions, graded by the final answer; DynTS with the predictor `python -m lab.train --hf` wrote.
@@ -20,7 +21,9 @@ import gzip
 import json
 import math
 import os
+import signal
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
@@ -317,6 +320,8 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     check_output_path("--json", json_path)
     check_output_path("--plot", plot_path)
     check_matplotlib("--plot", plot_path)
+    if ratio is not None and not 0 < ratio <= 1:  # whatever the policies (full alone would ignore it)
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
     tiny_only = dict(ckpt="--ckpt", n="--n", seed="--seed", split="--split", fractions="--fractions",
                      ranking_traces="--ranking-traces")
     values = dict(ckpt=ckpt, n=n, seed=seed, split=split, fractions=fractions, ranking_traces=ranking_traces)
@@ -361,8 +366,7 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     for flag, value in [("--budgets", budgets), ("--fractions", fractions)]:
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty: give comma-separated values, or leave the flag out")
-    policies = policies or ("all" if cuda else "default")
-    names = POLICY_SETS.get(policies) or policies.split(",")
+    names = policy_names(policies, "all" if cuda else "default")
     for name in names:
         if name not in NAMES + REFERENCES:
             raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(NAMES + ['oracle'])}, "
@@ -410,18 +414,22 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
         if name not in ("full", "oracle"):
             make_policy(name, b, window_of(b), ratio, prompt_len, predictor, enc)
     model_seed = meta["metrics"].get("seed", 0)
-    print(f"{len(problems)} {split} problems ({n} per family, seed {seed}), model seed {model_seed}, "
-          f"budgets {[b for b, _ in levels]}, ratio {ratio}, on {device} ({dtype})", flush=True)
-
     records = []
-    for name, b, f in runs:
-        rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc,
-                        cuda_graphs=cuda_graphs)
-        for i, r in enumerate(rs):
-            r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
-        records += rs
-        print(table(summarize(rs)).splitlines()[1], flush=True)
-    ranking = train.ranking_quality(model, predictor, ranking_traces, device) if ranking_traces else None
+    try:  # Ctrl-C: the policies decoded at every budget are kept
+        print(f"{len(problems)} {split} problems ({n} per family, seed {seed}), model seed {model_seed}, "
+              f"budgets {[b for b, _ in levels]}, ratio {ratio}, on {device} ({dtype})", flush=True)
+        for name, b, f in runs:
+            rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc,
+                            cuda_graphs=cuda_graphs)
+            for i, r in enumerate(rs):
+                r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
+            records += rs
+            print(table(summarize(rs)).splitlines()[1], flush=True)
+        ranking = train.ranking_quality(model, predictor, ranking_traces, device) if ranking_traces else None
+    except KeyboardInterrupt:
+        whole = {name: len(cases) * sum(run[0] == name for run in runs) for name in names}
+        keep_interrupted(records, whole, json_path, dict(n=n, seed=seed, split=split, device=device, dtype=dtype,
+                                                         ckpt=ckpt))
     if ranking:
         print(f"\npredictor on {ranking_traces} held-out traces: Spearman {ranking['spearman']:.3f} against the "
               f"labels; first result statements in its top 10%: {ranking['decisive_recall_top10']:.1%}")
@@ -439,7 +447,7 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     budget, window and ratio are the defaults."""
     if problems_path is None:
         raise UsageError(f"--hf {hf_dir} needs --problems FILE.jsonl (one {{\"question\": ..., \"answer\": ...}} a line)")
-    names = POLICY_SETS.get(policies or "default") or policies.split(",")
+    names = policy_names(policies, "default")
     for name in names:
         if name not in NAMES:
             raise UsageError(f"--policies: unknown policy {name!r} for --hf; choose from {', '.join(NAMES)} "
@@ -491,20 +499,36 @@ def main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, rat
     model = load_hf_weights(hf_dir, config, device, getattr(torch, dtype), also=nbytes).eval()
     if predictor is not None:
         predictor.to(device=device, dtype=getattr(torch, dtype)).eval()
-    print(f"{len(cases)} problems from {problems_path}, {hf_dir}, budgets {levels}, window {window}, ratio {ratio}, "
-          f"up to {max_new_tokens} new tokens, on {device} ({dtype})", flush=True)
     records = []
-    for name in names:
-        for b in ([None] if name == "full" else levels):
-            rs = run_policy(name, model, predictor, cases, b, window if b else 0, ratio, batch_size, enc,
-                            max_new_tokens, meta["eos_id"], meta["end_think_id"], cuda_graphs)
-            for i, r in enumerate(rs):
-                r.update(problem=i, fraction=None, model_seed=0, window=window if b else None)
-            records += rs
-            print(table(summarize(rs)).splitlines()[1], flush=True)
+    try:  # Ctrl-C: the policies decoded at every budget are kept
+        print(f"{len(cases)} problems from {problems_path}, {hf_dir}, budgets {levels}, window {window}, "
+              f"ratio {ratio}, up to {max_new_tokens} new tokens, on {device} ({dtype})", flush=True)
+        for name in names:
+            for b in ([None] if name == "full" else levels):
+                rs = run_policy(name, model, predictor, cases, b, window if b else 0, ratio, batch_size, enc,
+                                max_new_tokens, meta["eos_id"], meta["end_think_id"], cuda_graphs)
+                for i, r in enumerate(rs):
+                    r.update(problem=i, fraction=None, model_seed=0, window=window if b else None)
+                records += rs
+                print(table(summarize(rs)).splitlines()[1], flush=True)
+    except KeyboardInterrupt:
+        whole = {name: len(cases) * (1 if name == "full" else len(levels)) for name in names}
+        keep_interrupted(records, whole, json_path, dict(n=len(cases), split=problems_path, device=device, dtype=dtype,
+                                                         ckpt=hf_dir, predictor=predictor_path))
     result = dict(records=records, ranking=None, n=len(cases), split=problems_path, device=device, dtype=dtype,
                   ckpt=hf_dir, predictor=predictor_path, **report(records))
     return finish(result, json_path, plot_path)
+
+
+def policy_names(policies: str | None, default: str) -> list[str]:
+    """--policies as names: a set's, or the comma-separated ones (`default`, a set, if not given).
+    An empty or blank name is refused: '' must not run the default set."""
+    policies = default if policies is None else policies
+    names = POLICY_SETS.get(policies.strip()) or [name.strip() for name in policies.split(",")]
+    if "" in names:
+        raise UsageError(f"--policies {policies!r}: an empty name; give comma-separated policies or a set "
+                         f"({', '.join(POLICY_SETS)}), or leave the flag out")
+    return names
 
 
 def check_graphs(cuda_graphs: bool, device: str, names: list[str]):
@@ -520,13 +544,44 @@ def check_graphs(cuda_graphs: bool, device: str, names: list[str]):
               file=sys.stderr)
 
 
+def write_json(result: dict, path: str):
+    with (gzip.open if path.endswith(".gz") else open)(path, "wt") as f:  # gzipped where the name ends in .gz
+        json.dump(result, f)
+
+
 def finish(result, json_path, plot_path):
-    if json_path:  # gzipped where the name ends in .gz
-        with (gzip.open if json_path.endswith(".gz") else open)(json_path, "wt") as f:
-            json.dump(result, f)
+    if json_path:
+        write_json(result, json_path)
     if plot_path:
         plot(result["rows"], plot_path)
     return result
+
+
+def keep_interrupted(records: list[dict], whole: dict[str, int], json_path: str | None, about: dict):
+    """Ctrl-C while decoding: the records of the policies decoded in full (`whole`: each policy's
+    records at every budget) go where --json would write them, or without it to a new file named
+    in the line, a file --merge reads; one line on stderr says how to decode the rest and pool
+    them; exit status 130. A policy cut short is left out: merged with a whole run of it, its
+    problems would count twice."""
+    say = lambda message: train.exit_interrupted("python -m lab.eval", message)
+    done = [name for name, n in whole.items() if sum(r["policy"] == name for r in records) == n]
+    left = [name for name in whole if name not in done]
+    if not done:
+        say(f"no policy was decoded in full ({left[0]} was running): nothing to keep")
+    kept = [r for r in records if r["policy"] in done]
+    path = json_path or f"eval-interrupted-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    rows = summarize(kept)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the file short
+    try:
+        write_json(dict(records=kept, ranking=None, interrupted=True, rows=rows, paired_tests=paired_tests(kept, rows),
+                        **about), path)
+    except OSError as e:
+        say(f"{path}: cannot be written ({e.strerror}); nothing kept")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    say(f"the records of {','.join(done)} are in {path}; " + (
+        f"decode the rest by running it again with --policies {','.join(left)} --json REST.json, then pool both with "
+        f"--merge {path} REST.json" if left else f"the predictor's ranking was not finished; --merge {path} reads them"))
 
 
 def parse_args(argv=None):

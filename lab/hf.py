@@ -13,6 +13,7 @@ by tests/fixtures/make_hf_fixtures.py.
 """
 
 import json
+import re
 import unicodedata
 from pathlib import Path
 
@@ -107,8 +108,8 @@ def hf_names(ours: str) -> list[str]:
 
 
 def open_safetensors(folder: Path) -> dict:
-    """{tensor name: the open .safetensors file holding it}, from model.safetensors or the
-    shards that model.safetensors.index.json lists. Tensors are read one at a time, later."""
+    """{tensor name: (the .safetensors file holding it, that file opened)}, from model.safetensors
+    or the shards that model.safetensors.index.json lists. Tensors are read one at a time, later."""
     try:
         from safetensors import SafetensorError, safe_open
     except ImportError:
@@ -130,13 +131,24 @@ def open_safetensors(folder: Path) -> dict:
             f = safe_open(path, framework="pt")
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path}: not a readable .safetensors file ({e})") from None
-        where.update((name, f) for name in f.keys())
+        where.update((name, (path, f)) for name in f.keys())
     return where
+
+
+def not_finite(folder: Path, where: dict, names: list[str], dtype: torch.dtype) -> str:
+    """The one line that names the tensor holding a NaN or inf, and its file; or, if all are
+    finite as stored, the tensors whose values overflow `dtype`."""
+    for name in names:
+        path, f = where[name]
+        if not f.get_tensor(name).isfinite().all():
+            return f"{path}: tensor {name} holds a NaN or inf"
+    return f"{folder}: {' + '.join(names)} overflow {str(dtype).removeprefix('torch.')} (inf once cast)"
 
 
 def load_weights(model: GPT, folder: Path, device, dtype) -> GPT:
     """Fill a model built on the meta device (shapes only) with the checkpoint's tensors, cast
-    to `dtype` (None: as stored) on `device`; each tensor's shape is checked against ours."""
+    to `dtype` (None: as stored) on `device`; each tensor's shape is checked against ours, and
+    its values (a NaN or inf decodes without a word: refused, as train.py's checkpoints are)."""
     where = open_safetensors(folder)
     state = {}
     for ours, p in model.named_parameters():
@@ -144,11 +156,13 @@ def load_weights(model: GPT, folder: Path, device, dtype) -> GPT:
         for name in names:
             if name not in where:
                 raise ValueError(f"{folder}: the checkpoint has no tensor {name} (for our {ours})")
-        t = torch.cat([where[name].get_tensor(name) for name in names])  # (out, in) or (out,)
+        t = torch.cat([where[name][1].get_tensor(name) for name in names])  # (out, in) or (out,)
         if t.shape != p.shape:
             raise ValueError(f"{folder}: {' + '.join(names)} has shape {tuple(t.shape)}, "
                              f"our {ours} needs {tuple(p.shape)}")
         state[ours] = t.to(device=device, dtype=dtype or t.dtype)
+        if not state[ours].isfinite().all():  # checked where it lands: on a GPU, at the GPU's speed
+            raise ValueError(not_finite(folder, where, names, state[ours].dtype))
     model.load_state_dict(state, assign=True)  # every parameter, or it raises
     if model.config.positions == "rope":  # the one buffer: derived from the config, kept float32
         model.inv_freq = rope_frequencies(model.config).to(device)
@@ -229,13 +243,33 @@ def bpe_ranks(path: Path, vocab: dict[str, int], merges: list, added_ids: set[in
 
 class NFCEncoding(tiktoken.Encoding):
     """Qwen2's tokenizer.json normalizes text to Unicode NFC before splitting it; tiktoken does
-    not, so encode and encode_ordinary do it first ('e' + U+0301 becomes 'é')."""
+    not, so encode and encode_ordinary do it first ('e' + U+0301 becomes 'é'). As in Hugging
+    Face's tokenizers, encode splits out the special tokens first and normalizes only the text
+    between them: NFC would turn `<think>` + U+0338 into `<think` + '≯' and lose the token."""
 
     def encode_ordinary(self, text: str) -> list[int]:
         return super().encode_ordinary(unicodedata.normalize("NFC", text))
 
-    def encode(self, text: str, **kwargs) -> list[int]:
-        return super().encode(unicodedata.normalize("NFC", text), **kwargs)
+    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        allowed = self.special_tokens_set if allowed_special == "all" else frozenset(allowed_special)
+        disallowed = self.special_tokens_set - allowed if disallowed_special == "all" else frozenset(disallowed_special)
+        ids = []
+        for i, piece in enumerate(split_specials(text, allowed | disallowed)):
+            if i % 2 == 0:  # text between special tokens
+                ids += self.encode_ordinary(piece)
+            elif piece in allowed:
+                ids.append(self.encode_single_token(piece))
+            else:  # tiktoken's own error for a special token that is not allowed
+                super().encode(piece, allowed_special=allowed, disallowed_special=disallowed)
+        return ids
+
+
+def split_specials(text: str, specials) -> list[str]:
+    """[text, token, text, token, ..., text]: the special tokens found in `text`, leftmost first and
+    the longest where several start at one place (as Hugging Face's added-token matcher)."""
+    if not specials:
+        return [text]
+    return re.split("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")", text)
 
 
 def encoding_from_hf(path) -> tiktoken.Encoding:

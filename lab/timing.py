@@ -1,4 +1,4 @@
-"""What profile.py's timing rests on: the device's clock, its copy bandwidth, and jumps.
+"""What profile.py's timing rests on: the device's clock, its read bandwidth, and jumps.
 
 A jump (`profile.py --jump`) measures a late mark without decoding every step before it. Speed
 depends on how many slots the cache holds, not on what they hold (profile.py's weights are
@@ -11,9 +11,10 @@ budget - prompt_len steps, then every cycle), so a jumped decode's cache lengths
 decode's at every decoded step: tests/test_profile.py checks this against a real prefill and
 decode. docs/PERF_NOTES.md says what was predicted and measured.
 
-Also here: `Clock`, timestamps on the device's own timeline; `copy_bandwidth`, the roofline's
-denominator (the bytes a step must read, costs.py, over it); `warm_up_eviction`, which keeps the
-selection's and compaction's one-time kernel loading out of the timed steps.
+Also here: `Clock`, timestamps on the device's own timeline; `read_bandwidth`, the roofline's
+denominator (the bytes a step must read, costs.py, over it); `copy_bandwidth`, the older probe
+(docs/bench_attention.py's); `warm_up_eviction`, which keeps the selection's and compaction's
+one-time kernel loading out of the timed steps.
 """
 
 import copy
@@ -54,6 +55,23 @@ class Clock:
     def sync(self):
         if self.cuda:
             torch.cuda.synchronize()
+
+
+def read_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Bytes/s of a read-only pass over a buffer of at least `nbytes`, as a decode step reads its
+    weights and K/V: a sum, whose one float written is nothing. The best of 10 runs, not the median:
+    the roofline is a ceiling. (A copy also writes, and read 2.56-2.60 TB/s on an H100 whose decode
+    step read its K/V at 3.0: Full printed 111% of that roofline.)"""
+    buffer = torch.randn(-(-nbytes // 4), device=device)  # random, not zeros: zeros can run faster
+    clock, best = Clock(device), float("inf")
+    for i in range(13):
+        t0 = clock.stamp()
+        buffer.sum()
+        t1 = clock.stamp()
+        clock.sync()
+        if i >= 3:  # warm-up
+            best = min(best, clock.seconds(t0, t1))
+    return buffer.numel() * 4 / best
 
 
 def copy_bandwidth(device: torch.device, nbytes: int) -> float:

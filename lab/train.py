@@ -23,6 +23,8 @@ import argparse
 import json
 import math
 import os
+import signal
+import sys
 import time
 from dataclasses import asdict
 
@@ -221,7 +223,9 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
 
     Interruptible: when `should_stop(step)` says so, the state (weights, optimizer, the masks'
     generator, the step) goes to `state_path` and it returns False; called again with the same
-    `settings`, it continues from there, as if never stopped (the problems are seeded by step)."""
+    `settings`, it continues from there, as if never stopped (the problems are seeded by step).
+    The state is also saved once the last step is done, so that what later stages spend their
+    time on is kept until the checkpoint is written (main removes it then)."""
     enc = get_encoding()
     eviction_mask = eviction_mask or blind_eviction_mask
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -245,13 +249,18 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
         opt.load_state_dict(saved["opt"])
         generator.set_state(saved["generator"].cpu())
         start = saved["step"]
-        print(f"{stage}: resuming at step {start} of {steps} from {state_path}")
+        print(f"{stage}: resuming at step {start} of {steps} from {state_path}", flush=True)
+
+    def save(step):  # whole or not at all: a Ctrl-C while writing leaves the last state
+        torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), generator=generator.get_state(), step=step,
+                        settings=settings), state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)
+
     progress = Progress(stage, steps, log_every, start)
     model.train()
     for step in range(start, steps):
         if should_stop is not None and step > start and should_stop(step):
-            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), generator=generator.get_state(),
-                            step=step, settings=settings), state_path)
+            save(step)
             model.eval()
             return False
         knobs = SHORT_TASK if step < curriculum * steps else TASK
@@ -280,8 +289,59 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         progress(step, loss)
+    if state_path is not None and start < steps:
+        save(steps)
     model.eval()
     return True
+
+
+class StopRequest:
+    """When the tiny reasoner's run stops early, keeping what it finished. `should_stop(step)` is
+    train_model's question before each base-model step: true once --max-minutes have passed or
+    Ctrl-C was pressed, so the step running ends and its state is kept. Entered (`with`), it takes
+    SIGINT: during the base model's steps (`polled`) as that request; in any other stage, or a
+    second time, at once. A Ctrl-C ends the run with one line on stderr saying what OUT.state
+    keeps, and exit status 130, a shell's for SIGINT."""
+
+    def __init__(self, state_path: str, max_minutes: float | None = None):
+        self.state_path, self.requested, self.polled = state_path, False, False
+        self.deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
+        self.steps_kept = None  # the steps done that state_path holds, once this run has saved it
+
+    def should_stop(self, step: int) -> bool:
+        if self.requested or (self.deadline is not None and time.monotonic() > self.deadline):
+            self.steps_kept = step  # train_model saves the state now
+            return True
+        return False
+
+    def on_sigint(self, signum, frame):
+        if not self.polled or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is not signal.SIG_IGN:  # (ignored, as in a script's background job: it stays so)
+            signal.signal(signal.SIGINT, self.on_sigint)
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        signal.signal(signal.SIGINT, self.previous)
+        if kind is KeyboardInterrupt:
+            self.interrupted()
+
+    def interrupted(self):
+        if not os.path.exists(self.state_path):
+            exit_interrupted("python -m lab.train", "nothing was kept: the same command starts again")
+        when = f"after step {self.steps_kept}" if self.steps_kept is not None else "as last saved"
+        exit_interrupted("python -m lab.train", f"{self.state_path} keeps the base model's state {when}: "
+                         "the same command continues from it")
+
+
+def exit_interrupted(prog: str, message: str):
+    """Ctrl-C: one line on stderr, and 130 (128 + SIGINT), the exit status a shell gives it."""
+    print(f"{prog}: interrupted: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(130)
 
 
 # -----------------------------------------------------------------------------
@@ -661,7 +721,11 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     blocks = "gpt2" if blocks is None else blocks
     if os.path.exists(out) and not force:
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # (fails now, not after training)
+    folder = os.path.dirname(os.path.abspath(out))
+    try:  # now, not after training
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: its folder {folder} cannot be created ({e.strerror})") from None
     check_output_path("--out", out)
     check_seed(seed)
     for flag, value in [("--lr", lr), ("--predictor-lr", predictor_lr), ("--finetune-lr", finetune_lr)]:
@@ -699,51 +763,56 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.perf_counter()
-    if base is None:
-        model = GPT(config).to(device)
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"base model: {n_params / 1e6:.2f}M parameters, {config}")
-        # An interrupted run (--max-minutes) keeps its state beside --out; the same command continues it.
-        deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
-        finished = train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003, state_path=out + ".state",
-                               settings=dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks,
-                                             task=TASK, curriculum=CURRICULUM),
-                               should_stop=None if deadline is None else lambda step: time.monotonic() > deadline)
-        if not finished:
-            print(f"stopped at the --max-minutes limit; the base model's state is in {out}.state: "
-                  "the same command continues it")
-            return None
-        metrics = dict(steps=steps, batch_size=batch_size, base_device=str(device), seed=seed)
-    else:  # keep a trained base model, train only the predictor
-        model, _, meta = load_checkpoint(base, flag="--base")
-        if asdict(model.config) != asdict(config) or meta["task"] != TASK:
-            raise UsageError(f"--base {base}: its config or task differs from train.py's")
-        model.to(device).eval()
-        metrics = {k: v for k, v in meta["metrics"].items() if k in ("steps", "batch_size", "base_device",
-                                                                     "finetune_steps", "seed")}
-        print(f"base model from {base}")
-    predictor = dynts.ImportancePredictor(config.n_embd).to(device)
-    train_predictor(model, predictor, predictor_traces, predictor_steps, predictor_batch_tokens, predictor_lr,
-                    device, seed=seed * 1_000_003 + 10 ** 7)
-    if finetune_steps:  # stage 4: the caches this predictor leaves, then a predictor for the fine-tuned model
-        train_model(model, finetune_steps, batch_size, finetune_lr, device, seed=seed * 1_000_003 + 2 * 10 ** 7,
-                    eviction_mask=DynTSMasks(model, predictor, FINETUNE_SETTINGS), curriculum=0, stage="fine-tune")
+    with StopRequest(out + ".state", max_minutes) as stop:  # Ctrl-C: one line, and what it kept
+        if base is None:
+            model = GPT(config).to(device)
+            n_params = sum(p.numel() for p in model.parameters())
+            print(f"base model: {n_params / 1e6:.2f}M parameters, {config}", flush=True)
+            # An interrupted run (--max-minutes, Ctrl-C) keeps its state beside --out; the same command continues it.
+            stop.polled = True
+            finished = train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003, state_path=out + ".state",
+                                   settings=dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks,
+                                                 task=TASK, curriculum=CURRICULUM), should_stop=stop.should_stop)
+            stop.polled = False
+            if finished:  # train_model kept them too, until the checkpoint is written
+                stop.steps_kept = steps
+            if stop.requested:  # (pressed during the last step, it stops here)
+                stop.interrupted()
+            if not finished:
+                print(f"stopped at the --max-minutes limit; the base model's state is in {out}.state: "
+                      "the same command continues it")
+                return None
+            metrics = dict(steps=steps, batch_size=batch_size, base_device=str(device), seed=seed)
+        else:  # keep a trained base model, train only the predictor
+            model, _, meta = load_checkpoint(base, flag="--base")
+            if asdict(model.config) != asdict(config) or meta["task"] != TASK:
+                raise UsageError(f"--base {base}: its config or task differs from train.py's")
+            model.to(device).eval()
+            metrics = {k: v for k, v in meta["metrics"].items() if k in ("steps", "batch_size", "base_device",
+                                                                         "finetune_steps", "seed")}
+            print(f"base model from {base}")
         predictor = dynts.ImportancePredictor(config.n_embd).to(device)
         train_predictor(model, predictor, predictor_traces, predictor_steps, predictor_batch_tokens, predictor_lr,
-                        device, seed=seed * 1_000_003 + 3 * 10 ** 7)
-        metrics.update(finetune_steps=finetune_steps + metrics.get("finetune_steps", 0))
-    metrics.update(ranking_quality(model, predictor, eval_traces, device))
-    metrics.update(seconds=time.perf_counter() - t0, predictor_traces=predictor_traces,
-                   predictor_steps=predictor_steps, predictor_device=str(device))
-    print(f"held-out ranking quality: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
-          f"{metrics['decisive_recall_top10']:.1%} ({eval_traces} traces)")
-    model.eval()
-    decoding = budgets_on_validation(model, valid_problems, device)
-    save_checkpoint(out, model, predictor, metrics, decoding)
-    if os.path.exists(out + ".state"):
-        os.remove(out + ".state")
-    print(f"saved {out} ({os.path.getsize(out) / 2**20:.1f} MiB)")
-    return metrics
+                        device, seed=seed * 1_000_003 + 10 ** 7)
+        if finetune_steps:  # stage 4: the caches this predictor leaves, then a predictor for the fine-tuned model
+            train_model(model, finetune_steps, batch_size, finetune_lr, device, seed=seed * 1_000_003 + 2 * 10 ** 7,
+                        eviction_mask=DynTSMasks(model, predictor, FINETUNE_SETTINGS), curriculum=0, stage="fine-tune")
+            predictor = dynts.ImportancePredictor(config.n_embd).to(device)
+            train_predictor(model, predictor, predictor_traces, predictor_steps, predictor_batch_tokens, predictor_lr,
+                            device, seed=seed * 1_000_003 + 3 * 10 ** 7)
+            metrics.update(finetune_steps=finetune_steps + metrics.get("finetune_steps", 0))
+        metrics.update(ranking_quality(model, predictor, eval_traces, device))
+        metrics.update(seconds=time.perf_counter() - t0, predictor_traces=predictor_traces,
+                       predictor_steps=predictor_steps, predictor_device=str(device))
+        print(f"held-out ranking quality: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
+              f"{metrics['decisive_recall_top10']:.1%} ({eval_traces} traces)")
+        model.eval()
+        decoding = budgets_on_validation(model, valid_problems, device)
+        save_checkpoint(out, model, predictor, metrics, decoding)
+        if os.path.exists(out + ".state"):
+            os.remove(out + ".state")
+        print(f"saved {out} ({os.path.getsize(out) / 2**20:.1f} MiB)")
+        return metrics
 
 
 def parse_args(argv=None):
@@ -755,7 +824,7 @@ def parse_args(argv=None):
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--steps", type=int, help="base-model steps (default: 4500 on cuda, 60 on cpu)")
     p.add_argument("--max-minutes", type=float, help="stop the base-model steps after this many minutes, their "
-                   "state kept in OUT.state; the same command again continues from it")
+                   "state kept in OUT.state (as on Ctrl-C); the same command again continues from it")
     p.add_argument("--batch-size", type=int, help="problems per base-model step (default: 32 on cuda, 4 on cpu)")
     p.add_argument("--lr", type=float, help="base-model peak learning rate (default: 2e-3)")
     p.add_argument("--predictor-traces", type=int, help="correct traces labelled for the predictor (default: 500 / 60)")

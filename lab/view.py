@@ -213,8 +213,9 @@ def profile_row(rec: dict, a: dict, step: int, lo: int, hi: int, jumped_to: int,
                 bytes_per_step) -> dict:
     """The numbers at one mark of a profile.py record: throughput and roofline over the steps (lo,
     hi] timed for it, decoded after a jump to step `jumped_to` (0: from the prompt). `a`:
-    costs.analytic's counts; `bandwidth`: the copy bandwidth, B/s; flops_per_token and
-    bytes_per_step: costs.py's formulas."""
+    costs.analytic's counts; `bandwidth`: the probe's (timing.read_bandwidth), B/s; flops_per_token
+    and bytes_per_step: costs.py's formulas. roofline_fraction is kept as measured, above 1 too:
+    the table shows that as a question (format_profile_row), never as a share."""
     with_pred, batch = rec["policy"] == "dynts", rec["batch_size"]
     seconds = sum(rec["step_s"][lo:hi])
     read = sum(bytes_per_step(a, s, with_pred, batch) for s in rec["kv_read"][lo:hi])
@@ -236,41 +237,61 @@ def profile_row(rec: dict, a: dict, step: int, lo: int, hi: int, jumped_to: int,
     )
 
 
-PROFILE_ROW_FMT = "{step:>6} {tokens_per_s:>9.1f} {roofline_tokens_per_s:>9.1f} {roof_pct:>6.1f}% {kv_held:>7} " \
+PROFILE_ROW_FMT = "{step:>6} {tokens_per_s:>9.1f} {roofline_tokens_per_s:>9.1f} {roof_pct:>7} {kv_held:>7} " \
                   "{kv_live_gb:>8.4g} {kv_buffer_gb:>8.4g} {peak:>9} {gflops_per_token:>8.4g} {pol_pct:>7.2f}% " \
                   "{steps_timed:>12}"
 PROFILE_ROW_HEAD = f"{'step':>6} {'tok/s':>9} {'roof t/s':>9} {'%roof':>7} {'KV tok':>7} {'KV GB':>8} " \
                    f"{'buf GB':>8} {'alloc GB':>9} {'GFLOP/t':>8} {'policy':>8} {'steps timed':>12}"
 
 
+def roof_share(fraction: float) -> str:
+    """A share of the roofline, which a measured step cannot beat: above it, the bandwidth probe
+    under-read the device, and the share is a question, not a number over 100%."""
+    return f"{100 * fraction:.1f}%" if fraction <= 1 else ">100%?"
+
+
 def format_profile_row(r: dict) -> str:
-    """One mark of profile.py's table. alloc: the peak allocated while decoding, less the weights;
-    steps timed: what the throughput is over, '*' when the steps before were jumped over."""
+    """One mark of profile.py's table. %roof: the roofline's share (roof_share); alloc: the peak
+    allocated while decoding, less the weights; steps timed: what the throughput is over, '*' when
+    the steps before were jumped over."""
     peak = f"{r['peak_above_weights_gb']:.3f}" if r["peak_alloc_gb"] is not None else "-"
     timed = f"{r['timed'][0]}-{r['timed'][1]}" + ("*" if r["jumped_to"] else "")
-    return PROFILE_ROW_FMT.format(**r, roof_pct=100 * r["roofline_fraction"], pol_pct=100 * r["policy_share"],
+    return PROFILE_ROW_FMT.format(**r, roof_pct=roof_share(r["roofline_fraction"]), pol_pct=100 * r["policy_share"],
                                   peak=peak, steps_timed=timed)
+
+
+def roofline_bandwidth(result: dict) -> tuple[float, str]:
+    """(B/s, what it is) of a profile.py result: the read probe's, or the copy probe's in older JSONs."""
+    if "read_bandwidth_Bps" in result:
+        return result["read_bandwidth_Bps"], "read bandwidth {:.3f} TB/s (a read-only pass, the best of 10)"
+    return result["copy_bandwidth_Bps"], "copy bandwidth {:.3f} TB/s (read + write)"
 
 
 def format_profile_header(result: dict, fits: str = "") -> str:
     """The two lines that open profile.py's output: the run's settings (`fits`: how --batch-size max
-    chose the batches), the copy bandwidth and the bytes a step reads."""
+    chose the batches), the roofline's bandwidth and the bytes a step reads."""
     a, c = result["analytic"], result["config"]
+    bandwidth, what = roofline_bandwidth(result)
     return (f"profile.py: {c['preset']} ({a['matmul_params'] / 1e6:.1f} M matmul params), batch "
             f"{c['batch_size']}{fits}, prompt {c['prompt_len']}, {c['steps']} steps, {c['dtype']} on "
             f"{result['device_name']}{' with CUDA graphs' if c['cuda_graphs'] else ''}"
             f"{', jumping to each mark (*: the steps before those timed were not decoded)' if c['jump'] else ''}\n"
-            f"copy bandwidth {result['copy_bandwidth_Bps'] / 1e12:.3f} TB/s (read + write) | weights read per step "
+            f"{what.format(bandwidth / 1e12)} | weights read per step "
             f"{a['weight_bytes'] / 1e9:.4g} GB | KV per slot per row {a['kv_slot_bytes_per_row'] / 2**10:.1f} KiB")
 
 
-def format_profile_summary(rec: dict) -> str:
-    """The line under a policy's table: the steps decoded and how fast, the evictions, the policy's share."""
+def format_profile_summary(rec: dict, rows: list[dict] = ()) -> str:
+    """The line under a policy's table: the steps decoded and how fast, the evictions, the policy's
+    share; and, if any of its `rows` (profile_row's) ran faster than the roofline, that the
+    bandwidth probe under-reads this device."""
     timed = sum(t is not None for t in rec["step_s"])
     cycle = f" (one every {rec['eviction_cycle']} steps)" if rec["eviction_cycle"] else ""
+    over = [r["step"] for r in rows if r["roofline_fraction"] > 1]
     return ("steps " + ", ".join(f"{lo + 1}-{hi}" for lo, hi in rec["decoded"]) + f" decoded in {rec['wall_s']:.2f} "
             f"s ({rec['batch_size'] * timed / rec['wall_s']:.1f} tokens/s) | evictions {rec['evictions']}{cycle} | "
-            f"policy (predictor, selection, compaction) {100 * rec['policy_share']:.2f}% of decode time")
+            f"policy (predictor, selection, compaction) {100 * rec['policy_share']:.2f}% of decode time"
+            + (f" | {len(over)} of {len(rows)} marks faster than the roofline (>100%?): the bandwidth probe "
+               "under-reads this device (every %roof reads high)" if over else ""))
 
 
 def profile_multipliers(rows: dict, base: str = "full") -> dict:
@@ -342,7 +363,7 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
             label += f", batch {batch}"
         read = [k if k is not None else nan for k in rec["kv_read"]]
         line, = axes[0].plot(steps, tput, label=label, lw=1.2)
-        roof = [batch * result["copy_bandwidth_Bps"] / bytes_per_step(a, k, with_pred, batch) for k in read]
+        roof = [batch * roofline_bandwidth(result)[0] / bytes_per_step(a, k, with_pred, batch) for k in read]
         axes[0].plot(steps, roof, color=line.get_color(), ls=":", lw=1, label=f"{label}, memory roofline")
         axes[1].plot(steps, [k * batch * a["kv_slot_bytes_per_row"] / 1e9 if k is not None else nan
                              for k in rec["kv_held"]], color=line.get_color(), lw=1.2, label=f"{label}, live")

@@ -37,6 +37,7 @@ CASES = [  # (script, arguments, what the line must name)
     ("lab.eval", ["--json", "/no/such/folder/r.json"], "--json"),                      # output paths
     ("generate.py", ["--init", "random", "--temperature", "nan"], "--temperature"),  # numbers that are not
     ("lab.train", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
+    ("lab.train", ["--out", "/proc/x/y.pt"], "--out /proc/x/y.pt: its folder /proc/x cannot be"),
     ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
     ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
     ("generate.py", ["--init", "random", "--preset", "r1-llama-8b"], "--preset r1-llama-8b"),  # memory
@@ -48,6 +49,10 @@ CASES = [  # (script, arguments, what the line must name)
     ("lab.eval", ["--n", "100000000"], "--n"),                                         # hangs
     ("lab.sidebyside", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
     ("lab.eval", ["--ranking-traces", "-1"], "--ranking-traces"),
+    ("lab.eval", ["--policies", ""], "--policies '': an empty name"),
+    ("lab.eval", ["--policies", "full, ,dynts"], "--policies 'full, ,dynts': an empty name"),
+    ("lab.eval", ["--policies", "full", "--ratio", "1.5"], "--ratio must be in (0, 1], got 1.5"),
+    ("lab.eval", ["--policies", "full", "--ratio", "0"], "--ratio must be in (0, 1], got 0.0"),
     ("generate.py", ["--hf", HF_LLAMA, "--ckpt", "{tmp}/empty.pt", "--prompt", "hi"], "--hf and --ckpt"),  # --hf
     ("generate.py", ["--hf", HF_LLAMA], "--prompt"),
     ("generate.py", ["--hf", HF_LLAMA, "--prompt", "hi", "--dynts"], "--predictor"),

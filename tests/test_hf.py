@@ -7,6 +7,7 @@ transformers; the last test, which regenerates the fixtures, runs only where it 
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import unicodedata
 from pathlib import Path
@@ -120,6 +121,20 @@ def test_chat_prompt_matches_apply_chat_template(name):
     assert meta["end_think_id"] == enc.encode_single_token("</think>") and meta["eos"] == hf.EOS
 
 
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_special_tokens_are_split_out_before_normalizing(name):
+    """A combining mark after `<think>`: Hugging Face matches the added token (not normalized)
+    before normalizing, so it stays a token; NFC over the whole text would make '>' + U+0338 '≯'."""
+    enc = hf.encoding_from_hf(FIXTURES / name / "tokenizer.json")
+    think = enc.encode_single_token("<think>")
+    assert enc.encode("<think>\u0338", allowed_special="all") == [think, *enc.encode_ordinary("\u0338")]
+    ids = enc.encode("e\u0301 <think>\u0338x</think>", allowed_special="all")
+    assert ids == [*enc.encode_ordinary("e\u0301 "), think, *enc.encode_ordinary("\u0338x"),
+                   enc.encode_single_token("</think>")]
+    with pytest.raises(ValueError, match="disallowed special token"):  # tiktoken's default: special text refused
+        enc.encode("a <think>\u0338")
+
+
 def test_gpt2_style_pre_tokenizer(tmp_path):
     """ByteLevel(use_regex=true) alone, as GPT-2's tokenizer.json has it, splits with GPT-2's pattern."""
     path = copy("hf-llama", tmp_path) / "tokenizer.json"
@@ -185,6 +200,39 @@ def test_missing_files_fail_in_one_line(tmp_path):
         hf.load_hf(folder)
     with pytest.raises(ValueError, match="not a folder"):
         hf.load_hf(tmp_path / "nothing")
+
+
+def poison(path: Path, name: str, value: float):
+    """Rewrite one .safetensors file with `value` in one element of tensor `name`."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(path)
+    tensors[name].view(-1)[7] = value
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("name, file, tensor, value", [
+    ("hf-qwen2", "model.safetensors", "model.layers.1.self_attn.k_proj.bias", float("nan")),
+    ("hf-llama", "model-00002-of-00003.safetensors", "model.layers.0.mlp.up_proj.weight", float("inf")),
+])
+def test_a_non_finite_weight_is_refused_naming_its_file_and_tensor(tmp_path, name, file, tensor, value):
+    folder = copy(name, tmp_path)
+    poison(folder / file, tensor, value)
+    with pytest.raises(ValueError) as e:
+        hf.load_hf(folder)
+    assert str(e.value) == f"{folder / file}: tensor {tensor} holds a NaN or inf"
+    r = subprocess.run([sys.executable, "generate.py", "--hf", str(folder), "--prompt", "hi", "--device", "cpu"],
+                       cwd=FIXTURES.parent.parent, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert str(folder / file) in lines[0] and tensor in lines[0]
+
+
+def test_a_weight_that_overflows_the_dtype_is_refused(tmp_path):
+    folder = copy("hf-llama", tmp_path)  # bfloat16 holds 1e10; float16 does not
+    poison(folder / "model-00001-of-00003.safetensors", "model.embed_tokens.weight", 1e10)
+    hf.load_hf(folder)  # as stored: finite
+    with pytest.raises(ValueError, match=r"hf-llama: model.embed_tokens.weight overflow float16 \(inf once cast\)"):
+        hf.load_hf(folder, dtype=torch.float16)
 
 
 def test_untied_config_without_a_head_in_the_checkpoint(tmp_path):

@@ -4,6 +4,7 @@ bookkeeping, the CLI and the figure. The --cuda-graphs step itself (fastpath.py)
 import importlib.util
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def test_bad_inputs_exit_with_one_line(argv, message):
         P.cli(argv + ["--device", "cpu"])
     assert str(e.value.code).startswith("profile.py: error: ") and message in str(e.value.code)
     assert "\n" not in str(e.value.code)
+
+
+def test_read_bandwidth_is_a_positive_finite_rate_on_the_cpu():
+    bandwidth = timing.read_bandwidth(torch.device("cpu"), 2 ** 22)
+    assert math.isfinite(bandwidth) and bandwidth > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

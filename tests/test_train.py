@@ -1,8 +1,12 @@
 """lab/train.py and lab/eval.py: labels (dynts.importance_labels) against their definition, the
 checkpoint, the whole pipeline on a miniature task."""
 
+import json
 import math
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import asdict, replace
 
 import pytest
@@ -19,7 +23,8 @@ from lab import train
 from lab.cli import UsageError
 from model import GPT, GPTConfig, KVCache, attention_with_probs, get_encoding
 
-HF_LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf-llama")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HF_LLAMA = os.path.join(ROOT, "tests", "fixtures", "hf-llama")
 
 SMALL = GPTConfig(block_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=64)
 SMALL_TASK = dict(n_items=(2, 2), hops=2, n_distractors=2, n_filler=(0, 3), n_review=2)
@@ -457,3 +462,68 @@ def test_train_model_stopped_and_resumed_ends_where_one_run_ends(tmp_path):
     torch.save(dict(model=whole.state_dict()), path)  # loads, but holds no run's state (a checkpoint, say)
     with pytest.raises(UsageError, match=r"not a state train.py can continue from \(KeyError\)"):
         train.train_model(GPT(cfg), state_path=path, settings=settings, **kw)
+
+
+# -----------------------------------------------------------------------------
+# Ctrl-C keeps what a long run finished
+
+
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")  # tiny models: a second thread only waits, slowly on a busy CPU
+
+
+def interrupt(module: str, argv: list[str], when: str):
+    """Run `python -m module argv` and send it SIGINT (Ctrl-C) once a line of its stdout holds
+    `when`: (exit status, stdout, stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if when in line:
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=120)
+    return p.returncode, "".join(seen) + out, err
+
+
+def test_ctrl_c_keeps_the_base_models_state_and_the_same_command_continues(tmp_path):
+    """SIGINT in the base model's steps: the step running ends, its state is kept in OUT.state,
+    one line says so, exit 130; the same command resumes past it (and can be stopped again)."""
+    out = str(tmp_path / "ck.pt")
+    argv = ["--steps", "400", "--batch-size", "2", "--out", out, "--device", "cpu"]
+    first = None
+    for when in ["base model:", "resuming at step"]:
+        code, stdout, stderr = interrupt("lab.train", argv, when)
+        step = torch.load(out + ".state", weights_only=True)["step"]
+        assert code == 130 and stderr.strip() == f"python -m lab.train: interrupted: {out}.state keeps the base " \
+            f"model's state after step {step}: the same command continues from it", stderr
+        if first is None:
+            first = step
+        else:
+            assert f"model: resuming at step {first} of 400" in stdout and step > first >= 1
+    assert not os.path.exists(out)
+
+
+def test_ctrl_c_in_eval_keeps_the_policies_decoded_and_merge_pools_the_rest(small_setup, tmp_path):
+    """SIGINT once a policy's row is out: its records are kept where --json writes, one line says
+    how to decode the rest and --merge them, exit 130; doing so gives every policy, each problem once."""
+    enc = get_encoding()
+    prompts = [enc.encode(p.prompt, allowed_special="all") for f in task.FAMILIES
+               for p in task.problems("eval", 1, family=f, **SMALL_TASK)]
+    budget = max(map(len, prompts)) + 60
+    ckpt, part, rest = (str(tmp_path / name) for name in ("small.pt", "part.json", "rest.json"))
+    torch.manual_seed(0)
+    model = GPT(SMALL)  # random weights: decodes to the block size, fast
+    train.save_checkpoint(ckpt, model, dynts.ImportancePredictor(SMALL.n_embd), dict(seed=0),
+                          dict(budget=budget, window=20, ratio=0.3))
+    argv = ["--ckpt", ckpt, "--n", "1", "--batch-size", "5", "--ranking-traces", "0", "--device", "cpu"]
+    code, stdout, stderr = interrupt("lab.eval", argv + ["--policies", "full,window,h2o", "--json", part], "full ")
+    assert code == 130 and stderr.strip() == (
+        f"python -m lab.eval: interrupted: the records of full are in {part}; decode the rest by running it again "
+        f"with --policies window,h2o --json REST.json, then pool both with --merge {part} REST.json"), stderr
+    assert {r["policy"] for r in json.load(open(part))["records"]} == {"full"}
+    subprocess.run([sys.executable, "-m", "lab.eval", *argv, "--policies", "window,h2o", "--json", rest], cwd=ROOT,
+                   check=True, capture_output=True, env=ONE_THREAD)
+    merged = evaluate.main(merge=[part, rest])
+    seen = [(r["policy"], r["problem"]) for r in merged["records"]]
+    assert sorted(seen) == sorted((p, i) for p in ["full", "window", "h2o"] for i in range(5))

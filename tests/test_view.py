@@ -1,6 +1,7 @@
 """lab/view.py: the page, the raster and the terminal view agree with what the generation did."""
 
 import io
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -110,3 +111,31 @@ def test_bad_output_paths_fail_before_decoding(tmp_path):
                          ("--plot", dict(plot_path=str(tmp_path / "missing" / "r.png")))]:
         with pytest.raises(UsageError, match=flag):
             generate.main(init="random", preset="tiny", device="cpu", **kwargs)
+
+
+def profile_rows(step_seconds: list[float]) -> list[dict]:
+    """profile_row at each mark of a record whose 10 steps take these seconds, each reading 1 MB
+    at a roofline of 1 GB/s: a step of 1 ms is 100% of it, a faster one is above."""
+    rec = dict(policy="full", batch_size=1, step_s=step_seconds, policy_s=[0.0] * len(step_seconds),
+               kv_read=[100] * len(step_seconds), kv_held=[100] * len(step_seconds), peak_alloc_bytes={},
+               base_alloc_bytes=0, kv_buffer_bytes=10 ** 6)
+    a = dict(kv_slot_bytes_per_row=1024)
+    return [view.profile_row(rec, a, hi, hi - 5, hi, 0, 1e9, lambda a, live, pred: 1e6,
+                             lambda a, live, pred, batch: 1e6) for hi in (5, 10)], rec
+
+
+def test_a_profile_row_never_prints_more_than_100_percent_of_its_roofline():
+    (slow, fast), _ = profile_rows([1.25e-3] * 5 + [0.9e-3] * 5)  # 80% of the roofline, then 111%
+    assert slow["roofline_fraction"] == pytest.approx(0.8) and fast["roofline_fraction"] == pytest.approx(1 / 0.9)
+    shares = [float(x) for line in map(view.format_profile_row, (slow, fast)) for x in re.findall(r"([\d.]+)%", line)]
+    assert 80.0 in shares and max(shares) <= 100
+    assert "  80.0% " in view.format_profile_row(slow) and " >100%? " in view.format_profile_row(fast)
+    assert [view.roof_share(f) for f in (0.5, 1.0, 1.0001, 3.0)] == ["50.0%", "100.0%", ">100%?", ">100%?"]
+
+
+def test_the_summary_says_the_bandwidth_probe_under_reads_when_a_mark_beats_the_roofline():
+    rows, rec = profile_rows([1.25e-3] * 5 + [0.9e-3] * 5)
+    rec.update(decoded=[(0, 10)], wall_s=0.01, evictions=0, eviction_cycle=None, policy_share=0.0)
+    assert "1 of 2 marks faster than the roofline (>100%?): the bandwidth probe under-reads" in \
+        view.format_profile_summary(rec, rows)
+    assert "roofline" not in view.format_profile_summary(rec, rows[:1]) + view.format_profile_summary(rec)
