@@ -13,7 +13,7 @@ What it reports at the paper's marks and every `--every` steps, for each policy:
 - KV memory: the live slots' bytes (analytic), the cache buffers' bytes and, as "alloc",
   torch.cuda.max_memory_allocated while decoding, less the weights (measured);
 - GFLOPs per token (analytic), and the memory roofline: the bytes a step must read over the
-  device's copy bandwidth, measured in the same run (the formulas and their sources: costs.py);
+  device's read bandwidth, measured in the same run (the formulas and their sources: lab/costs.py);
 - the share of decode time spent in the policy (predictor, selection, compaction), and each
   policy / full multipliers, with how much of the speed-up that the bytes read allow is achieved.
 `--batch-size max` (CUDA) compares at equal memory: each policy decodes the largest batch that
@@ -27,8 +27,8 @@ long trace: DynTS protects the prompt and scores every generated token with its 
 `--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph: fastpath.py, the speed
 layer. The plain path is GPT.forward, as in generate.py.
 
-This file is named as the issue asks, and shadows the standard library's `profile` module:
-see the shim just below.
+Its name, the one this project's users asked for, shadows the standard library's `profile`
+module: see the shim just below.
 """
 
 import os
@@ -65,7 +65,7 @@ from lab.fastpath import capture, keep_in_place
 from lab.policies import NAMES, make_policy, needs_attention
 from generate import step
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
-from lab.timing import Clock, copy_bandwidth, eviction_cycle, jump, timed_spans, warm_up_eviction
+from lab.timing import Clock, eviction_cycle, jump, read_bandwidth, timed_spans, warm_up_eviction
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -287,7 +287,7 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
         if min(batches.values()) < 1:
             raise UsageError(f"--batch-size max: not one row of {min(batches, key=batches.get)}'s cache fits beside "
                              f"the weights ({fixed / 2**30:.1f} GiB) in the {free / 2**30:.1f} GiB free on {device}")
-    bandwidth = copy_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
+    bandwidth = read_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     marks = sorted({m for m in PAPER_MARKS if m <= steps} | set(range(every, steps + 1, every)) | {steps})
     result = dict(
@@ -297,7 +297,7 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
         config=dict(preset=preset, policies=names, batch_size=batch_size, prompt_len=prompt_len, steps=steps,
                     budget=budget, window=window, ratio=ratio, device=str(device), dtype=dtype,
                     cuda_graphs=cuda_graphs, jump=jump, every=every, tput_window=tput_window, seed=seed),
-        batch_sizes=batches, analytic=a, copy_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
+        batch_sizes=batches, analytic=a, read_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
     fits = f" ({', '.join(f'{k} {v}' for k, v in batches.items())}: the most that fit the {free / 2**30:.1f} GiB " \
            f"free, less {MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB of weights)" if batch_size == "max" else ""
     print(view.format_profile_header(result, fits), file=out, flush=True)
@@ -323,7 +323,7 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
                                  cuda_graphs, jump, out)
             timed = [t for t in rec["step_s"] if t is not None]
             rec["policy_share"] = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
-            print(view.format_profile_summary(rec), file=out, flush=True)
+            print(view.format_profile_summary(rec, rows), file=out, flush=True)
             result["records"][name] = rec
             write_json()
             finished.append(name)

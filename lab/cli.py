@@ -41,9 +41,8 @@ def run_cli(prog: str, main, parse_args, argv=None):
     stderr and a non-zero exit, never a traceback."""
     try:
         main(**vars(parse_args(argv)))
-    except KeyboardInterrupt as e:  # Ctrl-C: one line, what was kept and how to continue, if the run says
-        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C: what was kept and how to continue, where the run says
+        exit_interrupted(prog, str(e) or "nothing was kept")
     except ValueError as e:
         sys.exit(f"{prog}: error: {e}")
     except (torch.OutOfMemoryError, MemoryError) as e:
@@ -53,6 +52,12 @@ def run_cli(prog: str, main, parse_args, argv=None):
             raise
         sys.exit(f"{prog}: error: out of memory ({(str(e).splitlines() or [''])[0]}): "
                  "try a smaller model, budget or batch")
+
+
+def exit_interrupted(prog: str, message: str):
+    """Ctrl-C: one line on stderr, and 130 (128 + SIGINT), the exit status a shell gives it."""
+    print(f"{prog}: interrupted: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(130)
 
 
 def free_bytes(device: str) -> int:

@@ -34,8 +34,8 @@ import dynts
 from lab import hf
 from lab import task
 from lab import train
-from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, resolve_device,
-                 run_cli)
+from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed,
+                     exit_interrupted, resolve_device, run_cli)
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, load_predictor
 from lab.checkpoint import open_hf as generate_open_hf
@@ -563,7 +563,7 @@ def keep_interrupted(records: list[dict], whole: dict[str, int], json_path: str 
     in the line, a file --merge reads; one line on stderr says how to decode the rest and pool
     them; exit status 130. A policy cut short is left out: merged with a whole run of it, its
     problems would count twice."""
-    say = lambda message: train.exit_interrupted("python -m lab.eval", message)
+    say = lambda message: exit_interrupted("python -m lab.eval", message)
     done = [name for name, n in whole.items() if sum(r["policy"] == name for r in records) == n]
     left = [name for name in whole if name not in done]
     if not done:

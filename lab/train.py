@@ -24,7 +24,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict
 
@@ -34,7 +33,8 @@ import torch.nn.functional as F
 import dynts
 from lab import hf
 from lab import task
-from lab.cli import UsageError, cache_bytes, check_output_path, check_positive, check_seed, resolve_device, run_cli
+from lab.cli import (UsageError, cache_bytes, check_output_path, check_positive, check_seed, exit_interrupted,
+                     resolve_device, run_cli)
 from dynts import LABEL_SCALE, importance_labels, predictor_loss
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, open_hf
@@ -336,12 +336,6 @@ class StopRequest:
         when = f"after step {self.steps_kept}" if self.steps_kept is not None else "as last saved"
         exit_interrupted("python -m lab.train", f"{self.state_path} keeps the base model's state {when}: "
                          "the same command continues from it")
-
-
-def exit_interrupted(prog: str, message: str):
-    """Ctrl-C: one line on stderr, and 130 (128 + SIGINT), the exit status a shell gives it."""
-    print(f"{prog}: interrupted: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(130)
 
 
 # -----------------------------------------------------------------------------
@@ -767,9 +761,9 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         if base is None:
             model = GPT(config).to(device)
             n_params = sum(p.numel() for p in model.parameters())
-            print(f"base model: {n_params / 1e6:.2f}M parameters, {config}", flush=True)
             # An interrupted run (--max-minutes, Ctrl-C) keeps its state beside --out; the same command continues it.
-            stop.polled = True
+            stop.polled = True  # (before the line below: a Ctrl-C that follows it must find the state kept)
+            print(f"base model: {n_params / 1e6:.2f}M parameters, {config}", flush=True)
             finished = train_model(model, steps, batch_size, lr, device, seed=seed * 1_000_003, state_path=out + ".state",
                                    settings=dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, blocks=blocks,
                                                  task=TASK, curriculum=CURRICULUM), should_stop=stop.should_stop)
