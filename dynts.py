@@ -13,8 +13,9 @@ slot s of row b and moves with it.
 
 To add a policy: subclass `Policy`, override `score` (a score per new token, recorded once) or
 `add_attention` (set `needs_attention = True`: the model then returns the attention each slot
-received at every step), and add the class to `lab/policies.py`'s `POLICIES`. The baselines
-there (Window, StreamingLLM, H2O, SnapKV, R-KV, SepLLM) and DynTS's ablations are examples.
+received at every step), and add the class to `BASELINES` in lab/policies.py (its name + "+p"
+then protects the prompt too; `ABLATIONS` holds DynTS's own variants). The baselines there
+(Window, StreamingLLM, H2O, SnapKV, R-KV, SepLLM) are examples.
 """
 
 import math

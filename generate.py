@@ -1,9 +1,9 @@
 """Generate under a KV-cache policy: `python generate.py --dynts`.
 
 One decode step (`step`): the model reads the new token into the cache -> the policy scores
-it -> when the cache holds `budget` slots, the policy evicts (select, compact, move the scores
-along) -> the next token is sampled from the logits. `generate` prefills the prompt and repeats
-the step; eviction happens here, in plain sight. The speed layer (`--cuda-graphs`), the pages
+it -> when the cache holds `budget` slots, the policy evicts (dynts.Policy.evict: select, compact,
+move the scores along). `generate` prefills the prompt, then samples a token from the step's
+logits and runs the step again, in plain sight. The speed layer (`--cuda-graphs`), the pages
 (`--html`, `--plot`) and real checkpoints (`--hf`) are imported only when asked for.
 """
 

@@ -1,31 +1,19 @@
 """Profile decoding: throughput, KV memory and FLOPs against decoding steps, full cache vs DynTS.
 
-The measured version of the efficiency figure of DynTS (Guo et al., arXiv 2601.18383): full-cache
-decoding (the paper's "Transformers"; here our own full cache, which runs near the roofline) and
-DynTS over 0-15k decoding steps, with the DynTS / full multipliers at 2k, 5k, 7k, 10k, 12k and
-15k steps. `python profile.py` decodes with random weights (speed does not depend on them) and
-times every decode step on the device's own clock, including what the official code leaves out
-of its timing: the predictor, the selection and the cache compaction.
+The measured version of DynTS's efficiency figure (Guo et al., arXiv 2601.18383): the full cache
+(the paper's "Transformers"; here our own, which runs near the roofline) and DynTS over 0-15k
+decoding steps, with DynTS / full at the paper's marks. Random weights (speed does not depend on
+them), no prefill, and greedy sampling that never picks a special token, so the thinking never
+ends. Every decode step runs generate.step and is timed on the device's clock, with what the
+official code leaves out of its timing: the predictor, the selection and the compaction.
 
-What it reports at the paper's marks and every `--every` steps, for each policy:
-- throughput: batch x steps / seconds, over the steps timed for the mark: the `--tput-window`
-  steps up to it (with `--jump`, an evicting policy's whole eviction cycle around it);
-- KV memory: the live slots' bytes (analytic), the cache buffers' bytes and, as "alloc",
-  torch.cuda.max_memory_allocated while decoding, less the weights (measured);
-- GFLOPs per token (analytic), and the memory roofline: the bytes a step must read over the
-  device's read bandwidth, measured in the same run (the formulas and their sources: lab/costs.py);
-- the share of decode time spent in the policy (predictor, selection, compaction), and each
-  policy / full multipliers, with how much of the speed-up that the bytes read allow is achieved.
-`--batch-size max` (CUDA) compares at equal memory: each policy decodes the largest batch that
-fits the GPU's free memory with its own cache (`costs.max_batch`).
-
-Speed depends on how many slots the cache holds, not on what they hold (the weights are random):
-there is no prefill, the prompt's keys and values are random, and the special tokens (<think>,
-</think>, end-of-text) are masked out of greedy sampling, so the think-end never comes, as in a
-long trace: DynTS protects the prompt and scores every generated token with its predictor.
-`--jump` measures each mark without decoding the steps before it (lab/timing.py, docs/PERF_NOTES.md).
-`--cuda-graphs` (CUDA only) replays each decode step as one CUDA graph: fastpath.py, the speed
-layer. The plain path is GPT.forward, as in generate.py.
+At each mark, for each policy: tokens/s over the steps timed for it; the live KV bytes, the
+buffers' and the peak allocated; GFLOPs per token and the memory roofline (the bytes a step reads
+over the read bandwidth measured in the same run; formulas and sources in lab/costs.py); the
+policy's share of decode time. `--batch-size max` compares at equal memory (each policy the most
+rows its cache lets fit); `--jump` times each mark without decoding the steps before it
+(lab/timing.py); `--cuda-graphs` is the speed layer (lab/fastpath.py). docs/EFFICIENCY.md has
+the runs.
 
 Its name, the one this project's users asked for, shadows the standard library's `profile`
 module: see the shim just below.
@@ -58,9 +46,8 @@ import torch
 
 import dynts
 from lab import view
-from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed, free_bytes,
-                 resolve_device, run_cli, weight_bytes)
-from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, flops_per_token, max_batch
+from lab.cli import UsageError, check_matplotlib, check_output_path, check_seed, resolve_device, run_cli
+from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, check_fits, equal_memory_batches, flops_per_token
 from lab.fastpath import capture, keep_in_place
 from lab.policies import NAMES, make_policy, needs_attention
 from generate import step
@@ -189,7 +176,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
         collect(lo, collected + 1, hi)
         rec["decoded"].append([lo, hi])
     rec["wall_s"] = time.perf_counter() - t0
-    del graphs, cache
+    graphs = cache = None  # (frees the graphs and the cache before the next policy)
     return rec
 
 
@@ -254,17 +241,8 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     if any(name != "full" for name in names) and budget <= prompt_len:
         raise UsageError(f"--budget {budget} must exceed the prompt's {prompt_len} tokens")
     elt = getattr(torch, dtype).itemsize
-    if batch_size == "max":  # set once the weights are in
-        free = free_bytes(device)
-        check_memory(f"--preset {preset} (built in float32)", weight_bytes(cfg), device)
-    else:
-        capacity = prompt_len + steps if "full" in names else budget  # the largest cache a policy allocates
-        what = f"--prompt-len {prompt_len} plus --steps {steps}" if "full" in names else f"--budget {budget}"
-        # built in float32, then cast; the cache comes after: it needs the larger of the two
-        check_memory(f"{what} with --batch-size {batch_size}: --preset {preset} (built in float32, then {dtype} "
-                     f"beside a KV cache of {batch_size} x {capacity} slots)",
-                     max(weight_bytes(cfg), weight_bytes(cfg, elt) + cache_bytes(cfg, batch_size, capacity, elt)),
-                     str(device))
+    capacities = {n: prompt_len + steps if n == "full" else budget for n in names}  # each policy's cache
+    free = check_fits(cfg, preset, batch_size, capacities, prompt_len, steps, budget, dtype, device)
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()
@@ -278,15 +256,9 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
             model.inv_freq = rope_frequencies(cfg)
         predictor = dynts.ImportancePredictor(cfg.n_embd).to(getattr(torch, dtype)).eval() if "dynts" in names else None
     a = analytic(model, predictor)
-    batches = {name: batch_size for name in names}
+    batches, fixed = {name: batch_size for name in names}, None
     if batch_size == "max":  # each policy: the most rows its cache lets fit beside what the weights took
-        torch.cuda.empty_cache()
-        fixed = max(free - free_bytes(str(device)), weight_bytes(cfg, elt) + a["predictor_bytes"])
-        batches = {n: max_batch(cfg, prompt_len + steps if n == "full" else budget, elt, free, fixed, cuda_graphs)
-                   for n in names}
-        if min(batches.values()) < 1:
-            raise UsageError(f"--batch-size max: not one row of {min(batches, key=batches.get)}'s cache fits beside "
-                             f"the weights ({fixed / 2**30:.1f} GiB) in the {free / 2**30:.1f} GiB free on {device}")
+        batches, fixed = equal_memory_batches(cfg, capacities, elt, free, a["predictor_bytes"], device, cuda_graphs)
     bandwidth = read_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     marks = sorted({m for m in PAPER_MARKS if m <= steps} | set(range(every, steps + 1, every)) | {steps})

@@ -18,7 +18,9 @@
   docs/PERF_NOTES.md).
 """
 
-from lab.cli import cache_bytes
+import torch
+
+from lab.cli import UsageError, cache_bytes, check_memory, free_bytes, weight_bytes
 from lab.fastpath import CHUNK
 from model import GPT, GPTConfig
 
@@ -80,3 +82,34 @@ def max_batch(cfg: GPTConfig, capacity: int, elt: int, free: int, fixed: int, cu
     """The most rows whose caches and working memory fit `free` bytes, less MEMORY_MARGIN, after
     `fixed` bytes (the weights and the predictor); 0 when not even one does."""
     return max(0, (int(free * (1 - MEMORY_MARGIN)) - fixed) // row_bytes(cfg, capacity, elt, cuda_graphs))
+
+
+def check_fits(cfg: GPTConfig, preset: str, batch_size, capacities: dict, prompt_len: int, steps: int, budget: int,
+               dtype: str, device: str) -> int | None:
+    """Refuse, naming the flag, a profile whose weights and largest KV cache cannot fit; with
+    `--batch-size max`, only the weights (the batch follows from what is left). Returns the
+    memory free before the model is built (for max), or None."""
+    if batch_size == "max":
+        check_memory(f"--preset {preset} (built in float32)", weight_bytes(cfg), device)
+        return free_bytes(device)
+    full, elt = "full" in capacities, getattr(torch, dtype).itemsize
+    what = f"--prompt-len {prompt_len} plus --steps {steps}" if full else f"--budget {budget}"
+    capacity = max(capacities.values())
+    # built in float32, then cast; the cache comes after: it needs the larger of the two
+    check_memory(f"{what} with --batch-size {batch_size}: --preset {preset} (built in float32, then "
+                 f"{dtype} beside a KV cache of {batch_size} x {capacity} slots)",
+                 max(weight_bytes(cfg), weight_bytes(cfg, elt) + cache_bytes(cfg, batch_size, capacity, elt)), device)
+    return None
+
+
+def equal_memory_batches(cfg: GPTConfig, capacities: dict, elt: int, free: int, predictor_bytes: int, device,
+                         cuda_graphs: bool) -> tuple[dict, int]:
+    """`--batch-size max`: each policy's most rows beside what the weights took (measured, or
+    counted if more), and those bytes."""
+    torch.cuda.empty_cache()
+    fixed = max(free - free_bytes(str(device)), weight_bytes(cfg, elt) + predictor_bytes)
+    batches = {n: max_batch(cfg, capacity, elt, free, fixed, cuda_graphs) for n, capacity in capacities.items()}
+    if min(batches.values()) < 1:
+        raise UsageError(f"--batch-size max: not one row of {min(batches, key=batches.get)}'s cache fits beside "
+                         f"the weights ({fixed / 2**30:.1f} GiB) in the {free / 2**30:.1f} GiB free on {device}")
+    return batches, fixed

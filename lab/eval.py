@@ -20,7 +20,6 @@ import argparse
 import gzip
 import json
 import math
-import os
 import signal
 import sys
 import time

@@ -38,7 +38,7 @@ from lab.cli import (UsageError, cache_bytes, check_output_path, check_positive,
 from dynts import LABEL_SCALE, importance_labels, predictor_loss
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, open_hf
-from model import GPT, GPTConfig, KVCache, get_encoding
+from model import GPT, GPTConfig, get_encoding
 
 # The task: task.py's mixture of five families, ~2,900 tokens a problem, each prompt naming its
 # family ("mode 3"), so that the model writes the family's kind of trace.
