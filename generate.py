@@ -202,12 +202,15 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
             out.write(f"[evict {eviction[1].shape[1]}->{cache.length}]")
             kept_thinking.append(int((cache.pos[0, :cache.length - pol.window] >= len(ids)).sum()))
 
+    def on_token(t):  # stream sample 0, a character once its bytes are whole
+        out.write(decoder.decode(enc.decode_single_token_bytes(t)))
+        out.flush()
+
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
                              eot_id=None if ignore_eot else meta["eos_id"], vocab_limit=enc.n_vocab, generator=gen,
-                             on_token=lambda t: (out.write(decoder.decode(enc.decode_single_token_bytes(t))), out.flush()),
-                             on_step=on_step, cuda_graphs=cuda_graphs)
-    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device, dtype=str(dtype).removeprefix("torch."),
-                 older_thinking_kept=kept_thinking)
+                             on_token=on_token, on_step=on_step, cuda_graphs=cuda_graphs)
+    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device,
+                 dtype=str(dtype).removeprefix("torch."), older_thinking_kept=kept_thinking)
     out.write("\n\n")
     rows = [row[:row.index(meta["eos_id"]) + 1] if meta["eos_id"] in row else row for row in tokens.tolist()]
     if the_problem is not None:

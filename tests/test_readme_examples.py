@@ -29,3 +29,37 @@ def test_the_python_example_runs_and_solves_its_problem(capsys):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["stats"]["evictions"] >= 1
     assert scope["problem"].answer in capsys.readouterr().out  # the answer it printed is the right one
+
+
+def project_imports() -> dict[str, set[str]]:
+    """Each project module (top level and lab/) -> the project modules it imports, lazily or not."""
+    import ast
+    import pathlib
+    files = list(pathlib.Path(ROOT).glob("*.py")) + list(pathlib.Path(ROOT, "lab").glob("*.py"))
+    names = {str(p.relative_to(ROOT).with_suffix("")).replace("/", "."): p for p in files}
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in names and d not in (name, "lab.__init__")}
+    return graph
+
+
+def test_the_layout_the_readme_describes():
+    graph = project_imports()
+    assert {n for n in graph if "." not in n} == {"model", "dynts", "generate", "profile"}  # the card's four files
+    assert graph["model"] == set() and graph["dynts"] == {"model"}
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph[todo.pop()] - seen:
+                seen.add(d)
+                todo.append(d)
+        return seen
+    cycles = [(a, b) for a in graph for b in graph[a] if a in reachable(b)]
+    assert cycles == []  # no module imports another that imports it back
