@@ -1,7 +1,8 @@
 # Predictor settings on validation traces (the proxy behind README's predictor steps): ranking and survival of the answer's values under DynTS
 import os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))  # the repository root
-import time, math, torch, torch.nn.functional as F, dynts, train, collections
+import time, math, torch, torch.nn.functional as F, dynts, collections
+from lab import train
 from model import get_encoding
 torch.set_num_threads(2)
 d = torch.load(sys.argv[1], weights_only=True)
