@@ -65,5 +65,9 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def cli(argv=None):
+    run_cli("python -m lab.sidebyside", main, parse_args, argv)
+
+
 if __name__ == "__main__":
-    run_cli("python -m lab.sidebyside", main, parse_args)
+    cli()
