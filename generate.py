@@ -18,10 +18,10 @@ import torch
 
 from dynts import Policy
 from lab import task
-from lab.checkpoint import check_hf_settings, load_hf_weights, open_model
-from lab.cli import UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_positive, \
-    check_seed, resolve_device, run_cli
-from lab.policies import NAMES, make_policy, needs_attention
+from lab.checkpoint import load_hf_weights, open_model
+from lab.cli import UsageError, cache_bytes, check_memory, resolve_device, run_cli
+from lab.flags import check_flags, check_lengths
+from lab.policies import NAMES, make_policy
 from model import GPT, PRESETS, KVCache
 
 
@@ -140,7 +140,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     Face checkpoint folder with, for DynTS, `predictor_path` (lab/train.py --hf writes one)."""
     out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
     check_flags(policy, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
-                stats_json, html_path, plot_path, cuda_graphs)
+                stats_json, html_path, plot_path, cuda_graphs)  # (lab/flags.py: each one line, before any work)
     device = resolve_device(device)
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError(f"--cuda-graphs needs a CUDA device, not {device}")
@@ -226,49 +226,6 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         with open(stats_json, "w") as f:
             json.dump(stats, f, indent=2)
     return stats
-
-
-def check_flags(policy, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
-                stats_json, html_path, plot_path, cuda_graphs):
-    """The flags on their own and against each other, before anything is loaded."""
-    for flag, path in [("--stats-json", stats_json), ("--html", html_path), ("--plot", plot_path)]:
-        check_output_path(flag, path)
-    check_matplotlib("--plot", plot_path)
-    check_seed(seed)
-    if temperature != 0:  # 0 is greedy; anything else divides the logits
-        check_positive("--temperature", temperature)
-        if temperature < 1e-3:
-            raise UsageError(f"--temperature {temperature}: use 0 for greedy, or at least 1e-3")
-    if ratio is not None and not 0 < ratio <= 1:  # whatever the policy
-        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
-    if prompt is not None and problem is not None:
-        raise UsageError("--prompt and --problem: give one (a problem is a prompt of the checkpoint's task)")
-    if problem is not None and not 0 <= problem < 10**4:
-        raise UsageError(f"--problem must be in [0, 10000), got {problem}")
-    if hf is not None:
-        check_hf_settings(hf, ckpt, init, prompt, policy, predictor_path, budget, window)
-    elif predictor_path is not None:
-        raise UsageError("--predictor is for --hf models (a --ckpt checkpoint holds its own predictor)")
-    if cuda_graphs and needs_attention(policy):
-        raise UsageError(f"--cuda-graphs: --policy {policy} scores by attention weights; run it without graphs")
-    if policy == "full" and any(v is not None for v in (budget, window, ratio)):
-        print("generate.py: note: --policy full never evicts; --budget, --window and --ratio are ignored",
-              file=sys.stderr)
-
-
-def check_lengths(policy, prompt_len, block_size, budget, window, max_new_tokens, num_samples, top_k):
-    """The prompt and the lengths asked for, against the model and the budget."""
-    if prompt_len >= block_size:
-        raise UsageError(f"--prompt: its {prompt_len} tokens leave no room below the model's block_size {block_size}")
-    for name, value, low in [("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
-                             ("--top-k", top_k, 1), ("--budget", budget, 1), ("--window", window, 0)]:
-        if value is not None and value < low:
-            raise UsageError(f"{name} must be >= {low}, got {value}")
-    if prompt_len + max_new_tokens > block_size:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} plus the prompt's {prompt_len} tokens exceeds "
-                         f"the model's block_size {block_size}")
-    if policy != "full" and prompt_len >= budget:
-        raise UsageError(f"--budget {budget} must exceed the prompt's {prompt_len} tokens")
 
 
 def summary(s: dict) -> str:

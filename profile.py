@@ -46,10 +46,11 @@ import torch
 
 import dynts
 from lab import view
-from lab.cli import UsageError, check_matplotlib, check_output_path, check_seed, resolve_device, run_cli
+from lab.cli import UsageError, run_cli
+from lab.flags import check_profile_flags
 from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, check_fits, equal_memory_batches, flops_per_token
 from lab.fastpath import capture, keep_in_place
-from lab.policies import NAMES, make_policy, needs_attention
+from lab.policies import NAMES, make_policy
 from generate import step
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
 from lab.timing import Clock, eviction_cycle, jump, read_bandwidth, timed_spans, warm_up_eviction
@@ -203,43 +204,9 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     budget = d["budget"] if budget is None else budget
     window = d["window"] if window is None else window
     every = (steps + 1 if jump else 1000) if every is None else every  # --jump: only the paper's marks, by default
-    names = [p.strip() for p in policies.split(",") if p.strip()]
-    for name in names:
-        if name not in NAMES:
-            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(NAMES)}")
-    if not names or len(set(names)) != len(names):
-        raise UsageError(f"--policies {policies!r}: name each policy once")
-    if batch_size != "max":
-        try:
-            batch_size = int(batch_size)
-        except ValueError:
-            raise UsageError(f"--batch-size must be a number or max, got {batch_size!r}") from None
-    check_seed(seed)
-    if not 0 < ratio <= 1:  # whatever the policies
-        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
-    for flag, value in [("--batch-size", 1 if batch_size == "max" else batch_size), ("--prompt-len", prompt_len),
-                        ("--steps", steps), ("--every", every), ("--tput-window", tput_window)]:
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    if prompt_len + steps > cfg.block_size:
-        raise UsageError(f"--prompt-len {prompt_len} plus --steps {steps} exceeds the block_size {cfg.block_size} "
-                         f"of --preset {preset}")
-    if cuda_graphs and any(needs_attention(name) for name in names):
-        raise UsageError(f"--cuda-graphs: {next(n for n in names if needs_attention(n))} scores by attention "
-                         "weights; profile it without graphs")
-    device = resolve_device(device)
-    if cuda_graphs and not device.startswith("cuda"):
-        raise UsageError("--cuda-graphs needs a CUDA device")
-    if batch_size == "max" and not device.startswith("cuda"):
-        raise UsageError("--batch-size max fills a GPU's free memory: it needs a CUDA device (on the CPU, give a "
-                         "number)")
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    check_output_path("--json", json_path)  # (checked now, not after the whole run)
-    check_output_path("--plot", plot_path)
-    check_matplotlib("--plot", plot_path)
-    if any(name != "full" for name in names) and budget <= prompt_len:
-        raise UsageError(f"--budget {budget} must exceed the prompt's {prompt_len} tokens")
+    names, batch_size, device, dtype = check_profile_flags(cfg, preset, policies, batch_size, prompt_len, steps, budget,
+                                                           ratio, device, dtype, cuda_graphs, every, tput_window, seed,
+                                                           json_path, plot_path)
     elt = getattr(torch, dtype).itemsize
     capacities = {n: prompt_len + steps if n == "full" else budget for n in names}  # each policy's cache
     free = check_fits(cfg, preset, batch_size, capacities, prompt_len, steps, budget, dtype, device)
