@@ -241,7 +241,10 @@ class DynTS(Policy):
         return self.predictor(hidden).float()
 
     def score(self, tokens, hidden, positions):
-        s = self.predict(hidden)  # (B, T)
+        return self.mark_answer(self.predict(hidden), tokens, positions)
+
+    def mark_answer(self, s, tokens, positions):
+        """Scores s (B, T) with the answer's tokens at +inf and the padding after end-of-text at -inf."""
         generated = tokens.masked_fill((positions < self.prompt_len).expand(tokens.shape), -1)  # the prompt: no token
         answering = self.answering[:, None] | strictly_after(generated, self.end_think_id)  # (B, T)
         done = self.done[:, None] | strictly_after(generated, self.eot_id)  # (B, T)

@@ -1,11 +1,13 @@
-"""Every policy by name: the paper's baselines and DynTS's ablations, on dynts.Policy's interface,
-and the registry that generate.py, profile.py and lab/eval.py build policies from.
+"""Every policy by name: the paper's baselines, DynTS's ablations and a lexical control, on
+dynts.Policy's interface, and the registry that generate.py, profile.py and lab/eval.py build policies from.
 
 A baseline's name + "+p" protects the prompt as DynTS does (the paper's baselines did not).
 The ablations come both as this project runs them (the prompt protected) and as the official
 DynTS code ran them (nothing protected). docs/FIDELITY.md says where each follows the official
 code and where it differs.
 """
+
+from string import ascii_uppercase
 
 import torch
 import torch.nn.functional as F
@@ -217,13 +219,46 @@ class NoQuestion(NoProtectedPrompt):
 
 
 # -----------------------------------------------------------------------------
+# A control that knows the task's template and nothing else
+
+
+class Lexical(DynTS):
+    """The lexical control: DynTS's rule (the prompt and the answer protected, the same budget,
+    window and ratio) with a hand-written score in place of the predictor: 1 for the two tokens
+    after an upper-case letter and "=" (the value of a result statement, "so A=kl."), 0 for any
+    other. It knows where the task writes its results, not which of them the answer will read:
+    a learned predictor should beat it only where statements in the template are not needed."""
+
+    name = "lexical"
+    needs_predictor = False
+
+    def __init__(self, budget, window, ratio, prompt_len, predictor, end_think_id, eot_id, letter_ids=(),
+                 equals_id=-1):
+        super().__init__(budget, window, ratio, prompt_len, None, end_think_id, eot_id)
+        self.letter_ids, self.equals_id = torch.tensor(letter_ids, dtype=torch.long), equals_id
+
+    def reset(self, batch_size, capacity, device=None):
+        super().reset(batch_size, capacity, device)
+        self.letter_ids = self.letter_ids.to(device)
+        self.before = torch.full((batch_size, 3), -1, dtype=torch.long, device=device)  # each row's last 3 tokens
+
+    def score(self, tokens, hidden, positions):
+        T = tokens.shape[1]
+        seen = torch.cat([self.before, tokens], dim=1)  # (B, 3 + T): token t is seen[:, 3 + t]
+        self.before.copy_(seen[:, -3:])  # in place, so that a replayed CUDA graph carries it on
+        opens = torch.isin(seen[:, :-1], self.letter_ids) & (seen[:, 1:] == self.equals_id)  # (B, 2 + T): "A=" at j
+        value = opens[:, 1:T + 1] | opens[:, :T]  # token t is 1 or 2 after "A=" (which starts at 3 + t - 2 or - 3)
+        return self.mark_answer(value.float(), tokens, positions)
+
+
+# -----------------------------------------------------------------------------
 # The registry: a new policy is one class above and one entry here
 
 
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
 ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
-CLASSES = {cls.name: cls for cls in (Full, DynTS, *BASELINES, *ABLATIONS)}
-NAMES = ["full", "dynts"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \
+CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *ABLATIONS)}
+NAMES = ["full", "dynts", "lexical"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \
         [c.name for c in ABLATIONS]
 
 
@@ -252,7 +287,10 @@ def make_policy(name, budget, window, ratio, prompt_len, predictor=None, enc=Non
         return Full()
     if issubclass(cls, DynTS):
         end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
-        return cls(budget, window, ratio, prompt_len, predictor, end_think_id, enc.eot_token if eot_id is None else eot_id)
+        extra = dict(letter_ids=[enc.encode_single_token(c) for c in ascii_uppercase],
+                     equals_id=enc.encode_single_token("=")) if cls is Lexical else {}
+        return cls(budget, window, ratio, prompt_len, predictor, end_think_id, enc.eot_token if eot_id is None else eot_id,
+                   **extra)
     extra = dict(separator_ids=[enc.encode_single_token(c) for c in SepLLM.SEPARATORS]) if cls is SepLLM else {}
     policy = cls(budget, window, ratio, prompt_len, protect_prompt=name.endswith("+p"), **extra)
     policy.name = name  # "h2o+p" in summaries and pictures, not the class's "h2o"

@@ -112,9 +112,10 @@ def policy_run(draw):
 
 POLICY_NAMES = ["window", "streaming", "dynts", "h2o", "h2o-last", "snapkv", "rkv", "sepllm",
                 "window+p", "streaming+p", "h2o+p", "snapkv+p", "rkv+p", "sepllm+p",
-                "dynts-random", "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
-ANSWER_PROTECTED = ("dynts", "dynts-random", "dynts-bottom", "dynts-noprompt", "noquestion")
+                "dynts-random", "dynts-bottom", "lexical", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
+ANSWER_PROTECTED = ("dynts", "dynts-random", "dynts-bottom", "lexical", "dynts-noprompt", "noquestion")
 SEPARATORS = [ord(c) for c in policies.SepLLM.SEPARATORS]
+LETTERS = [ord(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
 KV_CONFIG = GPTConfig(block_size=512, n_layer=2, n_head=2, n_kv_head=1, n_embd=8, mlp_hidden=8)
 
 
@@ -130,6 +131,8 @@ def build(name, budget, window, ratio, prompt_len):
               "sepllm": lambda: policies.SepLLM(budget, window, ratio, separator_ids=SEPARATORS, n_sink=n_sink, **p)}
     if name.removesuffix("+p") in simple:
         return simple[name.removesuffix("+p")]()
+    if name == "lexical":
+        return policies.Lexical(budget, window, ratio, prompt_len, None, END_THINK, EOT, LETTERS, ord("="))
     kind = {"dynts": dynts.DynTS, "dynts-random": policies.RandomThinking, "dynts-bottom": policies.BottomK,
             "dynts-noprompt": policies.NoProtectedPrompt, "random-all": policies.RandomAll,
             "bottom-all": policies.BottomAll, "noquestion": policies.NoQuestion}[name]
@@ -137,7 +140,7 @@ def build(name, budget, window, ratio, prompt_len):
 
 
 def protected_positions(name, policy, prompt_len, end_think_b, seen):
-    prompt = set(range(prompt_len)) if name.endswith("+p") or name in ANSWER_PROTECTED[:3] else set()
+    prompt = set(range(prompt_len)) if name.endswith("+p") or name in ANSWER_PROTECTED[:4] else set()
     if name.removesuffix("+p") in ("streaming", "sepllm"):
         return prompt | set(range(min(policy.n_sink, seen)))
     answer = set(range(end_think_b + 1, seen)) if name in ANSWER_PROTECTED else set()
@@ -380,3 +383,18 @@ def test_streaming_with_the_prompt_protected_is_window_with_the_prompt_protected
         assert torch.equal(kept[0], kept[1])
         for policy, idx in zip(both, kept):
             policy.keep_scores(idx)
+
+
+def test_lexical_scores_the_two_tokens_after_a_letter_and_equals_however_the_text_arrives():
+    """"so A=kl. B=ij" scores 1 at k, l, i, j and 0 elsewhere ("=k" after a lower-case letter
+    does not count), whether the text comes as one prefill or a token at a time."""
+    text = "x=ab so A=kl. B=ijA"
+    tokens = torch.tensor([[ord(c) for c in text]])
+    want = [float(i in (10, 11, 16, 17)) for i in range(len(text))]
+    at_once = policies.Lexical(64, 4, 0.3, 0, None, END_THINK, EOT, LETTERS, ord("="))
+    at_once.reset(1, 64)
+    assert at_once.score(tokens, None, torch.arange(len(text))[None]).tolist() == [want]
+    one_by_one = policies.Lexical(64, 4, 0.3, 0, None, END_THINK, EOT, LETTERS, ord("="))
+    one_by_one.reset(1, 64)
+    got = [one_by_one.score(tokens[:, i:i + 1], None, torch.tensor([[i]])).item() for i in range(len(text))]
+    assert got == want
