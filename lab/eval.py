@@ -41,7 +41,7 @@ from lab.checkpoint import open_hf as generate_open_hf
 from lab.policies import ABLATIONS, BASELINES, NAMES, make_policy, needs_attention, needs_predictor
 from model import END_THINK, KVCache, get_encoding
 
-REFERENCES = ["oracle", "dynts-random"]  # the upper and lower references: true labels, random thinking tokens
+REFERENCES = ["oracle", "lexical", "dynts-random"]  # true labels; the task's template; random thinking tokens
 POLICY_SETS = {
     "all": ["full", "dynts"] + REFERENCES + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES]
            + [c.name for c in ABLATIONS if c.name not in REFERENCES],
@@ -226,14 +226,15 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     full = next((r for r in rows if r["policy"] == "full"), None)
+    families = [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]
     head = f"{'policy':<16} {'budget':>10} {'Pass@1 [95% CI]':>22} {'seeds sd':>8} {'items':>6} {'peak KV':>8} {'comp.':>6}  " + \
-           " ".join(f"{f:>9}" for f in task.FAMILIES)
+           " ".join(f"{f:>9}" for f in families)
     lines = [head]
     for r in rows:
         level = "-" if r["level"] is None else (f"{r['level']:.0%}" if isinstance(r["level"], float) else str(r["level"]))
         comp = f"{full['peak_kv'] / r['peak_kv']:.2f}x" if full else "-"
         ci = f"{r['pass_at_1']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]"
-        fams = " ".join(f"{r['families'][f]:>9.1%}" if f in r["families"] else f"{'':>9}" for f in task.FAMILIES)
+        fams = " ".join(f"{r['families'][f]:>9.1%}" if f in r["families"] else f"{'':>9}" for f in families)
         lines.append(f"{r['policy']:<16} {level:>10} {ci:>22} {r['seed_sd']:>8.1%} {r['items']:>6.1%} "
                      f"{r['peak_kv']:>8.0f} {comp:>6}  {fams}")
     return "\n".join(lines)
@@ -399,9 +400,10 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     window_of = lambda b: window if window is not None else round(d.get("window_fraction", d["window"] / d["budget"]) * b)
     capacity = model.config.block_size if "full" in names else max(b for b, _ in levels)  # the largest cache
     check_memory(f"--batch-size {batch_size} x {capacity} KV slots",
-                 cache_bytes(model.config, min(batch_size, n * len(task.FAMILIES)), capacity,
+                 cache_bytes(model.config, min(batch_size, n * len(task.families_of(meta["task"]))), capacity,
                              getattr(torch, dtype).itemsize), device)
-    problems = [p for f in task.FAMILIES for p in task.problems(split, n, seed=seed, family=f, **meta["task"])]
+    problems = [p for f in task.families_of(meta["task"]) for p in task.problems(split, n, seed=seed, family=f,
+                                                                                  **meta["task"])]
     cases = task_cases(problems, enc)
     prompt_len = max(len(c.prompt) for c in cases)  # the longest
     for b, _ in levels:
@@ -424,13 +426,13 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
                 r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
             records += rs
             print(table(summarize(rs)).splitlines()[1], flush=True)
-        ranking = train.ranking_quality(model, predictor, ranking_traces, device) if ranking_traces else None
+        ranking = train.ranking_quality(model, predictor, ranking_traces, device, meta["task"]) if ranking_traces else None
     except KeyboardInterrupt:
         whole = {name: len(cases) * sum(run[0] == name for run in runs) for name in names}
         keep_interrupted(records, whole, json_path, dict(n=n, seed=seed, split=split, device=device, dtype=dtype,
                                                          ckpt=ckpt))
     if ranking:
-        print(f"\npredictor on {ranking_traces} held-out traces: Spearman {ranking['spearman']:.3f} against the "
+        print(f"\npredictor on {ranking_traces} validation traces: Spearman {ranking['spearman']:.3f} against the "
               f"labels; first result statements in its top 10%: {ranking['decisive_recall_top10']:.1%}")
     result = dict(records=records, ranking=ranking, n=n, seed=seed, split=split, device=device, dtype=dtype, ckpt=ckpt,
                   **report(records))

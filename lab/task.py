@@ -32,6 +32,19 @@ each heuristic has a family it should win):
              prompt ("answer next"), by every restatement ("so far A=kl B=ij, then next.") and
              by the trace's last sentence. A policy that evicts the prompt fails.
 
+The paper's regime (`paper_regime=True`): a short question (the table and "mode 3: kr yd rr."),
+a long trace, and two families in which result statements in exactly the template
+("so D=gh.") are not all needed, so that knowing where the task writes its results is not enough:
+- decoy:     each step also follows a side walk the question does not ask about ("D: ab>cd, so
+             D=cd."), and every other filler sentence restates the side results ("so far D=cd
+             E=gh."), up to the end. The asked results are written once, early.
+- mixed:     dependencies of several kinds in one trace: A's result written once, B's read again
+             ("B ends at ij, no link out."), C's first written a step short ("so C=em.") and
+             corrected later ("wait, C takes 2 steps: rr>em>vs, so C=vs."), and two side walks
+             restated as in decoy.
+In this regime the checks are split unevenly between the steps, so the last result sits
+anywhere from inside the recent window to far beyond it.
+
 Every prompt has the same number of tokens, whatever its family (the same number of table
 entries and walks, "answer ends" or "answer next"), so problems batch without padding.
 
@@ -48,8 +61,13 @@ from string import ascii_lowercase, ascii_uppercase
 
 THINK, END_THINK, EOT = "<think>", "</think>", "<|endoftext|>"  # special tokens 257, 258, 256
 SPLITS = ("train", "valid", "eval")
-FAMILIES = ("far", "local", "reused", "redundant", "prompt")
-FAMILY_WEIGHTS = dict(far=1, local=1, reused=1, redundant=1, prompt=1)  # fixed before any evaluation
+FAMILIES = ("far", "local", "reused", "redundant", "prompt", "decoy", "mixed")
+SHORT_TRACE_FAMILIES = FAMILIES[:5]  # the short-trace task's (the shipped checkpoint's); the paper's regime adds two
+FAMILY_WEIGHTS = dict(far=1, local=1, reused=1, redundant=1, prompt=1, decoy=1, mixed=1)  # fixed before any evaluation
+# In the paper's regime, each family's filler count is scaled by this, so that every family's
+# trace has about the same number of tokens (measured: mean tokens at 190 filler sentences).
+FILLER_SCALE = dict(far=1.0, local=1.07, reused=0.99, redundant=1.0, prompt=0.96, decoy=1.1, mixed=1.13)
+REDUNDANT_PAIR = 50  # characters: the mean length of the redundant family's two repeated sentences
 MODES = {family: i + 1 for i, family in enumerate(FAMILIES)}  # with announce=True the prompt says "mode 3"
 
 # Every fixed piece of text. Nodes are two lowercase letters that never occur inside these
@@ -75,9 +93,14 @@ class Problem:
         return self.prompt + self.thinking + END_THINK + self.answer + EOT
 
 
+def families_of(knobs: dict) -> tuple[str, ...]:
+    """The families of a task's settings: the paper's regime has all seven, the short trace five."""
+    return FAMILIES if knobs.get("paper_regime") else SHORT_TRACE_FAMILIES
+
+
 def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, int] = (3, 3), hops: int = 2,
-                 n_distractors: int = 2, n_filler: tuple[int, int] = (70, 84), n_review: int = 16,
-                 announce: bool = False, walks_first: bool = False) -> Problem:
+                 n_distractors: int = 2, n_filler: tuple[int, int] = (70, 84), n_review: int | tuple[int, int] = 16,
+                 announce: bool = False, walks_first: bool = False, paper_regime: bool = False) -> Problem:
     """Draw one problem of one family.
 
     n_items:       (min, max) walks to follow (A, B, ...); the answer has one item per walk
@@ -85,18 +108,23 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     n_distractors: extra table entries, among themselves: the material of the dead ends (the
                    families other than `prompt` get k more, so every table has as many links)
     n_filler:      (min, max) filler sentences in all (checks after the steps + the review)
-    n_review:      filler sentences after the last step, the final review
+    n_review:      filler sentences after the last step, the final review; (lo, hi): drawn
     announce:      the prompt names the family ("mode 3"), so that a model can tell which kind of
                    trace to write; without it only the prompt family's "answer next" shows
     walks_first:   every walk first, then all the checks: the table is needed only at the start
                    (and, in the prompt family, for the answer), so that a policy that drops the
                    prompt can still follow the trace
-    The shipped checkpoint was trained with both off (docs/RESULTS.md, "Not done yet").
+    paper_regime:  the paper's proportions: a short question (the table and "mode 3: kr yd rr.")
+                   before a long trace, the steps' checks split unevenly, and the two
+                   families whose result statements the answer does not all need (decoy, mixed)
+    The shipped checkpoint was trained with announce on, the others off (docs/RESULTS.md).
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family not in families_of(dict(paper_regime=paper_regime)):
+        raise ValueError(f"family must be one of {families_of(dict(paper_regime=paper_regime))}, got {family!r}")
     lo, hi = n_items
-    if not (1 <= lo <= hi <= 26 and hops >= 2 and n_distractors >= 2 and 0 <= n_filler[0] <= n_filler[1]
+    n_review = n_review if isinstance(n_review, int) else rng.randint(*n_review)
+    n_side = dict(decoy=3, mixed=2).get(family, 0)  # side walks: results the question does not ask for
+    if not (1 <= lo <= hi <= 26 - n_side and hops >= 2 and n_distractors >= 2 and 0 <= n_filler[0] <= n_filler[1]
             and 0 <= n_review):
         raise ValueError("need 1 <= n_items <= 26, hops >= 2, n_distractors >= 2, n_filler = (lo, hi), n_review >= 0")
     k = rng.randint(lo, hi)
@@ -117,6 +145,10 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     task_line = f"follow {hops} steps, " + (f"mode {MODES[family]}, " if announce else "") + \
         "answer " + ("next" if family == "prompt" else "ends")
     prompt = f"table: {' '.join(table)}\n{task_line}: {starts}.\n{THINK}"
+    if paper_regime:  # the short question: the mode says what to do; the starts are A's, B's, ... in order
+        prompt = f"{' '.join(table)}\nmode {MODES[family]}: {' '.join(w[0] for w in walks)}.\n{THINK}"
+    side_letters = ascii_uppercase[k:k + n_side]
+    side = [(x, d, link[d]) for x, d in zip(side_letters, rng.sample(distractors, n_side))]  # one look-up each
 
     def dead_end() -> str:  # 1 or 2 true links among the distractors, which lead nowhere useful
         walk = [rng.choice(distractors)]
@@ -139,11 +171,21 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
 
     so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, r in zip(letters[:done], results[:done])) + \
         (NEXT if family == "prompt" else ".")
+    side_so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, _, r in side[:done]) + "."
     reread = lambda i: f"{letters[i]} ends at {results[i]}, no link out."
     repeated = [rng.choice(MUSINGS), dead_end()]  # the redundant family's two filler sentences
 
     n = rng.randint(*n_filler)
+    if paper_regime:  # each family's sentences have their own mean length: scaled so its traces are as long
+        n = round(n * FILLER_SCALE[family])
+        if family == "redundant":  # and by its two repeated sentences' length, which varies the most
+            n = round(n * REDUNDANT_PAIR / sum(map(len, repeated)))
     checks = [max(0, n - n_review) // k + (i < max(0, n - n_review) % k) for i in range(k)]  # per step
+    if paper_regime:  # uneven: the last result may sit anywhere from the window to far beyond it
+        cuts = sorted(rng.randint(0, max(0, n - n_review)) for _ in range(k - 1))
+        checks = [b - a for a, b in zip([0] + cuts, cuts + [max(0, n - n_review)])]
+    corrected = family == "mixed" and k >= 3  # mixed: the third walk is first stopped a step short
+    correct_at = sum(checks[:2]) + rng.randrange(checks[2] + n_review) if corrected and checks[2] + n_review else None
     if walks_first:  # the redundant family restates each result once: index -> which result
         restate_at = dict(zip(sorted(rng.sample(range(sum(checks)), min(k, sum(checks)))), range(k)))
     else:
@@ -151,6 +193,13 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
 
     def filler(done: int, index: int, last: bool) -> str:
         """The index-th filler sentence of the trace, after `done` steps, by family."""
+        if index == correct_at:
+            w = walks[2]
+            return f"wait, C takes {hops} steps: {'>'.join(w[:hops + 1])}, so C={w[hops]}."
+        if family in ("decoy", "mixed") and index % 2 == 1:  # the side results, restated again and again
+            return side_so_far(min(done, n_side))
+        if family == "mixed" and done >= 2 and index % 4 == 0 and not reviewing:
+            return reread(1)  # B's result, read again (A's is written once, C's corrected)
         if family in ("local", "prompt"):
             return so_far(done) if index % 3 == 2 or last else varied(done)
         if family == "reused" and index % 2 == 0 and not reviewing:
@@ -163,6 +212,10 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
         return varied(done)
 
     walk_lines = [f"{x}: {'>'.join(w[:hops + 1])}, so {x}={w[hops]}.\n" for x, w in zip(letters, walks)]
+    if corrected:  # one step short: a result in the template that the answer must not use
+        walk_lines[2] = f"C: {'>'.join(walks[2][:hops])}, so C={walks[2][hops - 1]}.\n"
+    for i, (x, d, r) in enumerate(side[:k]):  # a side walk after each of the first steps
+        walk_lines[i] += f"{x}: {d}>{r}, so {x}={r}.\n"
     if walks_first:  # (steps done, their walks, then this many checks)
         blocks = [(k, "".join(walk_lines), sum(checks))]
     else:
@@ -201,7 +254,8 @@ def problems(split: str, n: int, seed: int = 0, family: str | None = None, **kno
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = random.Random(f"dynts-task/{split}/{family}/{seed}")  # str seeds are hashed with SHA-512: stable
-    names, weights = zip(*FAMILY_WEIGHTS.items())
+    names = families_of(knobs)
+    weights = [FAMILY_WEIGHTS[f] for f in names]
     out: list[Problem] = []
     while len(out) < n:
         problem = make_problem(rng, family or rng.choices(names, weights)[0], **knobs)

@@ -40,9 +40,10 @@ from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, open_hf
 from model import GPT, GPTConfig, get_encoding
 
-# The task: task.py's mixture of five families, ~2,900 tokens a problem, each prompt naming its
-# family ("mode 3"), so that the model writes the family's kind of trace.
-TASK = dict(announce=True)
+# The task: task.py's paper regime, a mixture of seven families, a short question (85 tokens) and
+# a long trace (~6,400 tokens), each prompt naming its family ("mode 3"), so that the model
+# writes the family's kind of trace. The review's length varies around the recent window.
+TASK = dict(announce=True, paper_regime=True, n_filler=(170, 176), n_review=(4, 60))
 # A curriculum: the first CURRICULUM fraction of the base model's steps use short traces (a few
 # filler sentences, ~500 tokens), which teach the table look-ups at a fraction of the cost.
 SHORT_TASK = dict(TASK, n_filler=(4, 12), n_review=4)
@@ -54,9 +55,9 @@ CURRICULUM = 0.4
 # attention goes mostly to the last lines, the predictor ranks the thinking tokens poorly
 # (Spearman 0.55 against 0.9) and DynTS falls far below the oracle.
 CONFIGS = dict(
-    llama=GPTConfig(block_size=4096, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=688,
+    llama=GPTConfig(block_size=7168, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=688,
                     bias=False, norm="rmsnorm", mlp="swiglu", positions="rope"),
-    gpt2=GPTConfig(block_size=4096, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=1024,
+    gpt2=GPTConfig(block_size=7168, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=1024,
                    bias=True),
 )
 # The decoding settings stored with the checkpoint: budgets at these fractions of Full's mean
@@ -66,7 +67,9 @@ BUDGET_FRACTIONS = (0.2, 0.3, 0.45, 0.6)
 # The blind eviction masks draw, per row, one of these kinds with these weights (see
 # blind_eviction_mask), and a simulated cache's setting from these ranges.
 MASK_KINDS = dict(holes=0.4, replay=0.45, sinks=0.15)
-BLIND_SETTINGS = dict(budget=(400, 1800), window=(0.2, 0.5), ratio=(0.2, 0.6))
+# Budgets and windows are fractions of the row's length, so that short (curriculum) and long traces
+# both meet the caches that the decoding budgets (20-60% of Full's peak) leave.
+BLIND_SETTINGS = dict(budget=(0.14, 0.62), window=(0.2, 0.5), ratio=(0.2, 0.6), recent=(0.02, 0.18))
 # Stage 4 (the ablation) draws each row's DynTS setting from these ranges.
 FINETUNE_SETTINGS = dict(budget=(500, 1800), window=(100, 700), ratio=(0.3, 0.5))
 
@@ -129,12 +132,12 @@ def blind_scores(tokens: torch.Tensor, generator) -> torch.Tensor:
 def blind_eviction_mask(problems, tokens, prompt_len, generator=None, device=None) -> torch.Tensor:
     """(B, T, T) bool for tokens (B, T): causal attention with the holes of a KV policy that
     knows nothing of the task. Per row, one of (MASK_KINDS):
-    - holes:  a recent window of 64-512 tokens, and beyond it a random 2-100% (log-uniform) of
+    - holes:  a recent window of 2-18% of the row, and beyond it a random 2-100% (log-uniform) of
               the other tokens, the prompt among them or (p = 1/2) always kept;
     - replay: the cache of a budget / window / ratio setting (BLIND_SETTINGS) under the real
               trigger and selection, ranking by `blind_scores`, the prompt protected (+inf) with
               p = 1/2: which tokens each query saw, eviction by eviction;
-    - sinks:  the first 1-8 tokens and a recent window of 64-512 (StreamingLLM's cache).
+    - sinks:  the first 1-8 tokens and a recent window of 2-18% of the row (StreamingLLM's cache).
 
     A deviation from the paper, which evicts from LLMs trained on full contexts: a tiny model
     trained only on full contexts breaks when anything is evicted. Trained on these too, it
@@ -152,7 +155,7 @@ def blind_eviction_mask(problems, tokens, prompt_len, generator=None, device=Non
     for b in range(B):
         kind, P = names[kinds[b]], int(prompt_len[b])
         if kind == "replay":
-            budget = int(uniform(*BLIND_SETTINGS["budget"]))
+            budget = int(T * uniform(*BLIND_SETTINGS["budget"]))
             window = int(budget * uniform(*BLIND_SETTINGS["window"]))
             ratio = round(uniform(*BLIND_SETTINGS["ratio"]), 3)
             scores = blind_scores(tokens[b], generator)
@@ -160,7 +163,7 @@ def blind_eviction_mask(problems, tokens, prompt_len, generator=None, device=Non
                 scores[:P] = dynts.INF
             death[b] = eviction_deaths(ScriptedScores(budget, window, ratio, scores), tokens[b].cpu(), None)
             continue
-        window = int(uniform(64, 513))
+        window = int(T * uniform(*BLIND_SETTINGS["recent"]))
         if kind == "holes":
             keep = torch.rand(T, generator=generator) < 10 ** uniform(-1.7, 0)
             if float(torch.rand((), generator=generator)) < 0.5:
@@ -399,13 +402,14 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def ranking_quality(model, predictor, n: int, device, seed: int = 0) -> dict:
-    """On n held-out traces: Spearman's rho between predicted scores and labels over the
+def ranking_quality(model, predictor, n: int, device, knobs: dict | None = None, seed: int = 0) -> dict:
+    """On n validation traces: Spearman's rho between predicted scores and labels over the
     thinking tokens (mean over traces), and the recall of the decisive tokens (task.py's
     `decisive_spans`) among the predictor's top 10% of thinking tokens."""
     enc = get_encoding()
     rhos, recalls = [], []
-    for p in task.problems("eval", n, seed=seed, **TASK):
+    knobs = TASK if knobs is None else knobs  # the task's settings (an evaluated checkpoint's own)
+    for p in task.problems("valid", n, seed=seed + 1, **knobs):  # not the budgets' problems (seed 0), not the test's
         hidden, labels, start = thinking_features(model, p, enc, device)
         pred = predictor(hidden)
         if not torch.isfinite(pred).all():  # never report a ranking for a predictor that outputs NaN
@@ -510,7 +514,7 @@ def budgets_on_validation(model: GPT, n: int, device) -> dict:
     peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
     budgets = [round(f * peak) for f in BUDGET_FRACTIONS]
     # Full's accuracy here, per family: a seed's health is judged on validation, never on the test problems.
-    solved = {f: [0, 0] for f in task.FAMILIES}
+    solved = {f: [0, 0] for f in task.families_of(TASK)}
     for p, row, k in zip(problems, rows, new):
         solved[p.family][0] += task.check_answer(p, enc.decode(row[:k]))
         solved[p.family][1] += 1
@@ -798,7 +802,7 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         metrics.update(ranking_quality(model, predictor, eval_traces, device))
         metrics.update(seconds=time.perf_counter() - t0, predictor_traces=predictor_traces,
                        predictor_steps=predictor_steps, predictor_device=str(device))
-        print(f"held-out ranking quality: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
+        print(f"ranking quality on validation traces: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
               f"{metrics['decisive_recall_top10']:.1%} ({eval_traces} traces)")
         model.eval()
         decoding = budgets_on_validation(model, valid_problems, device)

@@ -112,7 +112,7 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     assert [(r["policy"], r["level"]) for r in rows] == [("full", None), ("dynts", 200), ("window", 200),
                                                          ("dynts", 260), ("window", 260)]
     for r in rows:
-        assert 0 <= r["pass_at_1"] <= 1 and r["n"] == 5 and set(r["families"]) == set(task.FAMILIES)
+        assert 0 <= r["pass_at_1"] <= 1 and r["n"] == 5 and set(r["families"]) == set(task.SHORT_TRACE_FAMILIES)
         assert r["ci"][0] <= r["pass_at_1"] <= r["ci"][1]
         if r["level"]:
             assert r["peak_kv"] <= r["level"]
@@ -508,7 +508,7 @@ def test_ctrl_c_in_eval_keeps_the_policies_decoded_and_merge_pools_the_rest(smal
     """SIGINT once a policy's row is out: its records are kept where --json writes, one line says
     how to decode the rest and --merge them, exit 130; doing so gives every policy, each problem once."""
     enc = get_encoding()
-    prompts = [enc.encode(p.prompt, allowed_special="all") for f in task.FAMILIES
+    prompts = [enc.encode(p.prompt, allowed_special="all") for f in task.SHORT_TRACE_FAMILIES
                for p in task.problems("eval", 1, family=f, **SMALL_TASK)]
     budget = max(map(len, prompts)) + 60
     ckpt, part, rest = (str(tmp_path / name) for name in ("small.pt", "part.json", "rest.json"))
