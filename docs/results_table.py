@@ -1,23 +1,25 @@
 """docs/RESULTS.md's tables from a merged eval.py JSON: `python docs/results_table.py RESULTS.json[.gz]`.
 
-Prints (markdown) Pass@1 per policy and budget level as mean +- sd over the model seeds with the
-pooled 95% Wilson interval, Full's row, the per-family table at one level (default 0.3), and
-the paired tests of DynTS against the best baseline. Nothing is computed here that eval.py's
+Prints (markdown) Pass@1 per policy and budget level, pooled over the model seeds and problems, with
+the 95% interval that counts seeds and problems as two levels (a crossed bootstrap, lab/stats.py)
+and each seed's Pass@1; Full's row; the per-family table at one level (default 0.3); and the
+paired tests of DynTS against the best baseline and the lexical control, pooled and per seed. Nothing is computed here that eval.py's
 summary does not hold: this only lays it out.
 """
 import gzip
 import json
 import sys
 
-ORDER = ["oracle", "dynts", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o-last+p", "sepllm+p", "streaming+p",
+ORDER = ["oracle", "dynts", "lexical", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o-last+p", "sepllm+p", "streaming+p",
          "window+p", "rkv", "snapkv", "h2o", "h2o-last", "sepllm", "streaming", "window",
          "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 
 
 def cell(r):
-    lo, hi = r["ci"]
-    sd = f" +- {100 * r['seed_sd']:.1f}" if r["n_seeds"] > 1 else ""
-    return f"{100 * r['pass_at_1']:.1f}{sd} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    lo, hi = r.get("ci_crossed", r["ci"])
+    seeds = " (" + " / ".join(f"{100 * s['pass_at_1']:.0f}" for s in r["per_seed"].values()) + ")" \
+        if r.get("per_seed") and len(r["per_seed"]) > 1 else ""
+    return f"{100 * r['pass_at_1']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{seeds}"
 
 
 def main(path, family_level=0.3):
@@ -44,8 +46,11 @@ def main(path, family_level=0.3):
             print(f"| {name} | " + " | ".join(f"{100 * r['families'][f]:.0f}" for f in fams) + " |")
     print()
     for t in result["paired_tests"]:
-        print(f"- at {t['level']:.0%}: DynTS {100 * t['dynts']:.1f}% vs {t['best_baseline']} {100 * t['baseline']:.1f}% "
-              f"on {t['n_pairs']} pairs, McNemar p = {t['p_value']:.2g}")
+        on = "" if t["families"] == "all" else f" ({t['families']} only)"
+        seeds = "; per seed: " + ", ".join(f"{100 * u['a']:.0f} vs {100 * u['b']:.0f}, p = {u['p_value']:.2g}"
+                                           for u in t["per_seed"]) if len(t["per_seed"]) > 1 else ""
+        print(f"- at {t['level']:.0%}{on}: DynTS {100 * t['dynts']:.1f}% vs {t['rival']} {100 * t['rival_pass']:.1f}% "
+              f"on {t['n_pairs']} pairs, McNemar p = {t['p_value']:.2g}{seeds}")
 
 
 if __name__ == "__main__":

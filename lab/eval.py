@@ -33,6 +33,7 @@ import dynts
 from lab import hf
 from lab import task
 from lab import train
+from lab.stats import crossed_bootstrap, mcnemar, paired_by_seed, wilson
 from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed,
                      exit_interrupted, resolve_device, run_cli)
 from generate import generate
@@ -153,74 +154,74 @@ def batches_by_length(cases: list[Case], batch_size: int) -> list[list[int]]:
 # Statistics
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion k / n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mcnemar(a: list[bool], b: list[bool]) -> float:
-    """Exact two-sided McNemar test of paired outcomes: the p-value that a and b are equally
-    likely to be right, from the pairs where exactly one is (a binomial with p = 1/2)."""
-    n01 = sum(x and not y for x, y in zip(a, b))
-    n10 = sum(y and not x for x, y in zip(a, b))
-    n, k = n01 + n10, min(n01, n10)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
 def level_of(record: dict):
     """A record's budget level: the budget fraction when the run chose budgets on validation
     (so seeds whose budgets differ by a few tokens pool), else the budget itself (None: Full)."""
     return record.get("fraction") or record["budget"]
 
 
+def outcomes(records: list[dict]) -> dict:
+    """{(policy, level): {(model_seed, problem): correct}}: each cell's outcomes, ready to pair."""
+    cells = defaultdict(dict)
+    for r in records:
+        cells[(r["policy"], level_of(r))][(r.get("model_seed", 0), r["problem"])] = r["correct"]
+    return cells
+
+
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per (policy, budget level): pooled over problems and model seeds."""
+    """One row per (policy, budget level): pooled over problems and model seeds. `ci` is the
+    pooled pairs' Wilson interval, `ci_crossed` the interval that counts seeds and problems as
+    the two levels they are (lab/stats.py), `per_seed` each seed's Pass@1 and Wilson interval."""
     cells = defaultdict(list)
     for r in records:
         cells[(r["policy"], level_of(r))].append(r)
+    by_cell = outcomes(records)
     rows = []
     for (policy, level), rs in cells.items():
         k, n = sum(r["correct"] for r in rs), len(rs)
         by_seed = defaultdict(list)
         for r in rs:
             by_seed[r.get("model_seed", 0)].append(r["correct"])
+        per_seed = {s: dict(pass_at_1=sum(v) / len(v), ci=wilson(sum(v), len(v)), n=len(v))
+                    for s, v in sorted(by_seed.items())}
         seed_means = [sum(v) / len(v) for v in by_seed.values()]
         mean = sum(seed_means) / len(seed_means)
         sd = math.sqrt(sum((m - mean) ** 2 for m in seed_means) / (len(seed_means) - 1)) if len(seed_means) > 1 else 0.0
         family_n = {f: sum(r["family"] == f for r in rs) for f in task.FAMILIES if any(r["family"] == f for r in rs)}
         families = {f: sum(r["correct"] for r in rs if r["family"] == f) / family_n[f] for f in family_n}
+        crossed = crossed_bootstrap(by_cell[(policy, level)]) if len(by_seed) > 1 else wilson(k, n)
         rows.append(dict(policy=policy, level=level, budget=sorted({r["budget"] for r in rs}, key=str), n=n,
-                         pass_at_1=k / n, ci=wilson(k, n), seed_sd=sd, n_seeds=len(seed_means),
+                         pass_at_1=k / n, ci=wilson(k, n), ci_crossed=crossed, per_seed=per_seed, seed_sd=sd,
+                         n_seeds=len(seed_means),
                          items=sum(r["items"] for r in rs) / n, families=families, family_n=family_n,
                          peak_kv=sum(r["peak_kv"] for r in rs) / n, mean_kv=sum(r["mean_kv"] for r in rs) / n))
     order = {name: i for i, name in enumerate(NAMES + ["oracle"])}
     return sorted(rows, key=lambda r: (r["level"] is not None, r["level"] or 0, order.get(r["policy"], 99)))
 
 
+DECOY_FAMILIES = ("decoy", "mixed")  # where statements in the template are not all needed
+
+
 def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
-    """At each budget level: DynTS against the baseline with the highest Pass@1 there, McNemar
-    on the problems (and model seeds) both decoded."""
-    outcome = defaultdict(dict)
-    for r in records:
-        outcome[(r["policy"], level_of(r))][(r.get("model_seed", 0), r["problem"])] = r["correct"]
+    """At each budget level, DynTS against its rivals on the (model seed, problem) pairs both
+    decoded: the baseline with the highest Pass@1 there, and the lexical control (on every
+    problem, and on the decoy families alone). McNemar's exact test, pooled and per seed."""
+    cells, family = outcomes(records), {(r.get("model_seed", 0), r["problem"]): r["family"] for r in records}
     tests = []
     for level in sorted({r["level"] for r in rows if r["policy"] == "dynts"}):
-        rivals = [r for r in rows if r["level"] == level and r["policy"].removesuffix("+p") in [c.name for c in BASELINES]]
-        if not rivals:
-            continue
-        best = max(rivals, key=lambda r: r["pass_at_1"])
-        a, b = outcome[("dynts", level)], outcome[(best["policy"], level)]
-        keys = sorted(a.keys() & b.keys())
-        tests.append(dict(level=level, best_baseline=best["policy"], n_pairs=len(keys),
-                          dynts=sum(a[k] for k in keys) / len(keys), baseline=sum(b[k] for k in keys) / len(keys),
-                          p_value=mcnemar([a[k] for k in keys], [b[k] for k in keys])))
+        baselines = [r for r in rows if r["level"] == level and r["policy"].removesuffix("+p") in
+                     [c.name for c in BASELINES]]
+        rivals = [(max(baselines, key=lambda r: r["pass_at_1"])["policy"], None)] if baselines else []
+        if ("lexical", level) in cells:
+            rivals += [("lexical", None)] + [("lexical", DECOY_FAMILIES)] * any(f in DECOY_FAMILIES for f in family.values())
+        for rival, families in rivals:
+            a, b = cells[("dynts", level)], cells[(rival, level)]
+            keys = sorted(k for k in a.keys() & b.keys() if families is None or family[k] in families)
+            tests.append(dict(level=level, rival=rival, families="all" if families is None else ",".join(families),
+                              n_pairs=len(keys), dynts=sum(a[k] for k in keys) / len(keys),
+                              rival_pass=sum(b[k] for k in keys) / len(keys),
+                              p_value=mcnemar([a[k] for k in keys], [b[k] for k in keys]),
+                              per_seed=paired_by_seed({k: a[k] for k in keys}, {k: b[k] for k in keys})))
     return tests
 
 
@@ -233,14 +234,14 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         level = "-" if r["level"] is None else (f"{r['level']:.0%}" if isinstance(r["level"], float) else str(r["level"]))
         comp = f"{full['peak_kv'] / r['peak_kv']:.2f}x" if full else "-"
-        ci = f"{r['pass_at_1']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]"
+        ci = f"{r['pass_at_1']:.1%} [{r['ci_crossed'][0]:.1%}, {r['ci_crossed'][1]:.1%}]"  # seeds and problems
         fams = " ".join(f"{r['families'][f]:>9.1%}" if f in r["families"] else f"{'':>9}" for f in families)
         lines.append(f"{r['policy']:<16} {level:>10} {ci:>22} {r['seed_sd']:>8.1%} {r['items']:>6.1%} "
                      f"{r['peak_kv']:>8.0f} {comp:>6}  {fams}")
     return "\n".join(lines)
 
 
-PLOT_COLORS = {"oracle": "C1", "dynts": "C2", "dynts-random": "C7", "rkv": "C4", "snapkv": "C5", "h2o": "C6",
+PLOT_COLORS = {"oracle": "C1", "dynts": "C2", "dynts-random": "C7", "lexical": "C0", "rkv": "C4", "snapkv": "C5", "h2o": "C6",
                "sepllm": "C9", "streaming": "C8", "window": "C3"}  # plot(): a colour per rule, +p or not
 
 
@@ -250,7 +251,7 @@ def plot(rows: list[dict], path: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    main = ["full", "oracle", "dynts", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
+    main = ["full", "oracle", "dynts", "lexical", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
             "sepllm+p", "sepllm", "window+p", "streaming", "window"]
     names = [n for n in main if any(r["policy"] == n for r in rows)]
     panels = ["pooled"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
@@ -268,7 +269,7 @@ def plot(rows: list[dict], path: str):
             x = [r["peak_kv"] for r in rs]
             if panel == "pooled":
                 y = [100 * r["pass_at_1"] for r in rs]
-                lo, hi = zip(*[(100 * r["ci"][0], 100 * r["ci"][1]) for r in rs])
+                lo, hi = zip(*[(100 * r["ci_crossed"][0], 100 * r["ci_crossed"][1]) for r in rs])
             else:
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
@@ -277,7 +278,7 @@ def plot(rows: list[dict], path: str):
             # dashed without
             base = name.removesuffix("+p")
             color = PLOT_COLORS[base]
-            if base in ("oracle", "dynts-random"):
+            if base in ("oracle", "dynts-random", "lexical"):
                 ls = ":"
             else:
                 ls = "-" if base == "dynts" or name != base else "--"
@@ -304,8 +305,10 @@ def report(records: list[dict]) -> dict:
     print("\n" + table(rows))
     for t in tests:
         level = f"{t['level']:.0%} of Full's cache" if isinstance(t["level"], float) else f"budget {t['level']}"
-        print(f"at {level}: dynts {t['dynts']:.1%} vs the best baseline, {t['best_baseline']}, {t['baseline']:.1%} "
-              f"on {t['n_pairs']} pairs: McNemar p = {t['p_value']:.2g}")
+        on = "" if t["families"] == "all" else f" on {t['families']}"
+        seeds = "; per seed p = " + ", ".join(f"{u['p_value']:.2g}" for u in t["per_seed"]) if len(t["per_seed"]) > 1 else ""
+        print(f"at {level}{on}: dynts {t['dynts']:.1%} vs {t['rival']} {t['rival_pass']:.1%} on {t['n_pairs']} pairs: "
+              f"McNemar p = {t['p_value']:.2g}{seeds}")
     return dict(rows=rows, paired_tests=tests)
 
 

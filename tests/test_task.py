@@ -2,6 +2,7 @@
 family's structure (where the results sit in the trace, and what reads them again)."""
 import functools
 import itertools
+import math
 import random
 import re
 import statistics
@@ -359,3 +360,94 @@ def test_the_shipped_checkpoints_problems_do_not_change():
     for family in FAMILIES:
         p = problems("eval", 2, family=family, **meta["task"])
         assert f"mode {FAMILIES.index(family) + 1}" in p[0].prompt
+
+
+# ---- the paper's regime: a short question, a long trace, families with decoy statements ----
+
+@functools.cache
+def paper(family: str, n: int = 30) -> tuple:
+    from lab.train import TASK
+    return tuple(problems("valid", n, family=family, **TASK))
+
+
+def test_the_paper_regime_keeps_at_least_4x_the_prompt_of_older_tokens_at_30_percent():
+    """With the reference traces' mean length as Full's peak cache, the 30% budget, window 0.4 x
+    budget and ratio 0.3 keep floor(0.3 (budget - window)) older tokens: at least 4x the prompt
+    (the paper: 600-900 against short questions). Every problem fits the model's positions."""
+    from lab.train import CONFIGS
+    lengths = [n_tokens(p.text()) for f in task.FAMILIES for p in paper(f)]
+    prompt = {n_tokens(p.prompt) for f in task.FAMILIES for p in paper(f)}
+    assert len(prompt) == 1 and prompt.pop() == 85
+    budget = round(0.3 * statistics.mean(lengths))
+    older = math.floor(0.3 * (budget - round(0.4 * budget)))
+    assert older >= 4 * 85
+    assert max(lengths) < CONFIGS["gpt2"].block_size - 100
+
+
+def side_values(p) -> dict[str, str]:
+    """{letter: value} of the side walks ("D: ab>cd, so D=cd."), the letters the answer does not hold."""
+    asked = results(p)
+    return {x: v for x, v in re.findall(r"^([A-Z]): [a-z]{2}>([a-z]{2}), so \1=\2\.$", p.thinking, re.M)
+            if x not in asked}
+
+
+@pytest.mark.parametrize("family", ["decoy", "mixed"])
+def test_decoy_statements_follow_the_asked_results_in_the_same_template(family):
+    """The side results ("so far D=cd E=gh.") are restated up to the end, so that many more
+    statements in the result template come after the asked results than the older share holds;
+    the answer needs none of them."""
+    for p in paper(family):
+        asked, side = results(p), side_values(p)
+        assert len(side) == (3 if family == "decoy" else 2) and not set(side.values()) & set(asked.values())
+        last_asked = max(p.thinking.index(f"so {x}={v}.") for x, v in asked.items())
+        assert all(s[0] in side for s in re.findall(r"[A-Z]=[a-z]{2}", p.thinking[last_asked + 8:]))
+        after_first = [s for s in re.findall(r"[A-Z]=[a-z]{2}", p.thinking[p.thinking.index("so A="):]) if s[0] in side]
+        assert len(after_first) >= (150 if family == "decoy" else 100)  # 2 tokens each; ~260 older slots at 30%
+
+
+def test_the_mixed_family_holds_three_kinds_of_dependency():
+    """A's result written once; B's read again ("B ends at ..."); C's first a step short, then
+    corrected later; only the correction is the answer's."""
+    for p in paper("mixed"):
+        asked = results(p)
+        assert p.thinking.count(f"A={asked['A']}") == 1
+        assert p.thinking.count(f"B ends at {asked['B']}, no link out.") >= 1
+        short = re.search(r"^C: [a-z]{2}>([a-z]{2}), so C=\1\.$", p.thinking, re.M)
+        correction = p.thinking.index(f"wait, C takes 2 steps: ")
+        assert short and short.start() < correction < p.thinking.index(f"so C={asked['C']}.")
+        assert short.group(1) != asked["C"]
+
+
+def values_alive_at_the_answer(policy, p, enc) -> bool:
+    """Whether every asked result's value (the two tokens after "so A=") is still cached when
+    the answer starts, when `policy` decodes the reference trace."""
+    import torch
+    from lab.train import eviction_deaths
+    text = p.text()
+    tokens = torch.tensor(enc.encode(text, allowed_special="all"))
+    death = eviction_deaths(policy, tokens, None)
+    answer_start = n_tokens(text[:text.index(END_THINK)]) + 1
+    at = lambda c: n_tokens(text[:c])  # character -> token index
+    for x, v in results(p).items():
+        c = text.index(f"so {x}={v}.") + 5
+        if min(death[at(c)], death[at(c) + 1]) <= answer_start:
+            return False
+    return True
+
+
+def test_the_lexical_control_keeps_the_results_unless_decoys_crowd_them_out():
+    """The mechanism, without a model: the lexical control replayed on reference traces at 30%
+    keeps every asked result's value to the answer where the template marks only what the answer
+    needs (far, reused, redundant), and loses one where decoy statements follow: on almost every
+    decoy problem, and on most mixed ones (two side walks there, three in decoy: fewer decoys)."""
+    from model import get_encoding
+    from lab.policies import make_policy
+    enc = get_encoding()
+    budget = round(0.3 * statistics.mean(n_tokens(p.text()) for f in task.FAMILIES for p in paper(f)))
+    kept = {}
+    for family in ("far", "reused", "redundant", "decoy", "mixed"):
+        ps = paper(family, 20)
+        policy = lambda: make_policy("lexical", budget, round(0.4 * budget), 0.3, n_tokens(ps[0].prompt), enc=enc)
+        kept[family] = sum(values_alive_at_the_answer(policy(), p, enc) for p in ps) / len(ps)
+    assert min(kept["far"], kept["reused"], kept["redundant"]) >= 0.9, kept
+    assert kept["decoy"] <= 0.1 and kept["mixed"] <= 0.5, kept

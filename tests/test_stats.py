@@ -1,0 +1,64 @@
+"""Tests for lab/stats.py: the intervals and paired tests of the comparison."""
+import math
+import random
+
+import pytest
+
+from lab.stats import crossed_bootstrap, mcnemar, paired_by_seed, wilson
+
+
+def test_wilson_matches_the_formula_and_stays_in_0_1():
+    lo, hi = wilson(90, 100)
+    assert lo == pytest.approx(0.8256, abs=1e-4) and hi == pytest.approx(0.9448, abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_counts_only_the_discordant_pairs():
+    # 10 pairs where only a is right, 0 where only b: p = 2 / 2^10
+    a, b = [True] * 10 + [True] * 5 + [False] * 5, [False] * 10 + [True] * 5 + [False] * 5
+    assert mcnemar(a, b) == pytest.approx(2 / 2 ** 10)
+    assert mcnemar(a, b) == mcnemar(b, a)
+    assert mcnemar([True, False], [True, False]) == 1.0  # no discordant pair
+
+
+def outcomes(seed_rates, n_problems, rng):
+    """{(seed, problem): correct}: each seed right with its own rate, on the same problems."""
+    return {(s, p): rng.random() < rate for s, rate in enumerate(seed_rates) for p in range(n_problems)}
+
+
+def test_crossed_bootstrap_widens_when_the_seeds_disagree():
+    """Seeds at 90 / 50 / 70%: the pooled pairs' Wilson interval is about +-2.4 points, but the
+    seeds' spread dominates; the crossed interval must be wider and hold the pooled mean. Seeds
+    that agree give about the Wilson width."""
+    rng = random.Random(0)
+    apart = outcomes([0.9, 0.5, 0.7], 500, rng)
+    mean = sum(apart.values()) / len(apart)
+    lo, hi = crossed_bootstrap(apart)
+    w_lo, w_hi = wilson(sum(apart.values()), len(apart))
+    assert lo < mean < hi and hi - lo > 3 * (w_hi - w_lo)
+    alike = outcomes([0.7, 0.7, 0.7], 500, rng)
+    lo, hi = crossed_bootstrap(alike)
+    w_lo, w_hi = wilson(sum(alike.values()), len(alike))
+    assert 0.5 * (w_hi - w_lo) < hi - lo < 2.5 * (w_hi - w_lo)
+
+
+def test_crossed_bootstrap_resamples_problems_shared_by_the_seeds():
+    """Three seeds that fail on exactly the same problems carry the information of one seed's
+    300 problems, not of 900 independent pairs: the interval is about sqrt(3) times the pooled
+    pairs' Wilson width (wider than 1.4x), near the Wilson width of 300."""
+    shared = {(s, p): p % 10 < 7 for s in range(3) for p in range(300)}  # 70%, the same problems fail
+    lo, hi = crossed_bootstrap(shared)
+    pooled, one_seed = wilson(630, 900), wilson(210, 300)
+    assert hi - lo > 1.4 * (pooled[1] - pooled[0])
+    assert hi - lo == pytest.approx(one_seed[1] - one_seed[0], rel=0.25)
+    assert crossed_bootstrap({(s, p): True for s in range(3) for p in range(50)}) == (1.0, 1.0)
+
+
+def test_paired_by_seed_tests_each_seed_on_its_own_pairs():
+    a = {(s, p): True for s in (0, 1) for p in range(12)}
+    b = {(0, p): p < 2 for p in range(12)} | {(1, p): True for p in range(12)}
+    tests = paired_by_seed(a, b)
+    assert [t["model_seed"] for t in tests] == [0, 1] and [t["n_pairs"] for t in tests] == [12, 12]
+    assert tests[0]["p_value"] == pytest.approx(2 / 2 ** 10) and tests[1]["p_value"] == 1.0
+    assert tests[0]["b"] == pytest.approx(2 / 12) and math.isclose(tests[1]["a"], 1.0)
