@@ -32,18 +32,20 @@ each heuristic has a family it should win):
              prompt ("answer next"), by every restatement ("so far A=kl B=ij, then next.") and
              by the trace's last sentence. A policy that evicts the prompt fails.
 
-The paper's regime (`paper_regime=True`): a short question (the table and "mode 3: kr yd rr."),
-a long trace, and two families in which result statements in exactly the template
+The paper's regime (`paper_regime=True`): a short question (the table and "mode 3, review 24: kr
+yd rr."), a long trace, and two families in which result statements in exactly the template
 ("so D=gh.") are not all needed, so that knowing where the task writes its results is not enough:
-- decoy:     each step also follows a side walk the question does not ask about ("D: ab>cd, so
-             D=cd."), and every other filler sentence restates the side results ("so far D=cd
-             E=gh."), up to the end. The asked results are written once, early.
+- decoy:     after the first step, three side walks the question does not ask about ("D: ab>cd,
+             so D=cd."), and every other filler sentence restates the side results ("so far D=cd
+             E=gh F=ij."), up to the end. The asked results are written once.
 - mixed:     dependencies of several kinds in one trace: A's result written once, B's read again
              ("B ends at ij, no link out."), C's first written a step short ("so C=em.") and
              corrected later ("wait, C takes 2 steps: rr>em>vs, so C=vs."), and two side walks
              restated as in decoy.
-In this regime the checks are split unevenly between the steps, so the last result sits
-anywhere from inside the recent window to far beyond it.
+In this regime the prompt announces the review's length ("mode 3, review 24: kr yd rr."), drawn
+around the recent window's; the last step has no checks, so its result sits that many sentences
+before the answer: inside the window on some problems, beyond it on others. Every count in a
+trace is fixed by the prompt (a model decoding greedily cannot draw a length it was not told).
 
 Every prompt has the same number of tokens, whatever its family (the same number of table
 entries and walks, "answer ends" or "answer next"), so problems batch without padding.
@@ -64,10 +66,9 @@ SPLITS = ("train", "valid", "eval")
 FAMILIES = ("far", "local", "reused", "redundant", "prompt", "decoy", "mixed")
 SHORT_TRACE_FAMILIES = FAMILIES[:5]  # the short-trace task's (the shipped checkpoint's); the paper's regime adds two
 FAMILY_WEIGHTS = dict(far=1, local=1, reused=1, redundant=1, prompt=1, decoy=1, mixed=1)  # fixed before any evaluation
-# In the paper's regime, each family's filler count is scaled by this, so that every family's
-# trace has about the same number of tokens (measured: mean tokens at 190 filler sentences).
-FILLER_SCALE = dict(far=1.0, local=1.07, reused=0.99, redundant=1.0, prompt=0.96, decoy=1.1, mixed=1.13)
-REDUNDANT_PAIR = 50  # characters: the mean length of the redundant family's two repeated sentences
+# In the paper's regime, each family's checks per step are scaled by this, so that every family's
+# trace has about the same number of tokens (measured on 300 training problems a family).
+FILLER_SCALE = dict(far=0.981, local=1.088, reused=0.973, redundant=1.037, prompt=0.973, decoy=1.033, mixed=1.106)
 MODES = {family: i + 1 for i, family in enumerate(FAMILIES)}  # with announce=True the prompt says "mode 3"
 
 # Every fixed piece of text. Nodes are two lowercase letters that never occur inside these
@@ -114,9 +115,10 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     walks_first:   every walk first, then all the checks: the table is needed only at the start
                    (and, in the prompt family, for the answer), so that a policy that drops the
                    prompt can still follow the trace
-    paper_regime:  the paper's proportions: a short question (the table and "mode 3: kr yd rr.")
-                   before a long trace, the steps' checks split unevenly, and the two
-                   families whose result statements the answer does not all need (decoy, mixed)
+    paper_regime:  the paper's proportions: a short question (the table and "mode 3, review 24:
+                   kr yd rr.", the review's length announced) before a long trace, n_filler
+                   checks for each step but the last, and the two families whose result
+                   statements the answer does not all need (decoy, mixed)
     The shipped checkpoint was trained with announce on, the others off (docs/RESULTS.md).
     """
     if family not in families_of(dict(paper_regime=paper_regime)):
@@ -125,7 +127,7 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     n_review = n_review if isinstance(n_review, int) else rng.randint(*n_review)
     n_side = dict(decoy=3, mixed=2).get(family, 0)  # side walks: results the question does not ask for
     if not (1 <= lo <= hi <= 26 - n_side and hops >= 2 and n_distractors >= 2 and 0 <= n_filler[0] <= n_filler[1]
-            and 0 <= n_review):
+            and (1 if paper_regime else 0) <= n_review):
         raise ValueError("need 1 <= n_items <= 26, hops >= 2, n_distractors >= 2, n_filler = (lo, hi), n_review >= 0")
     k = rng.randint(lo, hi)
     extra = 1 if family == "prompt" else 0  # the prompt family's results link on once more
@@ -145,8 +147,10 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     task_line = f"follow {hops} steps, " + (f"mode {MODES[family]}, " if announce else "") + \
         "answer " + ("next" if family == "prompt" else "ends")
     prompt = f"table: {' '.join(table)}\n{task_line}: {starts}.\n{THINK}"
-    if paper_regime:  # the short question: the mode says what to do; the starts are A's, B's, ... in order
-        prompt = f"{' '.join(table)}\nmode {MODES[family]}: {' '.join(w[0] for w in walks)}.\n{THINK}"
+    if paper_regime:  # the short question: the mode says what to do, the review how long; the starts in order
+        if not n_review < 100:
+            raise ValueError(f"the paper regime announces the review in two digits: n_review < 100, got {n_review}")
+        prompt = f"{' '.join(table)}\nmode {MODES[family]}, review {n_review:02d}: {' '.join(w[0] for w in walks)}.\n{THINK}"
     side_letters = ascii_uppercase[k:k + n_side]
     side = [(x, d, link[d]) for x, d in zip(side_letters, rng.sample(distractors, n_side))]  # one look-up each
 
@@ -171,23 +175,22 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
 
     so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, r in zip(letters[:done], results[:done])) + \
         (NEXT if family == "prompt" else ".")
-    side_so_far = lambda done: "so far " + " ".join(f"{x}={r}" for x, _, r in side[:done]) + "."
+    side_so_far = "so far " + " ".join(f"{x}={r}" for x, _, r in side) + "."  # the side results
     reread = lambda i: f"{letters[i]} ends at {results[i]}, no link out."
-    repeated = [rng.choice(MUSINGS), dead_end()]  # the redundant family's two filler sentences
+    # the redundant family's two filler sentences (in the paper regime, of about the same length every time)
+    repeated = [rng.choice(MUSINGS[2:] if paper_regime else MUSINGS), dead_end()]
 
     n = rng.randint(*n_filler)
-    if paper_regime:  # each family's sentences have their own mean length: scaled so its traces are as long
-        n = round(n * FILLER_SCALE[family])
-        if family == "redundant":  # and by its two repeated sentences' length, which varies the most
-            n = round(n * REDUNDANT_PAIR / sum(map(len, repeated)))
     checks = [max(0, n - n_review) // k + (i < max(0, n - n_review) % k) for i in range(k)]  # per step
-    if paper_regime:  # uneven: the last result may sit anywhere from the window to far beyond it
-        cuts = sorted(rng.randint(0, max(0, n - n_review)) for _ in range(k - 1))
-        checks = [b - a for a, b in zip([0] + cuts, cuts + [max(0, n - n_review)])]
+    if paper_regime:  # n checks per step but the last, whose result only the review follows
+        n = round(n * FILLER_SCALE[family])  # (each family's sentences have their own mean length)
+        checks = [n] * (k - 1) + [0]
     corrected = family == "mixed" and k >= 3  # mixed: the third walk is first stopped a step short
-    correct_at = sum(checks[:2]) + rng.randrange(checks[2] + n_review) if corrected and checks[2] + n_review else None
+    correct_at = sum(checks) + n_review // 2 if corrected else None  # ... and corrected halfway through the review
     if walks_first:  # the redundant family restates each result once: index -> which result
         restate_at = dict(zip(sorted(rng.sample(range(sum(checks)), min(k, sum(checks)))), range(k)))
+    elif paper_regime:  # halfway through its step's checks (the last step's: the review's first line)
+        restate_at = {sum(checks[:i]) + checks[i] // 2: i for i in range(k)}
     else:
         restate_at = {sum(checks[:i]) + rng.randrange(checks[i]): i for i in range(k) if checks[i]}
 
@@ -197,7 +200,7 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
             w = walks[2]
             return f"wait, C takes {hops} steps: {'>'.join(w[:hops + 1])}, so C={w[hops]}."
         if family in ("decoy", "mixed") and index % 2 == 1:  # the side results, restated again and again
-            return side_so_far(min(done, n_side))
+            return side_so_far
         if family == "mixed" and done >= 2 and index % 4 == 0 and not reviewing:
             return reread(1)  # B's result, read again (A's is written once, C's corrected)
         if family in ("local", "prompt"):
@@ -214,8 +217,7 @@ def make_problem(rng: random.Random, family: str = "far", n_items: tuple[int, in
     walk_lines = [f"{x}: {'>'.join(w[:hops + 1])}, so {x}={w[hops]}.\n" for x, w in zip(letters, walks)]
     if corrected:  # one step short: a result in the template that the answer must not use
         walk_lines[2] = f"C: {'>'.join(walks[2][:hops])}, so C={walks[2][hops - 1]}.\n"
-    for i, (x, d, r) in enumerate(side[:k]):  # a side walk after each of the first steps
-        walk_lines[i] += f"{x}: {d}>{r}, so {x}={r}.\n"
+    walk_lines[0] += "".join(f"{x}: {d}>{r}, so {x}={r}.\n" for x, d, r in side)  # the side walks, after A's
     if walks_first:  # (steps done, their walks, then this many checks)
         blocks = [(k, "".join(walk_lines), sum(checks))]
     else:

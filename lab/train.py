@@ -40,13 +40,13 @@ from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, open_hf
 from model import GPT, GPTConfig, get_encoding
 
-# The task: task.py's paper regime, a mixture of seven families, a short question (85 tokens) and
-# a long trace (~6,400 tokens), each prompt naming its family ("mode 3"), so that the model
-# writes the family's kind of trace. The review's length varies around the recent window.
-TASK = dict(announce=True, paper_regime=True, n_filler=(170, 176), n_review=(4, 60))
+# The task: task.py's paper regime, a mixture of seven families, a short question (96 tokens) and
+# a long trace (~6,300 tokens), each prompt naming its family ("mode 3"), so that the model
+# writes the family's kind of trace, and the review's length, drawn around the recent window's.
+TASK = dict(announce=True, paper_regime=True, n_filler=(76, 76), n_review=(10, 30))
 # A curriculum: the first CURRICULUM fraction of the base model's steps use short traces (a few
 # filler sentences, ~500 tokens), which teach the table look-ups at a fraction of the cost.
-SHORT_TASK = dict(TASK, n_filler=(4, 12), n_review=4)
+SHORT_TASK = dict(TASK, n_filler=(2, 8), n_review=(2, 6))
 CURRICULUM = 0.4
 # The base model: GPT-2's blocks (4.0M parameters, 1M of them learned positions), or (`--blocks
 # llama`) the paper's model family in miniature, Llama's blocks of the same width and depth
@@ -55,9 +55,9 @@ CURRICULUM = 0.4
 # attention goes mostly to the last lines, the predictor ranks the thinking tokens poorly
 # (Spearman 0.55 against 0.9) and DynTS falls far below the oracle.
 CONFIGS = dict(
-    llama=GPTConfig(block_size=7168, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=688,
+    llama=GPTConfig(block_size=7104, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=688,
                     bias=False, norm="rmsnorm", mlp="swiglu", positions="rope"),
-    gpt2=GPTConfig(block_size=7168, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=1024,
+    gpt2=GPTConfig(block_size=7104, vocab_size=259, n_layer=4, n_head=8, n_kv_head=4, n_embd=256, mlp_hidden=1024,
                    bias=True),
 )
 # The decoding settings stored with the checkpoint: budgets at these fractions of Full's mean
