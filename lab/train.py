@@ -270,16 +270,18 @@ def train_model(model: GPT, steps: int, batch_size: int, lr: float, device, seed
         problems = task.problems("train", batch_size, seed=seed + step, **knobs)
         # On the CPU first: the masks' replay reads them there without waiting for the GPU.
         tokens, prompt_len, _, lengths = encode_batch(problems, enc, torch.device("cpu"))
-        T = tokens.shape[1] - 1  # inputs: every token but the last
-        attend = torch.ones(T, T, dtype=torch.bool, device=device).tril().repeat(len(problems), 1, 1)  # (B, T, T)
-        if len(problems) > 1:
-            attend[1::2] = eviction_mask(problems[1::2], tokens[1::2, :-1], prompt_len[1::2], generator, device=device)
-        tokens, prompt_len, lengths = tokens.to(device), prompt_len.to(device), lengths.to(device)
+        holes = eviction_mask(problems[1::2], tokens[1::2, :-1], prompt_len[1::2], generator, device=device) \
+            if len(problems) > 1 else None  # (B // 2, T - 1, T - 1): the odd rows' attention
+        order = torch.cat([torch.arange(0, len(problems), 2), torch.arange(1, len(problems), 2)])  # even rows first
+        tokens, prompt_len, lengths = tokens[order].to(device), prompt_len[order].to(device), lengths[order].to(device)
         # Predict every token after the prompt: the thinking, the answer and the end of text.
         t = torch.arange(1, tokens.shape[1], device=device)
         mask = (t >= prompt_len[:, None]) & (t < lengths[:, None])  # (B, T - 1): which targets count
         with autocast:
-            _, hidden, _ = model(tokens[:, :-1], mask=attend)
+            even = (len(problems) + 1) // 2  # full causal attention, in a fused kernel; then the holes
+            hidden = model(tokens[:even, :-1])[1]
+            if holes is not None:
+                hidden = torch.cat([hidden, model(tokens[even:, :-1], mask=holes)[1]])
             logits = model.lm_head(hidden)  # (B, T - 1, vocab)
         # The mean over the targets that count, by weights rather than boolean indexing, which
         # would make the CPU wait for the forward before it builds the next batch's masks.
