@@ -5,11 +5,12 @@ family of task.py) with the same model, budgets, window and ratio, greedily, so 
 fraction solved. The budgets are the checkpoint's, chosen on validation problems by train.py
 (fractions of Full's peak cache there), with the paper's window 0.4 x budget and ratio 0.3.
 
-Reported per policy and budget: Pass@1 with a 95% Wilson interval, the accuracy per answer
-item, Pass@1 per family, the KV cache's peak and mean length; a paired test (McNemar's, exact)
-of DynTS against the best baseline at each budget. `--merge` pools the per-problem records of
-several runs (model seeds, or workers that split the policies), with the mean +- sd over
-model seeds. `--plot` draws Pass@1 against the KV budget, pooled and per family. Ctrl-C keeps the
+Reported per policy and budget: Pass@1 with a 95% interval (lab/stats.py: over seeds and
+problems as two levels when several model seeds pool), each seed's Pass@1, the accuracy per
+answer item, Pass@1 per family, the KV cache's peak and mean length; paired tests (McNemar's,
+exact, pooled and per seed) of DynTS against the best baseline and the lexical control at each
+budget. `--merge` pools the per-problem records of several runs (model seeds, or workers that
+split the policies). `--plot` draws Pass@1 against the KV budget, pooled and per family. Ctrl-C keeps the
 records of the policies decoded in full (where --json writes) and says how to --merge the rest.
 
 `--hf DIR --problems FILE.jsonl` runs the same comparison on a real model from disk (hf.py) and
