@@ -131,7 +131,7 @@ def generate(model: GPT, prompt, policy: Policy, max_new_tokens: int, num_sample
 
 
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
-         num_samples=1, temperature=0.0, top_k=None, seed=1337, device=None, dtype="auto",
+         num_samples=1, temperature=None, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
          plot_path=None, cuda_graphs=False, ignore_eot=False, out=None):
     """Run one generation and print sample 0 as it is written, then a summary (and, on a
@@ -164,6 +164,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     d = meta["decoding"]
     budget, window, ratio = [d[k] if v is None else v for k, v in (("budget", budget), ("window", window),
                                                                    ("ratio", ratio))]
+    temperature = d.get("temperature", 0.0) if temperature is None else temperature  # the trained task's sampling
     if max_new_tokens is None:  # up to the model's last position (a random model: 512 tokens, --hf: 32768 at most)
         max_new_tokens = config.block_size - len(ids)
         if init == "random" or hf is not None:
@@ -253,7 +254,8 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, help="the most tokens to generate per sample "
                    "(default: up to the model's block_size)")
     p.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, decoded as one batch")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
+    p.add_argument("--temperature", type=float,
+                   help="sampling temperature; 0 is greedy (default: the checkpoint's, else 0)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
     p.add_argument("--seed", type=int, default=1337, help="random seed (model init and sampling)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")

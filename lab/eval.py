@@ -112,12 +112,13 @@ def hf_cases(problems: list[dict], enc, meta: dict) -> list[Case]:
 
 @torch.no_grad()
 def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio, batch_size, enc, max_new_tokens=None,
-               eot_id=None, end_think_id=None, cuda_graphs=False) -> list[dict]:
+               eot_id=None, end_think_id=None, cuda_graphs=False, temperature=0.0, seed=0) -> list[dict]:
     """Decode `cases` under one policy: one record per problem, in the cases' order (correct,
     item accuracy, the cache's peak and mean length over the forwards). Prompts of one length
     share a batch (generate.generate). End-of-text and `</think>`: the byte encoding's unless
     given (a real model's). `cuda_graphs`: the fast path (lab/fastpath.py) for the policies
-    that need no attention weights."""
+    that need no attention weights. `temperature` > 0 samples, each batch from a generator seeded
+    by `seed` and the batch, so that every policy draws the same random numbers on a problem."""
     eot_id = enc.eot_token if eot_id is None else eot_id
     end_think_id = enc.encode_single_token(END_THINK) if end_think_id is None else end_think_id
     records = [None] * len(cases)
@@ -131,8 +132,10 @@ def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio,
         lengths = []  # after each forward: the slots that step attended to
         on_step = lambda cache, eviction: lengths.append(cache.length if eviction is None else eviction[1].shape[1])
         steps = model.config.block_size - P if max_new_tokens is None else max_new_tokens
+        generator = torch.Generator(device=model.wte.weight.device).manual_seed(1_000_003 * seed + batch[0])
         tokens, stats = generate(model, [cases[i].prompt for i in batch], policy, steps, eot_id=eot_id,
                                  vocab_limit=enc.n_vocab, on_step=on_step, check_every=32,
+                                 temperature=temperature, generator=generator,
                                  cuda_graphs=cuda_graphs and not policy.needs_attention)
         for i, row in zip(batch, tokens.tolist()):
             n = row.index(eot_id) + 1 if eot_id in row else len(row)  # this row's own tokens
@@ -422,10 +425,10 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     records = []
     try:  # Ctrl-C: the policies decoded at every budget are kept
         print(f"{len(problems)} {split} problems ({n} per family, seed {seed}), model seed {model_seed}, "
-              f"budgets {[b for b, _ in levels]}, ratio {ratio}, on {device} ({dtype})", flush=True)
+              f"budgets {[b for b, _ in levels]}, ratio {ratio}, temperature {d.get('temperature', 0.0)}, on {device} ({dtype})", flush=True)
         for name, b, f in runs:
             rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc,
-                            cuda_graphs=cuda_graphs)
+                            cuda_graphs=cuda_graphs, temperature=d.get("temperature", 0.0), seed=seed)
             for i, r in enumerate(rs):
                 r.update(problem=i, fraction=f, model_seed=model_seed, window=window_of(b) if b else None)
             records += rs

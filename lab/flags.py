@@ -15,7 +15,7 @@ def check_flags(policy, budget, window, ratio, prompt, problem, temperature, see
         check_output_path(flag, path)
     check_matplotlib("--plot", plot_path)
     check_seed(seed)
-    if temperature != 0:  # 0 is greedy; anything else divides the logits
+    if temperature not in (None, 0):  # 0 is greedy; None: the checkpoint's; anything else divides the logits
         check_positive("--temperature", temperature)
         if temperature < 1e-3:
             raise UsageError(f"--temperature {temperature}: use 0 for greedy, or at least 1e-3")

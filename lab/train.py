@@ -64,6 +64,11 @@ CONFIGS = dict(
 # peak cache on validation problems (`budgets_on_validation`), with the paper's proportions
 # (window 0.4 x budget, ratio 0.3). The second is the default budget.
 BUDGET_FRACTIONS = (0.2, 0.3, 0.45, 0.6)
+# Decoding samples at the training distribution's temperature: the checks of a trace are drawn at
+# random, and a greedy decoder writes the likeliest check again and again, a trace unlike any it
+# was trained on, until it loses its place (with a full cache: 40, 36 and 23 of 100 validation
+# problems solved greedily, after 2,400 steps; docs/RESULTS.md). Stored with the checkpoint.
+TEMPERATURE = 1.0
 # The blind eviction masks draw, per row, one of these kinds with these weights (see
 # blind_eviction_mask), and a simulated cache's setting from these ranges.
 MASK_KINDS = dict(holes=0.4, replay=0.45, sinks=0.15)
@@ -502,7 +507,7 @@ class DynTSMasks:
 @torch.no_grad()
 def budgets_on_validation(model: GPT, n: int, device) -> dict:
     """The decoding defaults, chosen on n validation problems (never on evaluation ones): Full's
-    mean peak cache there (prompt + the model's own greedy trace, tokens per problem), budgets
+    mean peak cache there (prompt + the model's own trace, sampled at TEMPERATURE), budgets
     at BUDGET_FRACTIONS of it, and the paper's proportions: window 0.4 x budget, ratio 0.3.
     The default budget is the second fraction's (0.3: a third of Full's cache or less)."""
     enc = get_encoding()
@@ -510,7 +515,8 @@ def budgets_on_validation(model: GPT, n: int, device) -> dict:
     prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
     P = len(prompts[0])
     tokens, _ = generate(model, prompts, dynts.Full(), model.config.block_size - P, eot_id=enc.eot_token,
-                         vocab_limit=enc.n_vocab)
+                         vocab_limit=enc.n_vocab, temperature=TEMPERATURE,
+                         generator=torch.Generator(device=device).manual_seed(0))
     rows = tokens.tolist()
     new = [row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row) for row in rows]
     peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
@@ -524,7 +530,7 @@ def budgets_on_validation(model: GPT, n: int, device) -> dict:
     print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}; Full solves "
           + ", ".join(f"{f} {k}/{m}" for f, (k, m) in solved.items() if m), flush=True)
     return dict(budget=budgets[1], window=round(0.4 * budgets[1]), ratio=0.3, budgets=budgets,
-                window_fraction=0.4, full_peak_valid=peak, n_valid=n, full_valid=full_valid)
+                window_fraction=0.4, full_peak_valid=peak, n_valid=n, full_valid=full_valid, temperature=TEMPERATURE)
 
 
 # -----------------------------------------------------------------------------
