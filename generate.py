@@ -134,13 +134,19 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
          num_samples=1, temperature=None, top_k=None, seed=1337, device=None, dtype="auto",
          ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
          plot_path=None, cuda_graphs=False, ignore_eot=False, out=None):
-    """Run one generation and print sample 0 as it is written, then a summary (and, on a
-    terminal, the trace again with the evicted tokens dimmed). Returns stats. The model: `ckpt`
-    (lab/train.py's; default ckpt/tiny-reasoner.pt), random weights of `preset`, or `hf`, a Hugging
-    Face checkpoint folder with, for DynTS, `predictor_path` (lab/train.py --hf writes one)."""
+    """Run one generation per policy (`policy`: a name, or several, comma-separated) and print
+    sample 0 as it is written, then a summary (and, on a terminal, the trace again with the
+    evicted tokens dimmed). Returns the stats (a list of them, one per policy, for several). The
+    model: `ckpt` (lab/train.py's; default ckpt/tiny-reasoner.pt), random weights of `preset`, or
+    `hf`, a Hugging Face checkpoint folder with, for DynTS, `predictor_path` (lab/train.py --hf
+    writes one). `html_path` / `plot_path`: every policy's trace on one page / one raster."""
     out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
-    check_flags(policy, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
-                stats_json, html_path, plot_path, cuda_graphs)  # (lab/flags.py: each one line, before any work)
+    names = [n.strip() for n in policy.split(",") if n.strip()]
+    for name in names or [""]:  # each one line, before any work (lab/flags.py)
+        if name not in NAMES:
+            raise UsageError(f"--policy {name!r}: choose from {', '.join(NAMES)} (several: comma-separated)")
+        check_flags(name, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
+                    stats_json, html_path, plot_path, cuda_graphs)
     device = resolve_device(device)
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError(f"--cuda-graphs needs a CUDA device, not {device}")
@@ -169,17 +175,15 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         max_new_tokens = config.block_size - len(ids)
         if init == "random" or hf is not None:
             max_new_tokens = min(512 if hf is None else 32768, max_new_tokens)
-    check_lengths(policy, len(ids), config.block_size, budget, window, max_new_tokens, num_samples, top_k)
-    pol = make_policy(policy, budget, window, ratio, len(ids), predictor, enc, meta["end_think_id"], meta["eos_id"])
-    older = math.floor(ratio * (budget - window)) if pol.budget is not None else None
-    if pol.protect_prompt and older <= len(ids):  # the rule keeps max(protected, older): the prompt wins
-        print(f"generate.py: note: --budget {budget} --window {window} --ratio {ratio} keeps "
-              f"floor({ratio} x {budget - window}) = {older} older tokens, no more than the "
-              f"{len(ids)}-token protected prompt: every eviction keeps the prompt and the window, no older generated "
-              "token", file=sys.stderr)
-    capacity = pol.budget if pol.budget is not None else len(ids) + max_new_tokens
+    policies = []
+    for name in names:
+        check_lengths(name, len(ids), config.block_size, budget, window, max_new_tokens, num_samples, top_k)
+        policies.append(make_policy(name, budget, window, ratio, len(ids), predictor, enc, meta["end_think_id"],
+                                    meta["eos_id"]))
+        warn_prompt_fills_older(policies[-1], len(ids))
+    capacity = max(len(ids) + max_new_tokens if p.budget is None else p.budget for p in policies)
     nbytes = cache_bytes(config, num_samples, capacity, dtype.itemsize)
-    what = f"--budget {budget}" if pol.budget is not None else f"--max-new-tokens {max_new_tokens}"
+    what = f"--max-new-tokens {max_new_tokens}" if any(p.budget is None for p in policies) else f"--budget {budget}"
     check_memory(f"{what}: the KV cache of --num-samples {num_samples} x {capacity} slots", nbytes, device)
 
     if model is None:
@@ -187,11 +191,43 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     model.to(device=device, dtype=dtype).eval()
     if predictor is not None:
         predictor.to(device=device, dtype=dtype).eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    pictures = bool(html_path or plot_path or out.isatty())
+    runs = []  # (stats, rows, log) per policy
+    for pol in policies:
+        if len(policies) > 1:
+            out.write(f"== {pol.name} ==\n")
+        runs.append(decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature, top_k, seed, device,
+                           dtype, the_problem, cuda_graphs, ignore_eot, pictures, out))
+    if pictures:
+        from lab import view
+        view.show([(stats, rows, log) for stats, rows, log in runs], model, enc, ids, meta, the_problem, out,
+                  html_path, plot_path)
+    all_stats = [stats for stats, _, _ in runs]
+    if stats_json:
+        with open(stats_json, "w") as f:
+            json.dump(all_stats[0] if len(all_stats) == 1 else all_stats, f, indent=2)
+    return all_stats[0] if len(all_stats) == 1 else all_stats
+
+
+def warn_prompt_fills_older(pol: Policy, prompt_len: int):
+    """A note when the rule's older share is no more than the protected prompt (it keeps the prompt)."""
+    older = math.floor(pol.ratio * (pol.budget - pol.window)) if pol.budget is not None else None
+    if pol.protect_prompt and older <= prompt_len:  # the rule keeps max(protected, older): the prompt wins
+        print(f"generate.py: note: --budget {pol.budget} --window {pol.window} --ratio {pol.ratio} keeps "
+              f"floor({pol.ratio} x {pol.budget - pol.window}) = {older} older tokens, no more than the "
+              f"{prompt_len}-token protected prompt: every eviction keeps the prompt and the window, no older "
+              "generated token", file=sys.stderr)
+
+
+def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature, top_k, seed, device, dtype,
+           the_problem, cuda_graphs, ignore_eot, pictures, out):
+    """One policy's generation, streamed: returns (stats, rows, log) where rows are the samples'
+    tokens up to their end of text and log the lab.view.TraceLog (None without pictures)."""
+    gen = torch.Generator(device=device).manual_seed(seed)  # every policy draws the same random numbers
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out.write(enc.decode(ids))
     log = None
-    if html_path or plot_path or out.isatty():  # only for the pictures
+    if pictures:  # only for the pictures
         from lab.view import TraceLog
         log = TraceLog(pol)
     kept_thinking = []  # older generated tokens each eviction kept (row 0)
@@ -220,13 +256,7 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG'}"
                   + (f" | {sum(correct)}/{len(correct)} samples correct" if len(correct) > 1 else "") + "\n")
     out.write(summary(stats) + "\n")
-    if log:
-        from lab import view
-        view.show(log, enc, ids, rows, out, summary(stats), the_problem, html_path, plot_path)
-    if stats_json:
-        with open(stats_json, "w") as f:
-            json.dump(stats, f, indent=2)
-    return stats
+    return stats, rows, log
 
 
 def summary(s: dict) -> str:
@@ -242,7 +272,8 @@ def summary(s: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--policy", choices=NAMES, default="full", help="KV-cache policy (default: full)")
+    p.add_argument("--policy", default="full", help=f"KV-cache policy, or several, comma-separated, decoded one "
+                   f"after the other and drawn side by side: {', '.join(NAMES)} (default: full)")
     p.add_argument("--dynts", dest="policy", action="store_const", const="dynts", help="short for --policy dynts")
     p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens (default: the checkpoint's)")
     p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the checkpoint's)")
@@ -274,8 +305,8 @@ def parse_args(argv=None):
     p.add_argument("--predictor", dest="predictor_path", metavar="FILE", help="with --hf: the importance "
                    "predictor that `python -m lab.train --hf DIR` wrote (needed by dynts; gives the budget defaults)")
     p.add_argument("--stats-json", help="also write the summary as JSON to this path")
-    p.add_argument("--html", dest="html_path", help="write a page of the trace: each token shaded by its score, "
-                   "the evicted ones greyed (self-contained HTML)")
+    p.add_argument("--html", dest="html_path", help="write a page of the trace (every policy's, side by side): "
+                   "each token shaded by its score, the evicted ones struck through, a step control (self-contained)")
     p.add_argument("--plot", dest="plot_path", help="PNG raster of which tokens are in the cache at each step "
                    "(needs matplotlib)")
     return p.parse_args(argv)

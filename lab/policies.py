@@ -23,6 +23,7 @@ class Window(Policy):
     """Only the most recent tokens: the score is the position, so the newest win."""
 
     name = "window"
+    scores_are_positions = True  # the pictures shade no score: it is the position (the newest win)
 
     def score(self, tokens, hidden, positions):
         return positions.float().expand(tokens.shape)
@@ -34,6 +35,7 @@ class StreamingLLM(Policy):
     are kept newest first."""
 
     name = "streaming"
+    scores_are_positions = True  # the pictures shade no score: it is the position (the newest win)
 
     def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, n_sink=4):
         super().__init__(budget, window, ratio, prompt_len, protect_prompt)
@@ -53,6 +55,7 @@ class SepLLM(Policy):
     up to the ratio."""
 
     name = "sepllm"
+    scores_are_positions = True  # the pictures shade no score: it is the position (the newest win)
     SEPARATORS = ".,;:!?\n "
 
     def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, separator_ids=(), n_sink=4):

@@ -16,10 +16,13 @@ and FLOPs against decoding steps.
 """
 
 import html as html_lib
+import json
 import math
 import re
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 INF = float("inf")
 
@@ -31,6 +34,7 @@ class TraceLog:
     def __init__(self, policy):
         self.policy = policy
         self.lengths = []  # the cache's length after each forward, before its eviction (step 0 is the prefill)
+        self.evictions = []  # whether each step evicted
         self.evicted = {}  # (row, position) -> the step after which the token left the cache
         self.scores = {}  # (row, position) -> the policy's last ranking of the token
         self.kept, self.kept_until = None, 0  # the live slots' positions after the last eviction, and cache.seen then
@@ -43,6 +47,7 @@ class TraceLog:
         """After a step: an eviction's slots, before it, are the live ones after the last
         eviction followed by every token written since."""
         self.cache = cache
+        self.evictions.append(eviction is not None)
         if eviction is None:
             self.lengths.append(cache.length)
             return
@@ -79,130 +84,309 @@ class TraceLog:
 
 
 # -----------------------------------------------------------------------------
-# The page
+# Text as text, and what the pictures show of one generation
 
 
-STYLE = """body{font:14px/1.5 monospace;margin:2em;max-width:110ch}
-.t{white-space:pre-wrap}.e{color:#bbb;text-decoration:line-through #ddd}.p{outline:1px solid #36c}
-.n{text-decoration:underline 2px #c30}.legend span{margin-right:1.5em}h2{font-size:15px}"""
+def token_groups(enc, ids: list[int]) -> list[tuple[int, int, str]]:
+    """The tokens as (first, end, text) groups, in order: a token that ends inside a UTF-8
+    character joins the next ones until the character is whole ("日" is three byte tokens, one
+    group); bytes that never decode show as �."""
+    groups, start, buf = [], 0, b""
+    for i, t in enumerate(ids):
+        buf += enc.decode_single_token_bytes(t)
+        try:
+            text = buf.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.reason == "unexpected end of data" and i + 1 < len(ids):
+                continue  # a character cut at this token's end: the next token completes it
+            text = buf.decode("utf-8", errors="replace")
+        groups.append((start, i + 1, text))
+        start, buf = i + 1, b""
+    return groups
 
 
-def needed_spans(answer: str, text: str) -> list[tuple[int, int]]:
-    """Character spans in `text` of the statements the answer copies: for each item "A=kl" (or
-    "A=kl>mn"), the first "kl, so A=kl." in the text."""
-    spans = []
+@dataclass
+class Panel:
+    """One policy's generation of one row, as the page and the raster show it."""
+    name: str
+    log: TraceLog
+    row: int
+    groups: list[tuple[int, int, str]]  # token_groups of the prompt and the generated tokens
+    prompt_len: int
+    think_end: int | None = None  # the position of `</think>`, if written
+    verdict: str = ""  # "correct" or "WRONG" on a task's problem
+    needed: list[list[int]] = field(default_factory=list)  # per answer item: the positions of the value it copies
+    labels: list[float] | None = None  # per token: the answer's attention (x LABEL_SCALE), with a full cache
+
+    @property
+    def n_tokens(self) -> int:
+        return self.groups[-1][1] if self.groups else 0
+
+    def gone(self, p: int):
+        """The step after which token p left the cache, or None."""
+        return self.log.evicted.get((self.row, p))
+
+    def kept_at_end(self, p: int) -> bool:
+        return self.gone(p) is None
+
+    def summary(self) -> str:
+        """The panel's line: its verdict and what it kept of what the answer needed."""
+        kept = self.log.kept[self.row] if self.log.kept is not None else torch.zeros(0)
+        older = int((kept >= self.prompt_len).sum()) - self.log.policy.window  # beside the window, at the last eviction
+        parts = [f"answer {self.verdict}"] if self.verdict else []
+        if self.needed:
+            kept = sum(all(self.kept_at_end(p) for p in value) for value in self.needed)
+            parts.append(f"answer statements kept: {kept} of {len(self.needed)}")
+        if self.log.kept is not None:
+            parts.append(f"older generated tokens kept by the last eviction: {older}")
+        parts.append(f"evictions: {sum(self.log.evictions)}")
+        return f"{self.name}: " + ", ".join(parts)
+
+
+def needed_positions(answer: str, groups: list[tuple[int, int, str]]) -> list[list[int]]:
+    """For each item of the answer ("A=kl" or "A=kl>mn"), the token positions of the value in
+    the first statement the answer copies ("kl, so A=kl."): what must stay in the cache."""
+    text, token_at = "", []  # token_at[c]: the first token of the group holding character c
+    for first, _, piece in groups:
+        text += piece
+        token_at += [first] * len(piece)
+    out = []
     for item in answer.split():
         letter, value = item[0], item[2:4]
         m = re.search(re.escape(f"{value}, so {letter}={value}."), text)
         if m:
-            spans.append(m.span())
-    return spans
+            out.append(sorted({token_at[c] for c in range(m.end() - 3, m.end() - 1)}))
+    return out
 
 
-def shade(score: float, lo: float, hi: float) -> str:
-    """A background for a finite score: white for the row's lowest, deep orange for its highest
-    (on a log scale when the scores are non-negative, as DynTS's are)."""
-    if not math.isfinite(score):
+# -----------------------------------------------------------------------------
+# The page
+
+EVICTED_GREY = "#3d3d3d"  # struck through; on white 10.9:1, on the deepest shade 4.6:1 (WCAG asks 4.5:1)
+SHADE_TOP = (255, 140, 0)  # the highest score's background; black text on it: 9.0:1
+STYLE = f"""body{{font:14px/1.5 monospace;margin:1.5em;color:#000;background:#fff}}
+.grid{{display:grid;gap:1.5em}}.t{{white-space:pre-wrap}}
+.e{{color:{EVICTED_GREY};text-decoration:line-through 1px}}.u{{visibility:hidden}}
+.prompt{{outline:2px solid #2255cc;outline-offset:1px;margin-bottom:.3em}}.a{{outline:1px dashed #2255cc}}
+.n{{text-decoration:underline 3px #c2185b}}.bar{{display:inline-block;width:14em;height:1em;vertical-align:middle;
+background:linear-gradient(90deg,#fff,rgb{SHADE_TOP});border:1px solid #000}}h2{{font-size:15px;margin:.3em 0}}
+.controls{{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #000}}"""
+
+SCRIPT = """
+const spans = [...document.querySelectorAll('span[data-w]')];
+const W = spans.map(s => +s.dataset.w);
+const G = spans.map(s => s.dataset.g === undefined ? Infinity : +s.dataset.g);
+const slider = document.getElementById('step'), info = document.getElementById('stepinfo');
+const evictions = JSON.parse(document.getElementById('evictions').textContent);
+function show() {
+  const s = +slider.value, live = {};
+  spans.forEach((el, i) => {
+    el.classList.toggle('u', W[i] > s);
+    el.classList.toggle('e', G[i] <= s);
+    const k = el.closest('.panel').dataset.name;
+    live[k] = (live[k] || 0) + (W[i] <= s && G[i] > s ? +el.dataset.n : 0);
+  });
+  info.textContent = 'after step ' + s + ': ' + Object.entries(live).map(([k, v]) => k + ' holds ' + v).join(', ');
+}
+function jump(direction) {
+  const s = +slider.value;
+  const next = direction > 0 ? evictions.find(e => e > s) : [...evictions].reverse().find(e => e < s);
+  if (next !== undefined) { slider.value = next; show(); }
+}
+function shadeBy(kind) {
+  spans.forEach(el => { el.style.background = el.dataset[kind] || ''; });
+  document.querySelectorAll('.scale').forEach(el => { el.hidden = el.dataset.kind !== kind; });
+}
+slider.addEventListener('input', show);
+document.getElementById('prev').addEventListener('click', () => jump(-1));
+document.getElementById('next').addEventListener('click', () => jump(1));
+document.getElementById('shade').addEventListener('change', e => shadeBy(e.target.value));
+show();
+"""
+
+
+def shade(value, top: float, log_scale: bool) -> str:
+    """A background for a finite value in [0, top] (log1p scale when log_scale): white at 0,
+    SHADE_TOP at top; "" for anything else (protected, padding, never ranked)."""
+    if value is None or not math.isfinite(value) or top <= 0:
         return ""
-    if lo >= 0:
-        score, lo, hi = math.log1p(score), math.log1p(lo), math.log1p(hi)
-    a = 0.0 if hi <= lo else (score - lo) / (hi - lo)
-    return f"background:rgba(255,140,0,{0.05 + 0.75 * a:.2f})"
+    a = min(max(value, 0.0), top)
+    a = math.log1p(a) / math.log1p(top) if log_scale else a / top
+    r, g, b = (round(255 + (c - 255) * a) for c in SHADE_TOP)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def token_texts(enc, ids: list[int]) -> list[str]:
-    """The text of each token, in order (a token that is part of a UTF-8 character shows as �)."""
-    return [enc.decode_single_token_bytes(t).decode("utf-8", errors="replace") for t in ids]
+def scale_legend(kind: str, what: str, top: float, log_scale: bool, hidden: bool) -> str:
+    """The colour scale with its numbers: 0, the middle and the top, as the shading maps them."""
+    mid = math.expm1(math.log1p(top) / 2) if log_scale else top / 2
+    return (f"<p class='scale' data-kind='{kind}'{' hidden' if hidden else ''}>{what}: 0 <span class='bar'></span> "
+            f"{top:.3g} ({'log scale, middle ' if log_scale else 'linear, middle '}{mid:.3g})</p>")
 
 
-def html(log: TraceLog, pieces: list[list[str]], title: str, verdicts: list[str] | None = None,
-         answers: list[str] | None = None) -> str:
-    """The page. pieces[b]: the text of each token of row b (prompt and generated, in order);
-    verdicts[b]: a line about the answer; answers[b]: the expected answer, for underlining."""
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
-           f"<style>{STYLE}</style></head><body><h1>{html_lib.escape(title)}</h1>",
-           "<p class='legend'><span style='background:rgba(255,140,0,.8)'>high score</span>"
-           "<span style='background:rgba(255,140,0,.05)'>low score</span><span class='p'>protected (+inf)</span>"
-           "<span class='e'>evicted (hover: when)</span><span class='n'>what the answer copies</span></p>"]
-    for b, tokens in enumerate(pieces):
-        finite = [s for (r, _), s in log.scores.items() if r == b and math.isfinite(s)]
-        lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
-        text = "".join(tokens)
-        needed = set()
-        for start, end in needed_spans(answers[b], text) if answers else []:
-            needed.update(range(start, end))
-        out.append(f"<h2>sample {b}</h2><div>")
-        c = 0
-        for p, piece in enumerate(tokens):
-            score = log.scores.get((b, p))
-            classes = ["t"]
-            if (b, p) in log.evicted:
-                classes.append("e")
-            if score == INF:
-                classes.append("p")
-            if c in needed:
-                classes.append("n")
-            tip = f"position {p}; score {score:.4g}" if score is not None else f"position {p}; never ranked"
-            if (b, p) in log.evicted:
-                tip += f"; evicted after step {log.evicted[(b, p)]}"
-            style = shade(score, lo, hi) if score is not None else ""
-            out.append(f"<span class='{' '.join(classes)}' data-pos='{p}' style='{style}' "
-                       f"title='{tip}'>{html_lib.escape(piece)}</span>")
-            c += len(piece)
-        out.append(f"</div><p><b>{html_lib.escape(verdicts[b]) if verdicts else ''}</b></p>")  # the answer, checked
-    out.append("</body></html>")
+def panel_html(pn: Panel) -> str:
+    """One policy's column: its summary, its colour scales, and the trace, one span per group."""
+    policy = pn.log.policy
+    by_position = getattr(policy, "scores_are_positions", False)
+    scores = [pn.log.scores.get((pn.row, p)) for p in range(pn.n_tokens)]
+    finite = [s for s in scores if s is not None and math.isfinite(s)]
+    top = max(finite, default=0.0) if not by_position else 0.0
+    log_scale = min(finite, default=0.0) >= 0
+    labels = pn.labels or []
+    label_top = max(labels, default=0.0)
+    top = max(top, label_top) if log_scale else top  # scores and labels on one scale, when both are attention-like
+    out = [f"<section class='panel' data-name='{html_lib.escape(pn.name)}'><h2>{html_lib.escape(pn.summary())}</h2>"]
+    if by_position:
+        out.append("<p>its score is a position (recency): not shaded</p>")
+    elif finite:
+        out.append(scale_legend("s", "the score it ranked by", top, log_scale, hidden=False))
+    if labels:
+        out.append(scale_legend("l", "what the answer attended to (x 1e4)", max(top, label_top), True, hidden=True))
+    out.append("<div>")
+    needed = {p for value in pn.needed for p in value}
+    in_prompt = False
+    for first, end, piece in pn.groups:
+        if first < pn.prompt_len and not in_prompt:
+            out.append("<div class='prompt' title='the prompt'>")  # one outlined block
+            in_prompt = True
+        if first >= pn.prompt_len and in_prompt:
+            out.append("</div>")
+            in_prompt = False
+        positions = range(first, end)
+        gone = [pn.gone(p) for p in positions if pn.gone(p) is not None]
+        group_scores = [scores[p] for p in positions if scores[p] is not None]
+        score = max(group_scores) if group_scores else None
+        label = sum(labels[p] for p in positions) if labels else None
+        classes = ["t"] + (["e"] if gone else []) + (["n"] if needed.intersection(positions) else [])
+        if score == INF and first >= pn.prompt_len:
+            classes.append("a")  # ranked +inf after the prompt: the answer, never evicted
+        tip = f"position {first}" + (f"-{end - 1}" if end - first > 1 else "")
+        tip += f"; score {score:.4g}" if score is not None else "; never ranked"
+        tip += f"; the answer's attention x 1e4: {label:.4g}" if label is not None else ""
+        tip += f"; evicted after step {min(gone)}" if gone else ""
+        background = shade(score, top, log_scale) if not by_position else ""
+        attrs = (f"data-w='{max(0, first - pn.prompt_len + 1)}' data-n='{end - first}'"
+                 + (f" data-g='{min(gone)}'" if gone else "") + f" data-s='{background}'"
+                 + (f" data-l='{shade(label, max(top, label_top), True)}'" if labels else ""))
+        out.append(f"<span class='{' '.join(classes)}' {attrs} style='background:{background}' "
+                   f"title='{html_lib.escape(tip, quote=True)}'>{html_lib.escape(piece)}</span>")
+    out.append("</div></div></section>" if in_prompt else "</div></section>")
     return "".join(out)
+
+
+def page(panels: list[Panel], title: str) -> str:
+    """One self-contained page (no network): a column per panel, each token shaded by the score
+    its policy ranked it by or by what the answer attended to, and a step control that shows
+    what each cache held after any step (the page opens at the end)."""
+    last = max(len(pn.log.lengths) for pn in panels) - 1
+    evictions = sorted({i for pn in panels for i, e in enumerate(pn.log.evictions) if e})
+    has_labels = any(pn.labels for pn in panels)
+    controls = (f"<div class='controls'><label>step <input type='range' id='step' min='0' max='{last}' "
+                f"value='{last}' style='width:40em'></label> <button id='prev'>previous eviction</button> "
+                f"<button id='next'>next eviction</button> <span id='stepinfo'></span><br>"
+                "<label>shade by <select id='shade'><option value='s'>the score it ranked by</option>"
+                + ("<option value='l'>what the answer attended to</option>" if has_labels else "")
+                + "</select></label> <span class='prompt'>the prompt</span> "
+                "<span class='a'>the answer (never evicted)</span> <span class='e'>evicted</span> "
+                "<span class='n'>a value the answer copies</span></div>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html_lib.escape(title)}</h1>{controls}"
+            f"<div class='grid' style='grid-template-columns:repeat({len(panels)},minmax(0,1fr))'>"
+            + "".join(panel_html(pn) for pn in panels)
+            + f"</div><script type='application/json' id='evictions'>{json.dumps(evictions)}</script>"
+            f"<script>{SCRIPT}</script></body></html>")
 
 
 # -----------------------------------------------------------------------------
 # The raster and the terminal
 
+RASTER_BINS = 400  # at most this many pixel rows and columns of data per panel: each gets a whole pixel
 
-def raster(logs: dict[str, TraceLog], n_positions: int, path: str, row: int = 0):
-    """One panel per policy: x = decoding step, y = token position, dark where the token is in
-    the cache after that step's forward."""
+
+def pooled(live: torch.Tensor, bins: int = RASTER_BINS) -> torch.Tensor:
+    """(positions, steps) -> at most (bins, bins): a cell is 1 when any token and step it covers
+    is in the cache, so that no kept token falls between two pixels."""
+    h, w = live.shape
+    return F.adaptive_max_pool2d(live.float()[None, None], (min(h, bins), min(w, bins)))[0, 0]
+
+
+def raster(panels: list[Panel], path: str):
+    """One panel per policy: decoding step (x) against token position (y), black where the token
+    is in the cache after that step; bands for the prompt, the thinking and the answer; the
+    values the answer copies marked on the right, filled when kept to the end."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(logs), figsize=(5.5 * len(logs), 4.5), squeeze=False)
-    for ax, (name, log) in zip(axes[0], logs.items()):
-        live = log.live(row, n_positions)  # (steps, positions)
-        ax.imshow(live.T.float().numpy(), aspect="auto", origin="lower", cmap="Greys", interpolation="nearest")
-        ax.set_title(f"{name}: {len({p for (r, p) in log.evicted if r == row})} tokens evicted")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    bands = [("prompt", "#2255cc"), ("thinking", "#999999"), ("answer", "#2e7d32")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.6), squeeze=False, dpi=130)
+    for ax, pn in zip(axes[0], panels):
+        n, steps = pn.n_tokens, len(pn.log.lengths)
+        live = pn.log.live(pn.row, n)  # (steps, positions)
+        ax.imshow(pooled(live.T).numpy(), aspect="auto", origin="lower", cmap="Greys", vmin=0, vmax=1,
+                  interpolation="nearest", extent=(0, steps, 0, n))
+        think_end = pn.think_end + 1 if pn.think_end is not None else n
+        for (name, colour), (lo, hi) in zip(bands, [(0, pn.prompt_len), (pn.prompt_len, think_end), (think_end, n)]):
+            if hi > lo:  # a strip left of the raster, and its edge across it
+                ax.add_patch(Rectangle((-0.045, lo), 0.03, hi - lo, transform=ax.get_yaxis_transform(),
+                                       color=colour, clip_on=False))
+                ax.axhline(lo, color=colour, lw=0.6, ls="--")
+        for value in pn.needed:
+            kept = all(pn.kept_at_end(p) for p in value)
+            ax.plot([1.02], [value[0]], marker="<", ms=7, color="#c2185b", mfc="#c2185b" if kept else "white",
+                    transform=ax.get_yaxis_transform(), clip_on=False)
+        ax.set_title(pn.summary().replace(": ", ":\n", 1).replace(", older", ",\nolder"), fontsize=8)
         ax.set_xlabel("decoding step")
-        ax.set_ylabel("token position")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        ax.set_ylabel("token position", labelpad=14)
+    handles = [Patch(color="black", label="in the cache")] + [Patch(color=c, label=name) for name, c in bands] + [
+        Line2D([], [], marker="<", ls="", color="#c2185b", label="a value the answer copies (filled: kept)")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path)
     plt.close(fig)
 
 
-def ansi(log: TraceLog, tokens: list[str], row: int = 0) -> str:
-    """The trace with the evicted tokens dimmed, for a terminal."""
-    out = []
-    for p, piece in enumerate(tokens):
-        out.append(f"\x1b[2m{piece}\x1b[0m" if (row, p) in log.evicted else piece)
-    return "".join(out)
+def ansi(panel: Panel) -> str:
+    """The trace with the evicted characters dimmed, for a terminal."""
+    return "".join(f"\x1b[2m{piece}\x1b[0m" if any(panel.gone(p) is not None for p in range(first, end)) else piece
+                   for first, end, piece in panel.groups)
 
 
-def show(log: TraceLog, enc, prompt: list[int], rows: list[list[int]], out, title: str, problem=None,
-         html_path=None, plot_path=None):
-    """generate.py's pictures of one generation: on a terminal the trace again with the evicted
-    tokens dimmed; with `html_path` the page; with `plot_path` the raster."""
+def show(runs, model, enc, prompt: list[int], meta: dict, problem=None, out=None, html_path=None, plot_path=None):
+    """generate.py's pictures of its generations, runs = [(stats, rows, log)] one per policy: on
+    a terminal each trace again with the evicted tokens dimmed; with `html_path` the page, with
+    `plot_path` the raster (one panel per policy; per sample when there is one policy)."""
+    from dynts import LABEL_SCALE, importance_labels
     from lab import task
-    log.finish()
-    pieces = [token_texts(enc, prompt + row) for row in rows]  # each row's tokens, prompt first
-    if out.isatty():
-        out.write("\n" + ansi(log, pieces[0]) + "\n")
+    panels = []
+    for stats, rows, log in runs:
+        log.finish()
+        for b, row in enumerate(rows if len(runs) == 1 else rows[:1]):
+            ids = prompt + row
+            think_end = next((i for i in range(len(prompt), len(ids)) if ids[i] == meta["end_think_id"]), None)
+            groups = token_groups(enc, ids)
+            labels = None
+            if html_path and think_end is not None and think_end + 1 < len(ids):  # what the answer attended to
+                tokens = torch.tensor(ids, device=model.wte.weight.device)
+                with torch.no_grad():
+                    labels = (LABEL_SCALE * importance_labels(model, tokens, think_end, len(ids))[0]).tolist()
+            name = log.policy.name + (f", sample {b}" if len(rows) > 1 and len(runs) == 1 else "")
+            panels.append(Panel(name, log, b, groups, len(prompt), think_end,
+                                verdict=("correct" if task.check_answer(problem, enc.decode(row)) else "WRONG")
+                                if problem is not None else "",
+                                needed=needed_positions(problem.answer, groups) if problem is not None else [],
+                                labels=labels))
+    if out is not None and out.isatty():
+        for pn in panels:
+            out.write(f"\n{pn.name}:\n{ansi(pn)}\n")
+    what = f"held-out problem (expected {problem.answer})" if problem is not None else "the prompt"
+    title = f"{', '.join(run[2].policy.name for run in runs)} on {what}"
     if html_path:
-        verdicts = answers = None
-        if problem is not None:
-            answers = [problem.answer] * len(rows)
-            verdicts = [f"expected {problem.answer}: {'correct' if task.check_answer(problem, enc.decode(r)) else 'WRONG'}"
-                        for r in rows]
         with open(html_path, "w") as f:
-            f.write(html(log, pieces, title, verdicts, answers))
+            f.write(page(panels, title))
     if plot_path:
-        raster({log.policy.name: log}, len(pieces[0]), plot_path)
+        raster(panels, plot_path)
 
 
 # -----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ CASES = [  # (script, arguments, what the line must name)
     ("profile.py", ["--preset", "tiny", "--batch-size", "100000000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--json", "/no/such/folder/p.json"], "--json"),
     ("lab.eval", ["--n", "100000000"], "--n"),                                         # hangs
-    ("lab.sidebyside", ["--policies", "dynts,bogus", "--plot", "{tmp}/r.png"], "--policies"),
+    ("generate.py", ["--policy", "dynts,bogus", "--html", "{tmp}/p.html"], "--policy 'bogus'"),
     ("lab.eval", ["--ranking-traces", "-1"], "--ranking-traces"),
     ("lab.eval", ["--policies", ""], "--policies '': an empty name"),
     ("lab.eval", ["--policies", "full, ,dynts"], "--policies 'full, ,dynts': an empty name"),
@@ -70,7 +70,7 @@ def test_one_line_no_traceback(script, argv, names, tmp_path, capsys):
     if "{tmp}/qwen2-predictor.pt" in argv:
         qwen2_predictor(tmp_path / "qwen2-predictor.pt")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if "--device" not in argv and script != "lab.sidebyside":  # (lab.sidebyside has no --device)
+    if "--device" not in argv:
         argv = argv + ["--device", "cpu"]
     module = importlib.import_module(script.removesuffix(".py"))
     with pytest.raises(SystemExit) as e:
@@ -101,7 +101,7 @@ def test_eval_checks_the_budget_against_the_prompt_before_decoding():
     assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 129 tokens")
 
 
-@pytest.mark.parametrize("module", ["generate", "profile", "lab.eval", "lab.train", "lab.sidebyside"])
+@pytest.mark.parametrize("module", ["generate", "profile", "lab.eval", "lab.train", "lab.browser"])
 def test_help_prints(module, capsys):
     """--help formats every flag's help (a bare % in one would make argparse raise instead)."""
     module = importlib.import_module(module)

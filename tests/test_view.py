@@ -1,67 +1,155 @@
 """lab/view.py: the page, the raster and the terminal view agree with what the generation did."""
 
+import html as html_lib
 import io
+import json
+import os
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import generate
 from lab import view
 from lab.cli import UsageError
 from lab.policies import make_policy
-from model import GPT, PRESETS, KVCache
+from model import GPT, PRESETS, KVCache, get_encoding
 
 
 class Spans(HTMLParser):
-    """The token spans of a page: (data-pos, classes) in order, per sample section."""
+    """The token spans of a page, per policy's section: (positions, classes, attributes), in
+    order; and how many outlined prompt blocks each section has."""
 
     def __init__(self):
         super().__init__()
-        self.sections = []
+        self.sections, self.prompt_blocks = [], []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "h2":
+        if tag == "section":
             self.sections.append([])
-        if tag == "span" and "data-pos" in a:
-            self.sections[-1].append((int(a["data-pos"]), set(a["class"].split())))
+            self.prompt_blocks.append(0)
+        if tag == "div" and a.get("class") == "prompt":
+            self.prompt_blocks[-1] += 1
+        if tag == "span" and "data-w" in a:
+            m = re.match(r"position (\d+)(?:-(\d+))?", a["title"])  # a group: its first and last token
+            self.sections[-1].append((range(int(m[1]), int(m[2] or m[1]) + 1), set(a["class"].split()), a))
 
 
 def run_with_keep_spy(monkeypatch, tmp_path, **kwargs):
     """generate.main on a random tiny model, recording each compaction's positions before and
-    after, independently of view.TraceLog."""
-    evicted = set()
+    after, independently of view.TraceLog: {policy: {(row, position) evicted}}."""
+    evicted, current = {}, []
     real_keep = KVCache.keep
 
     def keep(cache, idx, chunk=32):
         before = cache.pos[:, :cache.length].clone()
         real_keep(cache, idx, chunk)
         for b in range(before.shape[0]):
-            evicted.update((b, p) for p in set(before[b].tolist()) - set(cache.pos[b, :cache.length].tolist()))
+            gone = set(before[b].tolist()) - set(cache.pos[b, :cache.length].tolist())
+            evicted.setdefault(current[-1], set()).update((b, p) for p in gone)
+
+    real_decode = generate.decode
+
+    def decode(model, enc, meta, ids, policy, *args):
+        current.append(policy.name)  # whose compactions follow
+        return real_decode(model, enc, meta, ids, policy, *args)
 
     monkeypatch.setattr(KVCache, "keep", keep)
+    monkeypatch.setattr(generate, "decode", decode)
     page = str(tmp_path / "trace.html")
     out = kwargs.pop("out", io.StringIO())
-    stats = generate.main(init="random", preset="tiny", device="cpu", prompt="Question: which tokens stay? <think>",
+    prompt = kwargs.pop("prompt", "Question: which tokens stay? <think>")
+    stats = generate.main(init="random", preset="tiny", device="cpu", prompt=prompt,
                           max_new_tokens=150, temperature=1.0, html_path=page, out=out, **kwargs)
-    return stats, open(page).read(), evicted, out
+    return stats, open(page, encoding="utf-8").read(), evicted, out
 
 
 @pytest.mark.parametrize("policy", ["dynts", "h2o+p", "window"])
-def test_the_page_has_one_span_per_token_and_greys_exactly_the_evicted(policy, monkeypatch, tmp_path):
+def test_the_page_has_one_span_per_token_and_strikes_exactly_the_evicted(policy, monkeypatch, tmp_path):
     stats, page, evicted, _ = run_with_keep_spy(monkeypatch, tmp_path, policy=policy, budget=60, window=10,
                                                 num_samples=2)
     parser = Spans()
     parser.feed(page)
-    assert len(parser.sections) == 2 and stats["evictions"] > 0
+    assert len(parser.sections) == 2 and stats["evictions"] > 0  # one section per sample
     for b, spans in enumerate(parser.sections):
-        assert [p for p, _ in spans] == list(range(len(spans)))  # one element per token, in order
-        greyed = {(b, p) for p, classes in spans if "e" in classes}
-        assert greyed == {(r, p) for r, p in evicted if r == b and p < len(spans)}
-        if policy != "window":  # the protected prompt is outlined
-            assert all("p" in classes for p, classes in spans[:stats["prompt_tokens"]])
+        assert [p for r, _, _ in spans for p in r] == list(range(spans[-1][0][-1] + 1))  # every token, in order
+        gone = {p for r, p in evicted[policy] if r == b}
+        assert [bool(gone.intersection(r)) for r, _, _ in spans] == ["e" in classes for _, classes, _ in spans]
+        assert parser.prompt_blocks[b] == 1  # the prompt, one outlined block
+
+
+def test_several_policies_share_one_page_and_each_keeps_its_own_evictions(monkeypatch, tmp_path):
+    all_stats, page, evicted, out = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts,h2o+p", budget=60,
+                                                      window=10)
+    assert [s["policy"] for s in all_stats] == ["dynts", "h2o+p"]
+    parser = Spans()
+    parser.feed(page)
+    assert len(parser.sections) == 2
+    for name, spans in zip(["dynts", "h2o+p"], parser.sections):
+        gone = {p for r, p in evicted[name] if r == 0}
+        assert [bool(gone.intersection(r)) for r, _, _ in spans] == ["data-g" in a for _, _, a in spans]
+    # the step control: its range covers every step, and the evictions it jumps to are steps that evicted
+    last = int(re.search(r"id='step' min='0' max='(\d+)'", page).group(1))
+    jumps = json.loads(re.search(r"id='evictions'>(.*?)</script>", page).group(1))
+    assert last == max(s["new_tokens"] for s in all_stats) - 1 and jumps and max(jumps) <= last
+    assert "== dynts ==" in out.getvalue() and "== h2o+p ==" in out.getvalue()
+
+
+def test_text_is_text_on_the_page_and_in_the_terminal(monkeypatch, tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    prompt = "table: café ☕ 日本 <think>"
+    _, page, _, tty = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts", budget=60, window=10, prompt=prompt,
+                                        out=Terminal())
+    prompt_block = page.split("<div class='prompt'", 1)[1].split("</div>", 1)[0]
+    assert all(f">{char}</span>" in prompt_block for char in "é☕日本")  # each character one span, whole
+    assert "\ufffd" not in html_lib.unescape(prompt_block)
+    assert "café ☕ 日本" in tty.getvalue().split("dynts:\n", 1)[1]  # the terminal's view, after the stream
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_token_groups_decode_whole_characters(text):
+    enc = get_encoding()
+    ids = enc.encode(text, allowed_special=set())
+    groups = view.token_groups(enc, ids)
+    assert "".join(piece for _, _, piece in groups) == text  # nothing lost, nothing replaced
+    assert [g[0] for g in groups[1:]] == [g[1] for g in groups[:-1]] and groups[-1][1] == len(ids)
+
+
+def test_colours_meet_the_contrast_they_claim():
+    def luminance(rgb):
+        c = [v / 255 for v in rgb]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    def contrast(a, b):
+        hi, lo = sorted([luminance(a), luminance(b)], reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    grey = tuple(int(view.EVICTED_GREY[i:i + 2], 16) for i in (1, 3, 5))
+    for value in (0.0, 1.0, 50.0, 682.0):  # kept (black) and evicted (grey) text on any shade of the scale
+        shade = view.shade(value, 682.0, log_scale=True)
+        background = tuple(int(shade[i:i + 2], 16) for i in (1, 3, 5))
+        assert contrast((0, 0, 0), background) >= 4.5 and contrast(grey, background) >= 4.5
+    assert view.shade(float("inf"), 1.0, True) == "" and view.shade(None, 1.0, True) == ""
+
+
+def test_the_raster_shows_every_kept_token():
+    live = torch.zeros(7000, 6000, dtype=torch.bool)  # (positions, steps): one token kept for 3 steps
+    live[4321, 100:103] = True
+    img = view.pooled(live)
+    assert img.shape == (view.RASTER_BINS, view.RASTER_BINS) and int(img.sum()) >= 1
+    rows = img.nonzero()[:, 0]
+    assert all(abs(int(r) * 7000 / view.RASTER_BINS - 4321) < 2 * 7000 / view.RASTER_BINS for r in rows)
 
 
 def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
@@ -83,15 +171,17 @@ def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
         assert live.sum(dim=1).tolist() == lengths
 
 
-def test_the_raster_png_is_written(tmp_path):
+def test_the_raster_png_is_written(monkeypatch, tmp_path):
     pytest.importorskip("matplotlib")
-    model = GPT(PRESETS["tiny"]).eval()
-    policy = make_policy("window", 40, 8, 0.3, 20)
-    log = view.TraceLog(policy)
-    generate.generate(model, list(range(20)), policy, 60, on_step=log.on_step)
-    log.finish()
-    view.raster({"window": log}, 80, str(tmp_path / "r.png"))
+    stats, _, _, _ = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts,window", budget=60, window=10,
+                                       plot_path=str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_page_needs_no_matplotlib(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it now fails
+    _, page, _, _ = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts,h2o+p", budget=60, window=10)
+    assert page.startswith("<!doctype html>") and "<script" in page and "http" not in page  # no network
 
 
 def test_a_terminal_gets_the_evicted_tokens_dimmed_and_a_pipe_plain_text(monkeypatch, tmp_path):
@@ -103,6 +193,18 @@ def test_a_terminal_gets_the_evicted_tokens_dimmed_and_a_pipe_plain_text(monkeyp
     _, _, _, pipe = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts", budget=60, window=10)
     assert "\x1b[2m" in tty.getvalue()
     assert "\x1b[" not in pipe.getvalue()
+
+
+def test_the_page_works_in_a_real_browser(monkeypatch, tmp_path):
+    """Headless Chromium (Qt WebEngine's, when installed): the page loads, the step control and the
+    shading switch run without a console error, and stepping back hides what was not yet written."""
+    pytest.importorskip("PyQt6.QtWebEngineWidgets")
+    run_with_keep_spy(monkeypatch, tmp_path, policy="dynts,h2o+p", budget=60, window=10)
+    done = subprocess.run([sys.executable, "-m", "lab.browser", str(tmp_path / "trace.html")], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["first_eviction"] > 0 and seen["infos"] > 1 and "dynts holds" in seen["last"]
 
 
 def test_bad_output_paths_fail_before_decoding(tmp_path):
