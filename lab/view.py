@@ -532,7 +532,7 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
     a, w, nan = result["analytic"], result["config"]["tput_window"], float("nan")
     if "kv_slot_bytes_per_row" not in a:  # saved before batches per policy: kv_slot_bytes was one slot of all rows
         a = dict(a, kv_slot_bytes_per_row=a["kv_slot_bytes"] / result["config"]["batch_size"])
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(3, 1, figsize=(9, 11), sharex=True)  # stacked, as the paper draws them
     for name, rec in result["records"].items():
         with_pred, batch = name == "dynts", rec.get("batch_size", result["config"]["batch_size"])
         steps = list(range(1, len(rec["step_s"]) + 1))
@@ -567,14 +567,16 @@ def plot_profile(result: dict, path: str, flops_per_token, bytes_per_step, paper
                         fontsize=8, color="C1")
     for ax, title in zip(axes, ["throughput (tokens/s)", "KV memory, all rows (GB)", "GFLOPs per token"]):
         ax.set_ylim(bottom=0)
-        ax.set_title(title + (": DynTS / full at the marks" if ax is axes[0] else ""))
-        ax.set_xlabel("decoding steps")
+        ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_title("DynTS / full cache written above each of the paper's marks", fontsize=9)
+    axes[-1].set_xlabel("decoding steps")
+    axes[-1].set_xlim(left=0)
     c = result["config"]
     fig.suptitle(f"{c['preset']}, batch {c['batch_size']}, prompt {c['prompt_len']}, {c['dtype']}, "
                  f"{result['device_name']}{', CUDA graphs' if c['cuda_graphs'] else ''}"
-                 f"{', jumping to each mark' if c.get('jump') else ''} | DynTS budget {c['budget']}, "
+                 f"{', jumping to each mark' if c.get('jump') else ''}\nDynTS budget {c['budget']}, "
                  f"window {c['window']}, ratio {c['ratio']} | {result['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
