@@ -19,7 +19,8 @@ DRIVE = """(() => {  // every step of the control, both jumps, both shadings; re
   for (const o of shade.options) { shade.value = o.value; shade.dispatchEvent(new Event('change')); }
   shade.value = SHADE; shade.dispatchEvent(new Event('change'));
   slider.value = slider.max; slider.dispatchEvent(new Event('input'));
-  return JSON.stringify({first_eviction: first, infos: seen.length, last: seen[seen.length - 1],
+  return JSON.stringify({first_eviction: first, infos: seen.length,
+                         last: document.getElementById('stepinfo').textContent,
                          hidden_at_0: document.querySelectorAll('span.u').length});
 })()"""
 

@@ -69,13 +69,14 @@ class TraceLog:
             self._record(self.cache.pos[:, :self.cache.length], self.policy.ranking(self.cache))
 
     def live(self, row: int, n_positions: int) -> torch.Tensor:
-        """(steps, n_positions) bool: which tokens of a row are in the cache after each forward."""
+        """(steps, n_positions) bool: which tokens of a row are in the cache after each step
+        (its forward, then its eviction)."""
         steps = len(self.lengths)
         written = torch.tensor(self._written_by_step())  # (steps,): positions written so far
         pos = torch.arange(n_positions)
         gone = torch.tensor([self.evicted.get((row, p), steps) for p in range(n_positions)])
         step = torch.arange(steps)[:, None]
-        return (pos[None] < written[:, None]) & (step <= gone[None])
+        return (pos[None] < written[:, None]) & (step < gone[None])
 
     def _written_by_step(self) -> list[int]:
         """Tokens written after each forward: the prompt at step 0, then one per step."""
@@ -87,20 +88,29 @@ class TraceLog:
 # Text as text, and what the pictures show of one generation
 
 
+def utf8_state(data: bytes) -> str:
+    """"whole" when the bytes decode, "cut" when they end inside a character, else "bad"."""
+    try:
+        data.decode("utf-8")
+        return "whole"
+    except UnicodeDecodeError as e:
+        return "cut" if e.reason == "unexpected end of data" else "bad"
+
+
 def token_groups(enc, ids: list[int]) -> list[tuple[int, int, str]]:
     """The tokens as (first, end, text) groups, in order: a token that ends inside a UTF-8
     character joins the next ones until the character is whole ("日" is three byte tokens, one
-    group); bytes that never decode show as �."""
+    group); bytes that never decode show as �, in a group of their own."""
     groups, start, buf = [], 0, b""
     for i, t in enumerate(ids):
-        buf += enc.decode_single_token_bytes(t)
-        try:
-            text = buf.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if e.reason == "unexpected end of data" and i + 1 < len(ids):
-                continue  # a character cut at this token's end: the next token completes it
-            text = buf.decode("utf-8", errors="replace")
-        groups.append((start, i + 1, text))
+        data = enc.decode_single_token_bytes(t)
+        if buf and utf8_state(buf + data) == "bad":  # this token does not complete the cut character
+            groups.append((start, i, buf.decode("utf-8", errors="replace")))
+            start, buf = i, b""
+        buf += data
+        if utf8_state(buf) == "cut" and i + 1 < len(ids):
+            continue  # a character cut at this token's end: the next token may complete it
+        groups.append((start, i + 1, buf.decode("utf-8", errors="replace")))
         start, buf = i + 1, b""
     return groups
 
@@ -115,7 +125,8 @@ class Panel:
     prompt_len: int
     think_end: int | None = None  # the position of `</think>`, if written
     verdict: str = ""  # "correct" or "WRONG" on a task's problem
-    needed: list[list[int]] = field(default_factory=list)  # per answer item: the positions of the value it copies
+    needed: list[list[int]] = field(default_factory=list)  # per answer item: its first result's value positions
+    n_items: int = 0  # the answer's items (some results may never have been written)
     labels: list[float] | None = None  # per token: the answer's attention (x LABEL_SCALE), with a full cache
 
     @property
@@ -134,9 +145,11 @@ class Panel:
         kept = self.log.kept[self.row] if self.log.kept is not None else torch.zeros(0)
         older = int((kept >= self.prompt_len).sum()) - self.log.policy.window  # beside the window, at the last eviction
         parts = [f"answer {self.verdict}"] if self.verdict else []
-        if self.needed:
+        if self.n_items:
             kept = sum(all(self.kept_at_end(p) for p in value) for value in self.needed)
-            parts.append(f"answer statements kept: {kept} of {len(self.needed)}")
+            unwritten = self.n_items - len(self.needed)
+            parts.append(f"first result statements cached at the end: {kept} of {self.n_items}"
+                         + (f" ({unwritten} never written)" if unwritten else ""))
         if self.log.kept is not None:
             parts.append(f"older generated tokens kept by the last eviction: {older}")
         parts.append(f"evictions: {sum(self.log.evictions)}")
@@ -144,8 +157,9 @@ class Panel:
 
 
 def needed_positions(answer: str, groups: list[tuple[int, int, str]]) -> list[list[int]]:
-    """For each item of the answer ("A=kl" or "A=kl>mn"), the token positions of the value in
-    the first statement the answer copies ("kl, so A=kl."): what must stay in the cache."""
+    """For each item of the answer ("A=kl" or "A=kl>mn") that the trace wrote, the token
+    positions of the value in its first result statement ("kl, so A=kl."): where the task puts
+    what the answer copies (later restatements may also hold it)."""
     text, token_at = "", []  # token_at[c]: the first token of the group holding character c
     for first, _, piece in groups:
         text += piece
@@ -178,15 +192,17 @@ const W = spans.map(s => +s.dataset.w);
 const G = spans.map(s => s.dataset.g === undefined ? Infinity : +s.dataset.g);
 const slider = document.getElementById('step'), info = document.getElementById('stepinfo');
 const evictions = JSON.parse(document.getElementById('evictions').textContent);
-function show() {
+const panelOf = spans.map(el => el.closest('.panel'));
+function show() {  // token i is sampled at step W[i] - 1 and written to the cache by step W[i]'s forward
   const s = +slider.value, live = {};
   spans.forEach((el, i) => {
-    el.classList.toggle('u', W[i] > s);
+    el.classList.toggle('u', W[i] - 1 > s);
     el.classList.toggle('e', G[i] <= s);
-    const k = el.closest('.panel').dataset.name;
-    live[k] = (live[k] || 0) + (W[i] <= s && G[i] > s ? +el.dataset.n : 0);
+    const p = panelOf[i], k = p.dataset.name;
+    live[k] = (live[k] || 0) + (W[i] <= Math.min(s, +p.dataset.last) && G[i] > s ? +el.dataset.n : 0);
   });
-  info.textContent = 'after step ' + s + ': ' + Object.entries(live).map(([k, v]) => k + ' holds ' + v).join(', ');
+  info.textContent = 'after step ' + s + ': ' + [...document.querySelectorAll('.panel')].map(p =>
+    p.dataset.name + ' holds ' + live[p.dataset.name] + (s > +p.dataset.last ? ' (done at step ' + p.dataset.last + ')' : '')).join(', ');
 }
 function jump(direction) {
   const s = +slider.value;
@@ -229,18 +245,18 @@ def panel_html(pn: Panel) -> str:
     by_position = getattr(policy, "scores_are_positions", False)
     scores = [pn.log.scores.get((pn.row, p)) for p in range(pn.n_tokens)]
     finite = [s for s in scores if s is not None and math.isfinite(s)]
-    top = max(finite, default=0.0) if not by_position else 0.0
+    top = max(finite, default=0.0) if not by_position else 0.0  # each on its own scale: their units differ
     log_scale = min(finite, default=0.0) >= 0
     labels = pn.labels or []
     label_top = max(labels, default=0.0)
-    top = max(top, label_top) if log_scale else top  # scores and labels on one scale, when both are attention-like
-    out = [f"<section class='panel' data-name='{html_lib.escape(pn.name)}'><h2>{html_lib.escape(pn.summary())}</h2>"]
+    out = [f"<section class='panel' data-name='{html_lib.escape(pn.name)}' data-last='{len(pn.log.lengths) - 1}'>"
+           f"<h2>{html_lib.escape(pn.summary())}</h2>"]
     if by_position:
-        out.append("<p>its score is a position (recency): not shaded</p>")
+        out.append("<p class='scale' data-kind='s'>its score is a position (recency): not shaded</p>")
     elif finite:
         out.append(scale_legend("s", "the score it ranked by", top, log_scale, hidden=False))
     if labels:
-        out.append(scale_legend("l", "what the answer attended to (x 1e4)", max(top, label_top), True, hidden=True))
+        out.append(scale_legend("l", "what the answer attended to (x 1e4)", label_top, True, hidden=True))
     out.append("<div>")
     needed = {p for value in pn.needed for p in value}
     in_prompt = False
@@ -260,13 +276,13 @@ def panel_html(pn: Panel) -> str:
         if score == INF and first >= pn.prompt_len:
             classes.append("a")  # ranked +inf after the prompt: the answer, never evicted
         tip = f"position {first}" + (f"-{end - 1}" if end - first > 1 else "")
-        tip += f"; score {score:.4g}" if score is not None else "; never ranked"
+        tip += ("; protected (+inf)" if score == INF else f"; score {score:.4g}") if score is not None else "; never ranked"
         tip += f"; the answer's attention x 1e4: {label:.4g}" if label is not None else ""
         tip += f"; evicted after step {min(gone)}" if gone else ""
         background = shade(score, top, log_scale) if not by_position else ""
         attrs = (f"data-w='{max(0, first - pn.prompt_len + 1)}' data-n='{end - first}'"
                  + (f" data-g='{min(gone)}'" if gone else "") + f" data-s='{background}'"
-                 + (f" data-l='{shade(label, max(top, label_top), True)}'" if labels else ""))
+                 + (f" data-l='{shade(label, label_top, True)}'" if labels else ""))
         out.append(f"<span class='{' '.join(classes)}' {attrs} style='background:{background}' "
                    f"title='{html_lib.escape(tip, quote=True)}'>{html_lib.escape(piece)}</span>")
     out.append("</div></div></section>" if in_prompt else "</div></section>")
@@ -287,7 +303,7 @@ def page(panels: list[Panel], title: str) -> str:
                 + ("<option value='l'>what the answer attended to</option>" if has_labels else "")
                 + "</select></label> <span class='prompt'>the prompt</span> "
                 "<span class='a'>the answer (never evicted)</span> <span class='e'>evicted</span> "
-                "<span class='n'>a value the answer copies</span></div>")
+                "<span class='n'>a first result statement's value</span></div>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html_lib.escape(title)}</h1>{controls}"
             f"<div class='grid' style='grid-template-columns:repeat({len(panels)},minmax(0,1fr))'>"
@@ -311,7 +327,7 @@ def pooled(live: torch.Tensor, bins: int = RASTER_BINS) -> torch.Tensor:
 
 def raster(panels: list[Panel], path: str):
     """One panel per policy: decoding step (x) against token position (y), black where the token
-    is in the cache after that step; bands for the prompt, the thinking and the answer; the
+    is in the cache after that step (its eviction included, as the page's step control); bands for the prompt, the thinking and the answer; the
     values the answer copies marked on the right, filled when kept to the end."""
     import matplotlib
     matplotlib.use("Agg")
@@ -340,7 +356,7 @@ def raster(panels: list[Panel], path: str):
         ax.set_xlabel("decoding step")
         ax.set_ylabel("token position", labelpad=14)
     handles = [Patch(color="black", label="in the cache")] + [Patch(color=c, label=name) for name, c in bands] + [
-        Line2D([], [], marker="<", ls="", color="#c2185b", label="a value the answer copies (filled: kept)")]
+        Line2D([], [], marker="<", ls="", color="#c2185b", label="a first result statement's value (filled: cached at the end)")]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
@@ -376,6 +392,7 @@ def show(runs, model, enc, prompt: list[int], meta: dict, problem=None, out=None
                                 verdict=("correct" if task.check_answer(problem, enc.decode(row)) else "WRONG")
                                 if problem is not None else "",
                                 needed=needed_positions(problem.answer, groups) if problem is not None else [],
+                                n_items=len(problem.answer.split()) if problem is not None else 0,
                                 labels=labels))
     if out is not None and out.isatty():
         for pn in panels:

@@ -125,6 +125,23 @@ def test_token_groups_decode_whole_characters(text):
     assert [g[0] for g in groups[1:]] == [g[1] for g in groups[:-1]] and groups[-1][1] == len(ids)
 
 
+def test_a_byte_that_never_decodes_keeps_to_itself():
+    enc = get_encoding()  # byte-level: token id = byte
+    assert view.token_groups(enc, [0xE6, ord("a"), 0xE6, 0x97, 0xA5]) == [(0, 1, "\ufffd"), (1, 2, "a"), (2, 5, "日")]
+    assert view.token_groups(enc, [ord("a"), 0xE6]) == [(0, 1, "a"), (1, 2, "\ufffd")]  # cut at the end
+
+
+def test_scores_and_labels_each_have_their_own_scale():
+    policy = make_policy("h2o+p", 40, 8, 0.3, 4)
+    log = view.TraceLog(policy)
+    log.lengths, log.evictions = [4, 5, 6], [False, False, False]
+    log.scores = {(0, p): 0.5 * p for p in range(4, 10)}  # attention sums: at most 4.5
+    groups = [(p, p + 1, "x") for p in range(10)]
+    page = view.page([view.Panel("h2o+p", log, 0, groups, 4, labels=[100.0] * 10)], "t")
+    assert re.search(r"the score it ranked by: 0 <span class='bar'></span> 4.5 ", page)
+    assert re.search(r"what the answer attended to \(x 1e4\): 0 <span class='bar'></span> 100 ", page)
+
+
 def test_colours_meet_the_contrast_they_claim():
     def luminance(rgb):
         c = [v / 255 for v in rgb]
@@ -156,16 +173,16 @@ def test_the_raster_has_as_many_live_pixels_per_step_as_the_cache_holds():
     model = GPT(PRESETS["tiny"]).eval()
     policy = make_policy("window", 40, 8, 0.3, 20)
     log = view.TraceLog(policy)
-    lengths = []  # after each forward, before its eviction: the slots the cache held
+    lengths = []  # after each step (its forward, then its eviction): the slots the cache holds
 
     def on_step(cache, eviction):
         log.on_step(cache, eviction)
-        lengths.append(cache.length if eviction is None else eviction[1].shape[1])
+        lengths.append(cache.length)
 
     tokens, stats = generate.generate(model, list(range(20)), policy, 120, num_samples=2, temperature=1.0,
                                       generator=torch.Generator().manual_seed(0), on_step=on_step)
     log.finish()
-    assert stats["evictions"] >= 3 and max(lengths) == 40
+    assert stats["evictions"] >= 3 and max(lengths) == 39  # one below the budget: a full cache evicts at once
     for row in range(2):
         live = log.live(row, 20 + tokens.shape[1])  # (steps, positions)
         assert live.sum(dim=1).tolist() == lengths
@@ -199,12 +216,15 @@ def test_the_page_works_in_a_real_browser(monkeypatch, tmp_path):
     """Headless Chromium (Qt WebEngine's, when installed): the page loads, the step control and the
     shading switch run without a console error, and stepping back hides what was not yet written."""
     pytest.importorskip("PyQt6.QtWebEngineWidgets")
-    run_with_keep_spy(monkeypatch, tmp_path, policy="dynts,h2o+p", budget=60, window=10)
+    all_stats, _, _, _ = run_with_keep_spy(monkeypatch, tmp_path, policy="dynts,h2o+p", budget=60, window=10)
     done = subprocess.run([sys.executable, "-m", "lab.browser", str(tmp_path / "trace.html")], capture_output=True,
                           text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["first_eviction"] > 0 and seen["infos"] > 1 and "dynts holds" in seen["last"]
+    assert seen["first_eviction"] > 0 and seen["infos"] > 1
+    for stats in all_stats:  # at the last step each column holds what its cache held at the end
+        held = int(re.search(re.escape(stats["policy"]) + r" holds (\d+)", seen["last"]).group(1))
+        assert held == stats["final_kv_tokens"]
 
 
 def test_bad_output_paths_fail_before_decoding(tmp_path):
