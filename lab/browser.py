@@ -57,7 +57,11 @@ def run(path: str, screenshot: str | None = None, shade: str = "s", width: int =
         if not ok:
             errors.append(f"{path}: did not load")
             return app.quit()
-        view.page().runJavaScript(DRIVE.replace("SHADE", repr(shade)), lambda r: (result.update(value=r), QTimer.singleShot(500, finish)))
+        def got(value):
+            result.update(value=value)
+            QTimer.singleShot(500, finish)  # let the last repaint land before the screenshot
+
+        view.page().runJavaScript(DRIVE.replace("SHADE", repr(shade)), got)
 
     view.loadFinished.connect(loaded)
     view.load(QUrl.fromLocalFile(os.path.abspath(path)))

@@ -202,7 +202,8 @@ function show() {  // token i is sampled at step W[i] - 1 and written to the cac
     live[k] = (live[k] || 0) + (W[i] <= Math.min(s, +p.dataset.last) && G[i] > s ? +el.dataset.n : 0);
   });
   info.textContent = 'after step ' + s + ': ' + [...document.querySelectorAll('.panel')].map(p =>
-    p.dataset.name + ' holds ' + live[p.dataset.name] + (s > +p.dataset.last ? ' (done at step ' + p.dataset.last + ')' : '')).join(', ');
+    p.dataset.name + ' holds ' + live[p.dataset.name]
+    + (s > +p.dataset.last ? ' (done at step ' + p.dataset.last + ')' : '')).join(', ');
 }
 function jump(direction) {
   const s = +slider.value;
@@ -327,8 +328,9 @@ def pooled(live: torch.Tensor, bins: int = RASTER_BINS) -> torch.Tensor:
 
 def raster(panels: list[Panel], path: str):
     """One panel per policy: decoding step (x) against token position (y), black where the token
-    is in the cache after that step (its eviction included, as the page's step control); bands for the prompt, the thinking and the answer; the
-    values the answer copies marked on the right, filled when kept to the end."""
+    is in the cache after that step (its eviction included, as on the page); bands for the
+    prompt, the thinking and the answer; each first result statement's value marked on the
+    right, filled when cached at the end."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
