@@ -63,8 +63,8 @@ def importance_labels(model: GPT, tokens: torch.Tensor, think_end: int, length: 
     """
     cache = KVCache(model.config, 1, capacity=length, device=tokens.device, dtype=model.wte.weight.dtype)
     _, thinking, _ = model(tokens[None, :think_end + 1], cache)  # the prompt, the thinking and </think>
-    _, answer, attention = model(tokens[None, think_end + 1:length], cache, need_attention=True)  # (1, length)
-    labels = attention[0] / (length - think_end - 1)
+    _, answer, attention = model(tokens[None, think_end + 1:length], cache, need_attention=True)
+    labels = attention.mean(dim=(0, 2))[0] / (length - think_end - 1)  # (length,): over layers and heads
     labels[think_end + 1:] = 0.0
     return labels, torch.cat([thinking, answer], dim=1)[0]
 
@@ -153,13 +153,14 @@ class Policy:
 
     def observe(self, tokens, hidden, positions, attention=None):
         """Record the scores of the T tokens the model just wrote into the cache. `attention`
-        (B, S), the attention each live slot received, comes only when needs_attention."""
+        (n_layer, B, Hkv, S), the attention each live slot received, comes only when
+        needs_attention; a shared ranking takes its mean over layers and heads (B, S)."""
         T = tokens.shape[1]
         self.scores[:, self.length:self.length + T] = self.score(tokens, hidden, positions)
         self.positions[:, self.length:self.length + T] = positions
         self.length += T
-        if attention is not None:
-            self.add_attention(attention)
+        if attention is not None:  # (n_layer, B, Hkv, S): one ranking for every layer and head
+            self.add_attention(attention.mean(dim=(0, 2)))
 
     def add_attention(self, attention: torch.Tensor):
         """Attention-based policies fold this step's attention (B, S) into the live scores."""

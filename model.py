@@ -145,17 +145,22 @@ class KVCache:
         """Compact every layer to the slots idx (B, n_keep), in place: row b's slot j takes slot
         idx[b, j]. Each row of idx is ascending, so idx[b, j] >= j.
 
-        One index serves all layers and heads; each slot's position moves with it. The slots
+        One index serves all layers and heads; each slot's position moves with it. An index
+        (n_layer, B, Hkv, n_keep) instead keeps a set per layer, row and kv head, as the native
+        baselines choose (every head keeps n_keep: the buffer stays rectangular); `pos` then
+        follows layer 0's kv head 0, which is what the pictures show. The slots
         move `chunk` at a time, first to last: idx[j] >= j, so a chunk never overwrites a slot
         that a later chunk still reads. What is in flight is one chunk of slots, not a second
         copy of the kept cache (at the 8B shape, batch 8: 32 MiB, not 3 GB)."""
-        n = idx.shape[1]
+        n = idx.shape[-1]
         L, _, B, Hkv, _, D = self.kv.shape
+        per_head = idx.dim() == 4
         for a in range(0, n, chunk):
-            src = idx[:, a:a + chunk]  # (B, c): the chunk's slots, all >= a
-            c = src.shape[1]
-            self.kv[:, :, :, :, a:a + c] = self.kv.gather(4, src.view(1, 1, B, 1, c, 1).expand(L, 2, B, Hkv, c, D))
-        self.pos[:, :n] = self.pos.gather(1, idx)
+            src = idx[..., a:a + chunk]  # (B, c) or (L, B, Hkv, c): the chunk's slots, all >= a
+            c = src.shape[-1]
+            src = src.view(L, 1, B, Hkv, c, 1) if per_head else src.view(1, 1, B, 1, c, 1)
+            self.kv[:, :, :, :, a:a + c] = self.kv.gather(4, src.expand(L, 2, B, Hkv, c, D))
+        self.pos[:, :n] = self.pos.gather(1, idx[0, :, 0] if per_head else idx)
         self.length = n
 
     def live_bytes(self, n: int | None = None) -> int:
@@ -237,7 +242,8 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
         if need_attention:  # the slow path: materialize the probabilities for the policy
             y, probs = attention_with_probs(q, k, v, mask)
-            attention = probs.sum(dim=2).mean(dim=1)  # (B, S): summed over queries, mean over heads
+            # (B, Hkv, S): summed over queries, averaged over the query heads that read each kv head
+            attention = probs.sum(dim=2).view(B, self.n_kv_head, -1, S).mean(dim=2)
         elif T == 1 and self.n_head > self.n_kv_head:
             # A decode step under GQA: the `group` query heads of one key/value head attend to the
             # same keys with the same mask, so they go in as that head's `group` queries. Nothing
@@ -360,8 +366,10 @@ class GPT(nn.Module):
         query sees (lab/train.py uses it to simulate evictions).
 
         Returns the logits of the last position (B, vocab), the final hidden states (B, T, C)
-        and, only when need_attention, the attention each live slot received (B, S): summed over
-        this step's queries, averaged over layers and heads.
+        and, only when need_attention, the attention each live slot received (n_layer, B,
+        n_kv_head, S): summed over this step's queries, averaged over the query heads of each kv
+        head. Its mean over layers and kv heads (B, S) is what a selection shared by every layer
+        and head ranks by; the native baselines (lab/policies.py) rank each head by its own.
         """
         B, T = idx.shape
         if mask is not None and cache is not None:
@@ -379,15 +387,12 @@ class GPT(nn.Module):
         else:  # every layer rotates q and k by these angles
             angles = pos[None, None, :, None].float() * self.inv_freq  # (1, 1, T, D/2)
             rope = angles.cos(), angles.sin()
-        attention = None
+        attention = []  # per layer, when need_attention
         for block in self.blocks:
             x, a = block(x, cache, need_attention, mask, rope)
-            if need_attention:
-                attention = a if attention is None else attention + a
+            attention.append(a)
         if cache is not None:
             cache.advance(T)  # the one place the cache grows
         hidden = self.ln_f(x)  # (B, T, C): the LM head's input, and the importance predictor's
         logits = self.lm_head(hidden[:, -1])  # (B, vocab)
-        if need_attention:
-            attention = attention / self.config.n_layer
-        return logits, hidden, attention
+        return logits, hidden, torch.stack(attention) if need_attention else None  # (n_layer, B, Hkv, S)

@@ -76,8 +76,8 @@ class AnswerOracle(dynts.DynTS):
             look.pos[:, :L] = cache.pos[rows, :L]
             look.length, look.seen = L, min(cache.seen, self.model.config.block_size - A)  # (the last positions)
             ids = torch.tensor([self.answers[b] for b in rows], device=cache.kv.device)
-            _, _, received = self.model(ids, look, need_attention=True)  # (rows, L + A)
-            attention[rows] = received[:, :L].float()
+            _, _, received = self.model(ids, look, need_attention=True)  # (n_layer, rows, Hkv, L + A)
+            attention[rows] = received.mean(dim=(0, 2))[:, :L].float()
         return torch.where(recorded.isinf(), recorded, attention)  # protected and padding slots as DynTS has them
 
 

@@ -2,17 +2,20 @@
 dynts.Policy's interface, and the registry that generate.py, profile.py and lab/eval.py build policies from.
 
 A baseline's name + "+p" protects the prompt as DynTS does (the paper's baselines did not).
+The baselines run as the official DynTS code runs them (one kept set for every layer and head);
+`h2o-native` runs H2O as its own paper does (a set per layer and kv head, one token out per step).
 The ablations come both as this project runs them (the prompt protected) and as the official
 DynTS code ran them (nothing protected). docs/FIDELITY.md says where each follows the official
 code and where it differs.
 """
 
+import math
 from string import ascii_uppercase
 
 import torch
 import torch.nn.functional as F
 
-from dynts import INF, DynTS, Full, Policy
+from dynts import INF, DynTS, Full, Policy, select_keep
 from model import END_THINK
 
 # -----------------------------------------------------------------------------
@@ -149,6 +152,87 @@ class RKV(SnapKV):
 
 
 # -----------------------------------------------------------------------------
+# The baselines as their own papers run them: a kept set per (layer, row, kv head)
+
+
+class PerHead(Policy):
+    """A policy whose every layer, row and kv head keeps its own slots, as H2O, SnapKV and R-KV
+    choose: scores and positions are (n_layer, B, Hkv, capacity), the model's attention comes
+    per (layer, kv head), and an eviction hands the cache an index (n_layer, B, Hkv, n_keep).
+    Every head keeps the same count, so the cache stays rectangular. The rule is the shared
+    one's, row by row of the flattened heads: the window, then the top of the older slots.
+    What an eviction returns, for the counters and the pictures, is layer 0's kv head 0."""
+
+    needs_attention = True
+
+    def reset(self, batch_size, capacity, device=None):
+        self.batch_size, self.capacity, self.device = batch_size, capacity, device
+        self.scores = self.positions = None  # (n_layer, B, Hkv, capacity), once the first attention tells the shape
+        self.length = 0
+
+    def observe(self, tokens, hidden, positions, attention=None):
+        T = tokens.shape[1]
+        if self.scores is None:
+            shape = (*attention.shape[:3], self.capacity)
+            self.scores = torch.zeros(shape, device=self.device)
+            self.positions = torch.zeros(shape, dtype=torch.long, device=self.device)
+        self.scores[..., self.length:self.length + T] = 0.0
+        self.positions[..., self.length:self.length + T] = positions.expand(tokens.shape)[None, :, None]
+        self.length += T
+        self.add_attention(attention)  # (n_layer, B, Hkv, S), this step's tokens included
+
+    def n_keep(self, L: int, protected: int) -> int:
+        """How many slots each head keeps of L: the shared rule's."""
+        return self.window + max(protected, math.floor(self.ratio * (L - self.window)))
+
+    def ranking(self, cache):
+        ranking = self.eviction_scores(cache)
+        if self.protect_prompt:
+            ranking = ranking.masked_fill(self.positions[..., :self.length] < self.prompt_len, INF)
+        return ranking  # (n_layer, B, Hkv, L)
+
+    def select(self, ranking):
+        heads, L = ranking.shape[:-1], ranking.shape[-1]
+        flat = ranking.reshape(-1, L)  # one row per (layer, row, kv head)
+        protected = int((flat[:, :L - self.window] == INF).sum(dim=1).max())
+        return select_keep(flat, min(self.n_keep(L, protected), L - 1), self.window).view(*heads, -1)
+
+    def evict(self, cache):
+        ranking = self.ranking(cache)
+        idx = self.select(ranking)  # (n_layer, B, Hkv, n_keep)
+        cache.keep(idx)
+        self.keep_scores(idx)
+        return idx[0, :, 0], ranking[0, :, 0]
+
+    def eviction_scores(self, cache):
+        return self.scores[..., :self.length]
+
+    def keep_scores(self, idx):
+        n = idx.shape[-1]
+        self.scores[..., :n] = self.scores[..., :self.length].gather(-1, idx)
+        self.positions[..., :n] = self.positions[..., :self.length].gather(-1, idx)
+        self.length = n
+
+
+class H2ONative(PerHead):
+    """H2O as its paper runs it (Zhang et al., NeurIPS 2023, arXiv 2306.14048, Algorithm 1):
+    each layer's kv head keeps its own heavy hitters, the tokens with the most attention summed
+    over every query since they were written (averaged over the query heads that share the kv
+    head), beside the recent window; once the cache holds the budget, one token leaves per step,
+    so the cache stays full. Left out: the paper writes the new token into the freed slot; here
+    the cache compacts (one gather per step, which also keeps the slots in the order the window
+    rule reads). `ratio` is not used: the budget decides."""
+
+    name = "h2o-native"
+
+    def add_attention(self, attention):
+        self.scores[..., :self.length] += attention
+
+    def n_keep(self, L, protected):
+        return L - 1  # one token per step: the lowest-scoring older one of each head
+
+
+# -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
 
 
@@ -259,10 +343,11 @@ class Lexical(DynTS):
 
 
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
+NATIVE = (H2ONative,)  # the baselines as their papers run them, each also as name + "+p"
 ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
-CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *ABLATIONS)}
+CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *ABLATIONS)}
 NAMES = ["full", "dynts", "lexical"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \
-        [c.name for c in ABLATIONS]
+        [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE] + [c.name for c in ABLATIONS]
 
 
 def policy_class(name: str) -> type[Policy]:

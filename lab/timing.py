@@ -97,9 +97,11 @@ def warm_up_eviction(policy: dynts.Policy, model: GPT, batch_size: int, in_place
     if policy.budget is None:
         return
     device, dtype = model.wte.weight.device, model.wte.weight.dtype
+    from lab.policies import PerHead
     scratch = copy.copy(policy)  # the real policy's scores stay untouched
-    scratch.scores, scratch.length = torch.rand(batch_size, policy.budget, device=device), policy.budget
-    scratch.positions = torch.arange(policy.budget, device=device).repeat(batch_size, 1)
+    rows = (1, batch_size, model.config.n_kv_head) if isinstance(policy, PerHead) else (batch_size,)  # (1 layer)
+    scratch.scores, scratch.length = torch.rand(*rows, policy.budget, device=device), policy.budget
+    scratch.positions = torch.arange(policy.budget, device=device).repeat(*rows, 1)
     cache = KVCache(dataclasses.replace(model.config, n_layer=1), batch_size, policy.budget, device, dtype)
     cache.length = policy.budget
     if in_place:
@@ -116,14 +118,17 @@ def fill(cache: KVCache, policy: dynts.Policy, start: int, n: int, n_embd: int):
     """Append n slots, as if the tokens at positions start..start+n-1 had just been decoded: the
     buffer's random keys and values, observed by the policy as decoded tokens are (random byte
     tokens and hidden states), so its scores, positions and flags are its own."""
-    B, device = cache.kv.shape[2], cache.kv.device
+    L, _, B, Hkv = cache.kv.shape[:4]
+    device = cache.kv.device
     for a in range(start, start + n, FILL_CHUNK):
         t = min(FILL_CHUNK, start + n - a)
         cache.seen = a
         cache.advance(t)  # the slots' positions: a..a+t-1
         tokens = torch.randint(0, 256, (B, t), device=device)
+        # an attention-based policy is shown none received (its shape, as the model gives it)
+        attention = torch.zeros(L, B, Hkv, cache.length, device=device) if policy.needs_attention else None
         policy.observe(tokens, torch.randn(B, t, n_embd, device=device, dtype=cache.kv.dtype),
-                       torch.arange(a, a + t, device=device))
+                       torch.arange(a, a + t, device=device), attention)
 
 
 def last_eviction(policy: dynts.Policy, prompt_len: int, step: int, cycle: int | None) -> int | None:

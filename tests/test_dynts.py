@@ -174,7 +174,7 @@ def test_policy_invariants_over_a_generation(name, run):
         hidden[..., 0][torch.rand(B, T, generator=g) < 0.05] = NAN
         cache.kv[:, :, :, :, cache.length:cache.length + T] = torch.randn(2, 2, B, 1, T, 4, generator=g)
         cache.advance(T)
-        attn = torch.rand(B, cache.length, generator=g) if policy.needs_attention else None
+        attn = torch.rand(1, B, 1, cache.length, generator=g) if policy.needs_attention else None  # (layers, B, heads, S)
         policy.observe(tokens, hidden, positions, attn)
         assert policy.length == cache.length <= budget
         if policy.should_evict(cache.length):
@@ -292,9 +292,9 @@ def drive(policy, B, L, attn_steps=(), tokens=None, hidden=None, cache=None):
     policy.reset(B, L + len(attn_steps))
     tokens = torch.zeros(B, L, dtype=torch.long) if tokens is None else tokens
     hidden = torch.zeros(B, L, 2) if hidden is None else hidden
-    policy.observe(tokens, hidden, torch.arange(L), torch.zeros(B, L) if policy.needs_attention else None)
-    for i, a in enumerate(attn_steps):
-        policy.observe(torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, 1, 2), torch.tensor([L + i]), a)
+    policy.observe(tokens, hidden, torch.arange(L), torch.zeros(1, B, 1, L) if policy.needs_attention else None)
+    for i, a in enumerate(attn_steps):  # a (B, S): as the model gives it, (layers, B, kv heads, S)
+        policy.observe(torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, 1, 2), torch.tensor([L + i]), a[None, :, None])
     return policy.select(policy.ranking(cache))
 
 

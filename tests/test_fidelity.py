@@ -441,10 +441,10 @@ def test_h2o_official_overwrites_ours_accumulates():
              torch.tensor([[0.0, 0.3, 0.4, 0.1, 0.1, 0.1]])]  # the last step looks elsewhere
     ours = policies.H2O(budget=6, window=2, ratio=0.5)
     ours.reset(1, 6)
-    ours.observe(torch.zeros(1, 3, dtype=torch.long), None, torch.arange(3), torch.zeros(1, 3))  # prefill
+    ours.observe(torch.zeros(1, 3, dtype=torch.long), None, torch.arange(3), torch.zeros(1, 1, 1, 3))  # prefill
     theirs = torch.zeros(1, 3)
     for t, a in enumerate(steps, start=3):
-        ours.observe(torch.zeros(1, 1, dtype=torch.long), None, torch.tensor([t]), a)
+        ours.observe(torch.zeros(1, 1, dtype=torch.long), None, torch.tensor([t]), a[None, :, None])  # one layer, one head
         theirs = official_h2o_update(theirs, a)
     assert torch.allclose(ours.scores, sum(F.pad(a, (0, 6 - a.shape[1])) for a in steps))
     assert torch.equal(theirs, steps[-1])
@@ -484,10 +484,10 @@ def test_snapkv_official_no_pooling_33_queries_ours_pools_32():
     # queries observed before each eviction: every attention row is all ones, so slot 0 sums their count
     ours = policies.SnapKV(budget, window, ratio)
     ours.reset(1, budget)
-    ours.observe(torch.zeros(1, P, dtype=torch.long), None, torch.arange(P), torch.zeros(1, P))
+    ours.observe(torch.zeros(1, P, dtype=torch.long), None, torch.arange(P), torch.zeros(1, 1, 1, P))
     counts = []
     for t in range(P, P + 3 * budget):
-        ours.observe(torch.zeros(1, 1, dtype=torch.long), None, torch.tensor([t]), torch.ones(1, ours.length + 1))
+        ours.observe(torch.zeros(1, 1, dtype=torch.long), None, torch.tensor([t]), torch.ones(1, 1, 1, ours.length + 1))
         if ours.should_evict(ours.length):
             counts.append(int(ours.scores[0, 0]))
             ours.keep_scores(ours.select(ours.ranking(None)))

@@ -178,15 +178,17 @@ def test_need_attention_gives_the_same_output_and_attention_that_sums_to_one_per
     with torch.no_grad():
         c1, c2 = KVCache(config, 2, 13), KVCache(config, 2, 13)
         l1, h1, a1 = model(idx, c1)
-        l2, h2, a2 = model(idx, c2, need_attention=True)
-        assert a1 is None and a2.shape == (2, 12)
+        l2, h2, heads = model(idx, c2, need_attention=True)
+        assert a1 is None and heads.shape == (config.n_layer, 2, config.n_kv_head, 12)
         torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a2.sum(dim=1), torch.full((2,), 12.0))  # 12 queries
+        # every layer and kv head: each of the 12 queries spreads one unit of attention
+        torch.testing.assert_close(heads.sum(dim=-1), torch.full(heads.shape[:3], 12.0))
+        a2 = heads.mean(dim=(0, 2))  # (2, 12): the shared ranking's
         # the first token is seen by all 12 queries, the last only by itself
         assert (a2[:, 0] > a2[:, -1]).all()
         _, _, a3 = model(idx[:, :1], c2, need_attention=True)
-        assert a3.shape == (2, 13)
-        torch.testing.assert_close(a3.sum(dim=1), torch.ones(2))
+        assert a3.shape == (config.n_layer, 2, config.n_kv_head, 13)
+        torch.testing.assert_close(a3.sum(dim=-1), torch.ones(a3.shape[:3]))
 
 
 def test_going_past_block_size_is_a_clear_error():

@@ -1,0 +1,137 @@
+"""lab/policies.py's native baselines and model.KVCache's per-head compaction: a kept set per
+(layer, row, kv head), against slow references."""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import generate
+from dynts import Policy
+from lab import policies
+from model import GPT, GPTConfig, KVCache
+
+INF = float("inf")
+CONFIG = GPTConfig(block_size=256, vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=16, mlp_hidden=32)
+
+
+def test_a_per_head_compaction_moves_each_heads_own_slots():
+    torch.manual_seed(0)
+    cache = KVCache(CONFIG, 2, 12)
+    cache.kv.normal_()
+    cache.advance(10)
+    before = cache.kv.clone()
+    L, B, H = CONFIG.n_layer, 2, CONFIG.n_kv_head
+    idx = torch.stack([torch.randperm(10)[:6].sort().values for _ in range(L * B * H)]).view(L, B, H, 6)
+    cache.keep(idx, chunk=4)
+    for l in range(L):  # the slow reference: one (layer, row, head) at a time
+        for b in range(B):
+            for h in range(H):
+                assert torch.equal(cache.kv[l, :, b, h, :6], before[l, :, b, h, idx[l, b, h]])
+    assert cache.length == 6 and cache.pos[:, :6].tolist() == idx[0, :, 0].tolist()  # layer 0's head 0
+
+
+@st.composite
+def rankings(draw):
+    B, L = draw(st.integers(1, 3)), draw(st.integers(4, 30))
+    window = draw(st.integers(0, L - 2))
+    ratio = draw(st.sampled_from([0.1, 0.3, 0.5]))
+    scores = draw(st.lists(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, INF]), min_size=L, max_size=L),
+                           min_size=B, max_size=B))
+    return torch.tensor(scores), window, ratio
+
+
+@settings(max_examples=200, deadline=None)
+@given(rankings())
+def test_per_head_selection_is_the_shared_one_when_every_head_scores_alike(problem):
+    ranking, window, ratio = problem
+    B, L = ranking.shape
+    budget = L
+    shared, per_head = Policy(budget, window, ratio), policies.PerHead(budget, window, ratio)
+    if window + math.floor(ratio * (L - window)) >= budget:
+        return  # (the policies refuse a ratio that keeps everything)
+    want = shared.select(ranking)  # (B, n_keep)
+    got = per_head.select(ranking[None, :, None].expand(3, B, 2, L))  # (layers, B, heads, n_keep)
+    assert torch.equal(got, want[None, :, None].expand_as(got))
+    assert got.shape[-1] <= budget - 1 and (got[..., got.shape[-1] - window:] == torch.arange(L - window, L)).all()
+
+
+def test_per_head_selection_keeps_each_heads_own_top_within_the_budget():
+    ranking = torch.tensor([[[[5.0, 1, 1, 9, 0, 0]], [[1.0, 7, 1, 1, 0, 0]]]])  # (1 layer, B 2, 1 head, 6)
+    policy = policies.PerHead(budget=6, window=2, ratio=0.25)  # keeps 2 + floor(0.25 x 4) = 3 of 6
+    idx = policy.select(ranking)
+    assert idx.tolist() == [[[[3, 4, 5]], [[1, 4, 5]]]]  # each row's own best older slot, and the window
+
+
+def h2o_reference(attention_steps, prompt_len, budget, window):
+    """H2O recomputed from scratch, one (layer, row, head) at a time: the live positions in
+    order, each one's score the sum of the attention its slot received at every step so far;
+    once `budget` are live, the lowest-scoring position outside the newest `window` leaves
+    (ties: the oldest). Returns the live positions after each step, per (layer, row, head)."""
+    L, B, H = attention_steps[0].shape[:3]
+    live = {(l, b, h): [] for l in range(L) for b in range(B) for h in range(H)}
+    score = {key: {} for key in live}
+    history, seen = [], 0
+    for attention in attention_steps:
+        new = prompt_len if seen == 0 else 1
+        for key, positions in live.items():
+            positions += range(seen, seen + new)
+            for slot, p in enumerate(positions):  # slot j holds the j-th live position
+                score[key][p] = score[key].get(p, 0.0) + float(attention[key][slot])
+            if len(positions) >= budget:
+                older = positions[:len(positions) - window]
+                gone = min(older, key=lambda p: (score[key][p], p))
+                positions.remove(gone)
+        seen += new
+        history.append({key: list(positions) for key, positions in live.items()})
+    return history
+
+
+def test_h2o_native_evicts_one_token_per_step_as_a_from_scratch_reference_does():
+    torch.manual_seed(0)
+    model = GPT(CONFIG).eval()
+    budget, window, prompt = 20, 4, list(range(1, 9))
+    policy = policies.make_policy("h2o-native", budget, window, 0.3, len(prompt))
+    steps, kept = [], []
+    forward = model.forward
+
+    def spy(idx, cache=None, need_attention=False, mask=None):
+        out = forward(idx, cache, need_attention, mask)
+        steps.append(out[2].clone())  # (layers, B, heads, S): what the policy is about to observe
+        return out
+
+    def on_step(cache, eviction):
+        kept.append(policy.positions[..., :policy.length].clone())
+
+    model.forward = spy
+    tokens, stats = generate.generate(model, prompt, policy, 40, num_samples=2, temperature=1.0,
+                                      generator=torch.Generator().manual_seed(0), on_step=on_step)
+    reference = h2o_reference(steps, len(prompt), budget, window)
+    assert stats["evictions"] == len(steps) - (budget - len(prompt))  # one per step once full
+    assert stats["peak_kv_tokens"] == budget
+    for got, want in zip(kept, reference):
+        for key, positions in want.items():
+            assert got[key].tolist() == positions
+
+
+def test_h2o_native_heads_keep_what_each_attended_to_and_the_prompt_when_protected():
+    """Head 0 of every layer attends to even positions, head 1 to odd ones: each keeps its own."""
+    for name in ("h2o-native", "h2o-native+p"):
+        policy = policies.make_policy(name, 10, 2, 0.3, 3)
+        cache = KVCache(CONFIG, 1, 10)
+        policy.reset(1, 10)
+        for T in [3] + [1] * 20:
+            positions = torch.arange(cache.seen, cache.seen + T)
+            cache.advance(T)
+            live = torch.cat([policy.positions[..., :policy.length], positions.expand(2, 1, 2, T)], dim=-1) \
+                if policy.scores is not None else positions.expand(2, 1, 2, T)
+            attention = (live % 2 == torch.tensor([0, 1]).view(1, 1, 2, 1)).float()  # (layers, B, heads, S)
+            policy.observe(torch.zeros(1, T, dtype=torch.long), None, positions, attention)
+            if policy.should_evict(cache.length):
+                policy.evict(cache)
+        older = policy.positions[..., :policy.length - 2]  # beside the window
+        prompt = older < 3
+        if name.endswith("+p"):
+            assert (policy.positions[..., :3] == torch.arange(3)).all()  # every head keeps the prompt
+        assert (older[:, :, 0][~prompt[:, :, 0]] % 2 == 0).all() and (older[:, :, 1][~prompt[:, :, 1]] % 2 == 1).all()
