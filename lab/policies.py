@@ -3,7 +3,7 @@ dynts.Policy's interface, and the registry that generate.py, profile.py and lab/
 
 A baseline's name + "+p" protects the prompt as DynTS does (the paper's baselines did not).
 The baselines run as the official DynTS code runs them (one kept set for every layer and head);
-`h2o-native` runs H2O as its own paper does (a set per layer and kv head, one token out per step).
+the `-native` ones run H2O, SnapKV and R-KV as their own papers do (a set per layer and kv head).
 The ablations come both as this project runs them (the prompt protected) and as the official
 DynTS code ran them (nothing protected). docs/FIDELITY.md says where each follows the official
 code and where it differs.
@@ -232,6 +232,93 @@ class H2ONative(PerHead):
         return L - 1  # one token per step: the lowest-scoring older one of each head
 
 
+
+class SnapKVNative(PerHead):
+    """SnapKV as its paper runs it (Li et al., 2024, arXiv 2404.14469), per layer and kv head:
+    a slot's score is the attention it received from the last `obs_window` queries before an
+    eviction (averaged over the query heads that share the kv head, as its GQA code does),
+    max-pooled over `kernel` neighbouring slots; each head keeps its own top slots. The paper
+    compresses the prompt once; here it is applied at each eviction, on the shared schedule."""
+
+    name = "snapkv-native"
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=32, kernel=7):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        self.obs_window, self.kernel = obs_window, kernel
+
+    def add_attention(self, attention):
+        if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
+            self.scores[..., :self.length] += attention
+
+    def eviction_scores(self, cache):
+        s = self.scores[..., :self.length]
+        pooled = F.max_pool1d(s.reshape(-1, 1, s.shape[-1]), self.kernel, stride=1, padding=self.kernel // 2)
+        return pooled.view(s.shape)
+
+    def keep_scores(self, idx):
+        super().keep_scores(idx)
+        self.scores.zero_()  # the next eviction observes its own window
+
+
+def key_redundancy(keys: torch.Tensor, threshold: float, chunk: int = 64) -> torch.Tensor:
+    """R-KV's redundancy of each key among the keys of its head, keys (N, L, D) -> (N, L): the
+    mean cosine similarity to the other keys, softmax-normalized over the head's keys, where
+    each key's similarity to its newest duplicate (the last key more similar than `threshold`)
+    does not count, so that of a run of duplicates the newest looks least redundant. (A key
+    with no duplicate drops its similarity to key 0, as R-KV's code has it.) In chunks of
+    heads: the similarities are (chunk, L, L)."""
+    out = []
+    for a in range(0, keys.shape[0], chunk):
+        k = F.normalize(keys[a:a + chunk].float(), dim=-1)
+        sim = k @ k.transpose(1, 2)  # (n, L, L)
+        sim.diagonal(dim1=1, dim2=2).zero_()
+        slots = torch.arange(sim.shape[-1], device=sim.device)
+        newest = torch.where(sim > threshold, slots, 0).max(dim=-1).values  # (n, L): each key's newest duplicate
+        sim.scatter_(2, newest[..., None], 0.0)
+        out.append(sim.mean(dim=-1).softmax(dim=-1))
+    return torch.cat(out)
+
+
+class RKVNative(PerHead):
+    """R-KV as its paper runs it (Cai et al., 2025, arXiv 2505.24133), per layer and kv head:
+    score = lam * importance - (1 - lam) * redundancy, importance the attention of the last
+    `obs_window` queries (their mean, averaged over each kv head's query heads), max-pooled
+    over `kernel` slots; redundancy `key_redundancy` with its similarity threshold and its
+    newest-duplicate rule. R-KV's schedule: decoding fills a `buffer` beyond its kept budget,
+    then compresses back, so the cache holds at most `budget` = kept + buffer and each eviction
+    keeps budget - buffer (`ratio` is not used). Left out: R-KV's own 8-token window replaces
+    nothing here; the recent `window` is kept as for every policy."""
+
+    name = "rkv-native"
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=8, kernel=7,
+                 lam=0.1, threshold=0.5, buffer=128):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        self.buffer = min(buffer, (budget - window) // 2)  # a small budget: half its older slots
+        self.obs_window, self.kernel, self.lam, self.threshold = obs_window, kernel, lam, threshold
+        self.observed = 0  # queries summed into the scores since the last eviction
+
+    def add_attention(self, attention):
+        if self.length > self.budget - self.obs_window:
+            self.scores[..., :self.length] += attention
+            self.observed += 1
+
+    def n_keep(self, L, protected):
+        return max(L - self.buffer, self.window + protected)
+
+    def eviction_scores(self, cache):
+        s = self.scores[..., :self.length] / max(self.observed, 1)  # the mean over the observed queries
+        importance = F.max_pool1d(s.reshape(-1, 1, s.shape[-1]), self.kernel, stride=1, padding=self.kernel // 2)
+        keys = cache.kv[:, 0, :, :, :self.length]  # (n_layer, B, Hkv, L, D)
+        redundancy = key_redundancy(keys.flatten(0, 2), self.threshold)
+        return (self.lam * importance.view(s.shape) - (1 - self.lam) * redundancy.view(s.shape))
+
+    def keep_scores(self, idx):
+        super().keep_scores(idx)
+        self.scores.zero_()
+        self.observed = 0
+
+
 # -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
 
@@ -343,7 +430,7 @@ class Lexical(DynTS):
 
 
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
-NATIVE = (H2ONative,)  # the baselines as their papers run them, each also as name + "+p"
+NATIVE = (H2ONative, SnapKVNative, RKVNative)  # the baselines as their papers run them, each also as name + "+p"
 ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
 CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *ABLATIONS)}
 NAMES = ["full", "dynts", "lexical"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \

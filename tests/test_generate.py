@@ -297,7 +297,7 @@ def test_only_attention_based_policies_make_the_model_compute_attention(name, mo
     monkeypatch.setattr(model_module, "attention_with_probs", lambda *a: calls.append(1) or real(*a))
     tokens, stats, _ = run(name, None if name == "full" else 48, 8, n=60)
     policy = policies.make_policy(name, 48, 8, 0.3, 12, dynts.ImportancePredictor(CFG.n_embd), ENC)
-    assert bool(calls) == policy.needs_attention == (name.removesuffix("+p") in ("h2o", "h2o-last", "snapkv", "rkv", "h2o-native"))
+    assert bool(calls) == policy.needs_attention == (name.removesuffix("+p") in ("h2o", "h2o-last", "snapkv", "rkv", "h2o-native", "snapkv-native", "rkv-native"))
     assert stats["peak_kv_tokens"] <= (48 if name != "full" else 72)
 
 

@@ -135,3 +135,48 @@ def test_h2o_native_heads_keep_what_each_attended_to_and_the_prompt_when_protect
         if name.endswith("+p"):
             assert (policy.positions[..., :3] == torch.arange(3)).all()  # every head keeps the prompt
         assert (older[:, :, 0][~prompt[:, :, 0]] % 2 == 0).all() and (older[:, :, 1][~prompt[:, :, 1]] % 2 == 1).all()
+
+
+def redundancy_reference(keys: torch.Tensor, threshold: float) -> torch.Tensor:
+    """key_redundancy for one head (L, D), spelled out key by key."""
+    L = keys.shape[0]
+    unit = [k / k.norm() for k in keys.float()]
+    rows = []
+    for i in range(L):
+        sim = [float(unit[i] @ unit[j]) if j != i else 0.0 for j in range(L)]
+        duplicates = [j for j in range(L) if sim[j] > threshold]
+        sim[max(duplicates) if duplicates else 0] = 0.0  # the newest duplicate's similarity does not count
+        rows.append(sum(sim) / L)
+    return torch.tensor(rows).softmax(dim=0)
+
+
+def test_key_redundancy_matches_a_key_by_key_reference():
+    torch.manual_seed(0)
+    keys = torch.randn(5, 12, 4)
+    keys[:, 7] = keys[:, 2] + 0.01  # near duplicates
+    want = torch.stack([redundancy_reference(k, 0.5) for k in keys])
+    torch.testing.assert_close(policies.key_redundancy(keys, 0.5, chunk=2), want)
+
+
+def test_rkv_native_drops_the_older_duplicates_first():
+    """Keys A B A C A in every head, no attention: the unique keys (B, C) and the newest A stay."""
+    A, B, C = torch.eye(3)
+    cache = KVCache(GPTConfig(block_size=16, n_layer=1, n_head=1, n_kv_head=1, n_embd=3, mlp_hidden=4), 1, 5)
+    cache.kv[0, 0, 0, 0, :5] = torch.stack([A, B, A, C, A])
+    cache.advance(5)
+    policy = policies.RKVNative(budget=5, window=0)  # buffer: half the older slots, 2; keeps 3
+    policy.reset(1, 5)
+    policy.observe(torch.zeros(1, 5, dtype=torch.long), None, torch.arange(5), torch.zeros(1, 1, 1, 5))
+    assert policy.should_evict(cache.length)
+    kept, _ = policy.evict(cache)
+    assert kept.tolist() == [[1, 3, 4]]
+
+
+def test_the_native_policies_decode_within_their_budget():
+    torch.manual_seed(0)
+    model = GPT(CONFIG).eval()
+    for name in ("h2o-native", "snapkv-native+p", "rkv-native"):
+        policy = policies.make_policy(name, 40, 8, 0.3, 8)
+        _, stats = generate.generate(model, list(range(1, 9)), policy, 120, num_samples=2, temperature=1.0,
+                                     generator=torch.Generator().manual_seed(0))
+        assert stats["peak_kv_tokens"] <= 40 and stats["evictions"] > 0
