@@ -19,7 +19,8 @@ export gpu_list=${GPUS:-$(seq -s " " 0 $(( $(nvidia-smi -L | wc -l) - 1 )))}
 gpus=$(wc -w <<< "$gpu_list")
 mkdir -p "$out"
 main=${MAIN:-"full dynts oracle lexical dynts-random window streaming sepllm h2o h2o-last snapkv rkv
-      window+p streaming+p sepllm+p h2o+p h2o-last+p snapkv+p rkv+p"}
+      window+p streaming+p sepllm+p h2o+p h2o-last+p snapkv+p rkv+p
+      h2o-native snapkv-native rkv-native h2o-native+p snapkv-native+p rkv-native+p"}
 ablations=${ABLATIONS-"dynts-bottom dynts-noprompt random-all bottom-all noquestion"}
 jobs() {
   for level in $levels; do

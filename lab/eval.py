@@ -40,12 +40,13 @@ from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, ch
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, load_predictor
 from lab.checkpoint import open_hf as generate_open_hf
-from lab.policies import ABLATIONS, BASELINES, NAMES, make_policy, needs_attention, needs_predictor
+from lab.policies import ABLATIONS, BASELINES, NAMES, NATIVE, make_policy, needs_attention, needs_predictor
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "lexical", "dynts-random"]  # true labels; the task's template; random thinking tokens
 POLICY_SETS = {
     "all": ["full", "dynts"] + REFERENCES + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES]
+           + [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE]
            + [c.name for c in ABLATIONS if c.name not in REFERENCES],
     "default": ["full", "dynts"],  # the CPU default, about a minute
 }
