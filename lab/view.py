@@ -66,7 +66,9 @@ class TraceLog:
     def finish(self):
         """The live tokens' final ranking (Full ranks nothing: its scores stay empty)."""
         if self.policy.budget is not None:
-            self._record(self.cache.pos[:, :self.cache.length], self.policy.ranking(self.cache))
+            ranking = self.policy.ranking(self.cache)
+            ranking = ranking[0, :, 0] if ranking.dim() == 4 else ranking  # per head: layer 0's kv head 0, as cache.pos
+            self._record(self.cache.pos[:, :self.cache.length], ranking)
 
     def live(self, row: int, n_positions: int) -> torch.Tensor:
         """(steps, n_positions) bool: which tokens of a row are in the cache after each step
@@ -252,6 +254,8 @@ def panel_html(pn: Panel) -> str:
     label_top = max(labels, default=0.0)
     out = [f"<section class='panel' data-name='{html_lib.escape(pn.name)}' data-last='{len(pn.log.lengths) - 1}'>"
            f"<h2>{html_lib.escape(pn.summary())}</h2>"]
+    if getattr(policy, "positions", None) is not None and policy.positions.dim() == 4:  # lab.policies.PerHead
+        out.append("<p>each layer and kv head keeps its own tokens: shown, layer 0's kv head 0</p>")
     if by_position:
         out.append("<p class='scale' data-kind='s'>its score is a position (recency): not shaded</p>")
     elif finite:

@@ -70,7 +70,7 @@ def run_with_keep_spy(monkeypatch, tmp_path, **kwargs):
     return stats, open(page, encoding="utf-8").read(), evicted, out
 
 
-@pytest.mark.parametrize("policy", ["dynts", "h2o+p", "window"])
+@pytest.mark.parametrize("policy", ["dynts", "h2o+p", "window", "h2o-native"])  # (per head: layer 0's head 0)
 def test_the_page_has_one_span_per_token_and_strikes_exactly_the_evicted(policy, monkeypatch, tmp_path):
     stats, page, evicted, _ = run_with_keep_spy(monkeypatch, tmp_path, policy=policy, budget=60, window=10,
                                                 num_samples=2)
