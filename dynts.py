@@ -171,23 +171,30 @@ class Policy:
     def eviction_scores(self, cache: KVCache) -> torch.Tensor:
         """What an eviction ranks the live slots by (B, L): the recorded scores. SnapKV pools
         them; R-KV subtracts the keys' redundancy, read from the cache."""
-        return self.scores[:, :self.length]
+        return self.scores[..., :self.length]
 
     def ranking(self, cache: KVCache) -> torch.Tensor:
         """The eviction scores, with the protected prompt at +inf (B, L)."""
         ranking = self.eviction_scores(cache)
         if self.protect_prompt:
-            ranking = ranking.masked_fill(self.positions[:, :self.length] < self.prompt_len, INF)
+            ranking = ranking.masked_fill(self.positions[..., :self.length] < self.prompt_len, INF)
         return ranking
 
+    def n_keep(self, L: int, protected: int) -> int:
+        """How many of L slots an eviction keeps: the window and max(protected, floor(ratio * older))."""
+        return self.window + max(protected, math.floor(self.ratio * (L - self.window)))
+
     def select(self, ranking: torch.Tensor) -> torch.Tensor:
-        """The slots to keep (B, n_keep): the window and max(protected, floor(ratio * (L - window)))."""
-        L = ranking.shape[1]
-        protected = int((ranking[:, :L - self.window] == INF).sum(dim=1).max())
-        n_keep = self.window + max(protected, math.floor(self.ratio * (L - self.window)))
+        """The slots to keep (B, n_keep) of a ranking (B, L). (The native baselines rank each
+        layer and kv head apart: (n_layer, B, Hkv, L) in, (n_layer, B, Hkv, n_keep) out, the
+        same rule on every row of heads.)"""
+        L = ranking.shape[-1]
+        rows = ranking.reshape(-1, L)  # (B, L), or one row per (layer, row, kv head)
+        protected = int((rows[:, :L - self.window] == INF).sum(dim=1).max())
         # The budget is a hard bound: a row whose protected tokens fill the cache (an answer
         # that never ends) loses its oldest protected tokens, one per step.
-        return select_keep(ranking, min(n_keep, L - 1), self.window)
+        keep = select_keep(rows, min(self.n_keep(L, protected), L - 1), self.window)
+        return keep.view(*ranking.shape[:-1], -1)
 
     def evict(self, cache: KVCache):
         """One eviction: choose the slots to keep, compact the cache to them, move their scores
@@ -200,9 +207,9 @@ class Policy:
 
     def keep_scores(self, idx: torch.Tensor):
         """Follow the cache's compaction: the kept slots' scores and positions move with them."""
-        n = idx.shape[1]
-        self.scores[:, :n] = self.scores[:, :self.length].gather(1, idx)
-        self.positions[:, :n] = self.positions[:, :self.length].gather(1, idx)
+        n = idx.shape[-1]
+        self.scores[..., :n] = self.scores[..., :self.length].gather(-1, idx)
+        self.positions[..., :n] = self.positions[..., :self.length].gather(-1, idx)
         self.length = n
 
 

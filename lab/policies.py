@@ -9,13 +9,12 @@ DynTS code ran them (nothing protected). docs/FIDELITY.md says where each follow
 code and where it differs.
 """
 
-import math
 from string import ascii_uppercase
 
 import torch
 import torch.nn.functional as F
 
-from dynts import INF, DynTS, Full, Policy, select_keep
+from dynts import INF, DynTS, Full, Policy
 from model import END_THINK
 
 # -----------------------------------------------------------------------------
@@ -87,7 +86,7 @@ class H2O(Policy):
     needs_attention = True
 
     def add_attention(self, attention):
-        self.scores[:, :self.length] += attention
+        self.scores[..., :self.length] += attention  # (B, L), or per head (n_layer, B, Hkv, L)
 
 
 class H2OLast(Policy):
@@ -115,11 +114,12 @@ class SnapKV(Policy):
 
     def add_attention(self, attention):
         if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
-            self.scores[:, :self.length] += attention
+            self.scores[..., :self.length] += attention
 
     def eviction_scores(self, cache):
-        s = self.scores[:, None, :self.length]  # (B, 1, L)
-        return F.max_pool1d(s, self.kernel, stride=1, padding=self.kernel // 2)[:, 0]
+        s = self.scores[..., :self.length]  # (B, L), or per head (n_layer, B, Hkv, L)
+        pooled = F.max_pool1d(s.reshape(-1, 1, s.shape[-1]), self.kernel, stride=1, padding=self.kernel // 2)
+        return pooled.view(s.shape)
 
     def keep_scores(self, idx):
         super().keep_scores(idx)
@@ -159,9 +159,9 @@ class PerHead(Policy):
     """A policy whose every layer, row and kv head keeps its own slots, as H2O, SnapKV and R-KV
     choose: scores and positions are (n_layer, B, Hkv, capacity), the model's attention comes
     per (layer, kv head), and an eviction hands the cache an index (n_layer, B, Hkv, n_keep).
-    Every head keeps the same count, so the cache stays rectangular. The rule is the shared
-    one's, row by row of the flattened heads: the window, then the top of the older slots.
-    What an eviction returns, for the counters and the pictures, is layer 0's kv head 0."""
+    Every head keeps the same count, so the cache stays rectangular. Ranking, selection and
+    compaction are dynts.Policy's own, on every row of heads. What an eviction returns, for the
+    counters and the pictures, is layer 0's kv head 0."""
 
     needs_attention = True
 
@@ -181,40 +181,12 @@ class PerHead(Policy):
         self.length += T
         self.add_attention(attention)  # (n_layer, B, Hkv, S), this step's tokens included
 
-    def n_keep(self, L: int, protected: int) -> int:
-        """How many slots each head keeps of L: the shared rule's."""
-        return self.window + max(protected, math.floor(self.ratio * (L - self.window)))
-
-    def ranking(self, cache):
-        ranking = self.eviction_scores(cache)
-        if self.protect_prompt:
-            ranking = ranking.masked_fill(self.positions[..., :self.length] < self.prompt_len, INF)
-        return ranking  # (n_layer, B, Hkv, L)
-
-    def select(self, ranking):
-        heads, L = ranking.shape[:-1], ranking.shape[-1]
-        flat = ranking.reshape(-1, L)  # one row per (layer, row, kv head)
-        protected = int((flat[:, :L - self.window] == INF).sum(dim=1).max())
-        return select_keep(flat, min(self.n_keep(L, protected), L - 1), self.window).view(*heads, -1)
-
     def evict(self, cache):
-        ranking = self.ranking(cache)
-        idx = self.select(ranking)  # (n_layer, B, Hkv, n_keep)
-        cache.keep(idx)
-        self.keep_scores(idx)
-        return idx[0, :, 0], ranking[0, :, 0]
-
-    def eviction_scores(self, cache):
-        return self.scores[..., :self.length]
-
-    def keep_scores(self, idx):
-        n = idx.shape[-1]
-        self.scores[..., :n] = self.scores[..., :self.length].gather(-1, idx)
-        self.positions[..., :n] = self.positions[..., :self.length].gather(-1, idx)
-        self.length = n
+        idx, ranking = super().evict(cache)  # (n_layer, B, Hkv, n_keep), (n_layer, B, Hkv, L)
+        return idx[0, :, 0], ranking[0, :, 0]  # for the counters and the pictures
 
 
-class H2ONative(PerHead):
+class H2ONative(PerHead, H2O):
     """H2O as its paper runs it (Zhang et al., NeurIPS 2023, arXiv 2306.14048, Algorithm 1):
     each layer's kv head keeps its own heavy hitters, the tokens with the most attention summed
     over every query since they were written (averaged over the query heads that share the kv
@@ -225,39 +197,20 @@ class H2ONative(PerHead):
 
     name = "h2o-native"
 
-    def add_attention(self, attention):
-        self.scores[..., :self.length] += attention
-
     def n_keep(self, L, protected):
         return L - 1  # one token per step: the lowest-scoring older one of each head
 
 
 
-class SnapKVNative(PerHead):
+class SnapKVNative(PerHead, SnapKV):
     """SnapKV as its paper runs it (Li et al., 2024, arXiv 2404.14469), per layer and kv head:
     a slot's score is the attention it received from the last `obs_window` queries before an
     eviction (averaged over the query heads that share the kv head, as its GQA code does),
     max-pooled over `kernel` neighbouring slots; each head keeps its own top slots. The paper
-    compresses the prompt once; here it is applied at each eviction, on the shared schedule."""
+    compresses the prompt once; here it is applied at each eviction, on the shared schedule.
+    SnapKV's scoring, on PerHead's scores."""
 
     name = "snapkv-native"
-
-    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=32, kernel=7):
-        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
-        self.obs_window, self.kernel = obs_window, kernel
-
-    def add_attention(self, attention):
-        if self.length > self.budget - self.obs_window:  # one of the last queries before the eviction
-            self.scores[..., :self.length] += attention
-
-    def eviction_scores(self, cache):
-        s = self.scores[..., :self.length]
-        pooled = F.max_pool1d(s.reshape(-1, 1, s.shape[-1]), self.kernel, stride=1, padding=self.kernel // 2)
-        return pooled.view(s.shape)
-
-    def keep_scores(self, idx):
-        super().keep_scores(idx)
-        self.scores.zero_()  # the next eviction observes its own window
 
 
 def key_redundancy(keys: torch.Tensor, threshold: float, chunk: int = 64) -> torch.Tensor:
@@ -279,43 +232,39 @@ def key_redundancy(keys: torch.Tensor, threshold: float, chunk: int = 64) -> tor
     return torch.cat(out)
 
 
-class RKVNative(PerHead):
+class RKVNative(PerHead, SnapKV):
     """R-KV as its paper runs it (Cai et al., 2025, arXiv 2505.24133), per layer and kv head:
-    score = lam * importance - (1 - lam) * redundancy, importance the attention of the last
-    `obs_window` queries (their mean, averaged over each kv head's query heads), max-pooled
-    over `kernel` slots; redundancy `key_redundancy` with its similarity threshold and its
-    newest-duplicate rule. R-KV's schedule: decoding fills a `buffer` beyond its kept budget,
-    then compresses back, so the cache holds at most `budget` = kept + buffer and each eviction
-    keeps budget - buffer (`ratio` is not used). Left out: R-KV's own 8-token window replaces
-    nothing here; the recent `window` is kept as for every policy."""
+    score = lam * importance - (1 - lam) * redundancy, importance SnapKV's pooled attention of
+    the last `obs_window` queries as a mean over them; redundancy `key_redundancy` with its
+    similarity threshold and its newest-duplicate rule. R-KV's schedule: decoding fills a
+    `buffer` beyond its kept budget, then compresses back, so the cache holds at most `budget` =
+    kept + buffer and each eviction keeps budget - buffer (`ratio` is not used). Left out: R-KV's
+    own 8-token window replaces nothing here; the recent `window` is kept as for every policy."""
 
     name = "rkv-native"
 
     def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=8, kernel=7,
                  lam=0.1, threshold=0.5, buffer=128):
-        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt, obs_window, kernel)
         self.buffer = min(buffer, (budget - window) // 2)  # a small budget: half its older slots
-        self.obs_window, self.kernel, self.lam, self.threshold = obs_window, kernel, lam, threshold
+        self.lam, self.threshold = lam, threshold
         self.observed = 0  # queries summed into the scores since the last eviction
 
     def add_attention(self, attention):
-        if self.length > self.budget - self.obs_window:
-            self.scores[..., :self.length] += attention
-            self.observed += 1
+        self.observed += self.length > self.budget - self.obs_window  # SnapKV's test, before it adds
+        super().add_attention(attention)
 
     def n_keep(self, L, protected):
         return max(L - self.buffer, self.window + protected)
 
     def eviction_scores(self, cache):
-        s = self.scores[..., :self.length] / max(self.observed, 1)  # the mean over the observed queries
-        importance = F.max_pool1d(s.reshape(-1, 1, s.shape[-1]), self.kernel, stride=1, padding=self.kernel // 2)
+        importance = super().eviction_scores(cache) / max(self.observed, 1)  # (n_layer, B, Hkv, L)
         keys = cache.kv[:, 0, :, :, :self.length]  # (n_layer, B, Hkv, L, D)
-        redundancy = key_redundancy(keys.flatten(0, 2), self.threshold)
-        return (self.lam * importance.view(s.shape) - (1 - self.lam) * redundancy.view(s.shape))
+        redundancy = key_redundancy(keys.flatten(0, 2), self.threshold).view(importance.shape)
+        return self.lam * importance - (1 - self.lam) * redundancy
 
     def keep_scores(self, idx):
-        super().keep_scores(idx)
-        self.scores.zero_()
+        super().keep_scores(idx)  # (SnapKV's: the scores start again)
         self.observed = 0
 
 
