@@ -10,7 +10,6 @@ logits and runs the step again, in plain sight. The speed layer (`--cuda-graphs`
 import argparse
 import codecs
 import json
-import math
 import sys
 import time
 
@@ -20,7 +19,7 @@ from dynts import Policy
 from lab import task
 from lab.checkpoint import load_hf_weights, open_model
 from lab.cli import UsageError, cache_bytes, check_memory, resolve_device, run_cli
-from lab.flags import check_flags, check_lengths
+from lab.flags import check_flags, check_lengths, warn_prompt_fills_older
 from lab.policies import NAMES, make_policy
 from model import GPT, PRESETS, KVCache
 
@@ -142,7 +141,9 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     writes one). `html_path` / `plot_path`: every policy's trace on one page / one raster."""
     out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
     names = [n.strip() for n in policy.split(",") if n.strip()]
-    for name in names or [""]:  # each one line, before any work (lab/flags.py)
+    if not names:
+        raise UsageError("--policy is empty: name a policy, or several, comma-separated")
+    for name in names:  # each one line, before any work (lab/flags.py)
         if name not in NAMES:
             raise UsageError(f"--policy {name!r}: choose from {', '.join(NAMES)} (several: comma-separated)")
         check_flags(name, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
@@ -207,16 +208,6 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         with open(stats_json, "w") as f:
             json.dump(all_stats[0] if len(all_stats) == 1 else all_stats, f, indent=2)
     return all_stats[0] if len(all_stats) == 1 else all_stats
-
-
-def warn_prompt_fills_older(pol: Policy, prompt_len: int):
-    """A note when the rule's older share is no more than the protected prompt (it keeps the prompt)."""
-    older = math.floor(pol.ratio * (pol.budget - pol.window)) if pol.budget is not None else None
-    if pol.protect_prompt and older <= prompt_len:  # the rule keeps max(protected, older): the prompt wins
-        print(f"generate.py: note: --budget {pol.budget} --window {pol.window} --ratio {pol.ratio} keeps "
-              f"floor({pol.ratio} x {pol.budget - pol.window}) = {older} older tokens, no more than the "
-              f"{prompt_len}-token protected prompt: every eviction keeps the prompt and the window, no older "
-              "generated token", file=sys.stderr)
 
 
 def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature, top_k, seed, device, dtype,

@@ -387,10 +387,11 @@ class GPT(nn.Module):
         else:  # every layer rotates q and k by these angles
             angles = pos[None, None, :, None].float() * self.inv_freq  # (1, 1, T, D/2)
             rope = angles.cos(), angles.sin()
-        attention = []  # per layer, when need_attention
+        attention = []  # per layer, only when need_attention
         for block in self.blocks:
             x, a = block(x, cache, need_attention, mask, rope)
-            attention.append(a)
+            if need_attention:
+                attention.append(a)
         if cache is not None:
             cache.advance(T)  # the one place the cache grows
         hidden = self.ln_f(x)  # (B, T, C): the LM head's input, and the importance predictor's

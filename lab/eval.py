@@ -426,7 +426,8 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     records = []
     try:  # Ctrl-C: the policies decoded at every budget are kept
         print(f"{len(problems)} {split} problems ({n} per family, seed {seed}), model seed {model_seed}, "
-              f"budgets {[b for b, _ in levels]}, ratio {ratio}, temperature {d.get('temperature', 0.0)}, on {device} ({dtype})", flush=True)
+              f"budgets {[b for b, _ in levels]}, ratio {ratio}, temperature {d.get('temperature', 0.0)}, "
+              f"on {device} ({dtype})", flush=True)
         for name, b, f in runs:
             rs = run_policy(name, model, predictor, cases, b, window_of(b) if b else 0, ratio, batch_size, enc,
                             cuda_graphs=cuda_graphs, temperature=d.get("temperature", 0.0), seed=seed)

@@ -1,6 +1,7 @@
 """The command lines' flags, checked on their own and against each other before any work:
 generate.py's and profile.py's. Each mistake is one line that names the flag (lab/cli.run_cli)."""
 
+import math
 import sys
 
 from lab.checkpoint import check_hf_settings
@@ -93,3 +94,13 @@ def check_profile_flags(cfg, preset, policies, batch_size, prompt_len, steps, bu
     if any(name != "full" for name in names) and budget <= prompt_len:
         raise UsageError(f"--budget {budget} must exceed the prompt's {prompt_len} tokens")
     return names, batch_size, device, dtype
+
+
+def warn_prompt_fills_older(pol, prompt_len: int):
+    """A note when the rule's older share is no more than the protected prompt (it keeps the prompt)."""
+    older = math.floor(pol.ratio * (pol.budget - pol.window)) if pol.budget is not None else None
+    if pol.protect_prompt and older <= prompt_len:  # the rule keeps max(protected, older): the prompt wins
+        print(f"generate.py: note: --budget {pol.budget} --window {pol.window} --ratio {pol.ratio} keeps "
+              f"floor({pol.ratio} x {pol.budget - pol.window}) = {older} older tokens, no more than the "
+              f"{prompt_len}-token protected prompt: every eviction keeps the prompt and the window, no older "
+              "generated token", file=sys.stderr)
