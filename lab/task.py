@@ -286,6 +286,11 @@ def item_accuracy(problem: Problem, generated: str) -> float:
     return sum(e == g for e, g in zip(expected, got)) / len(expected)
 
 
+def result_statement(letter: str, value: str) -> str:
+    """How a trace writes a step's result: "kl, so A=kl." (the walk's last node, then the result)."""
+    return f"{value}, so {letter}={value}."
+
+
 def decisive_spans(problem: Problem) -> list[tuple[int, int]]:
     """[start, end) character spans, in problem.text(), of each step's result sentence, from
     the walk's last node to the period ("kl, so A=kl."), one per step, in step order. The
@@ -294,6 +299,6 @@ def decisive_spans(problem: Problem) -> list[tuple[int, int]]:
     for item in problem.answer.split():  # "A=kl" (or "A=kl>mn")
         letter, value = item[0], item[2:4]
         end = problem.thinking.index(f"so {letter}={value}.") + len(f"so {letter}={value}.")
-        start = end - len(f"{value}, so {letter}={value}.")
+        start = end - len(result_statement(letter, value))
         spans.append((len(problem.prompt) + start, len(problem.prompt) + end))
     return spans

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from lab import task
+
 INF = float("inf")
 
 
@@ -169,7 +171,7 @@ def needed_positions(answer: str, groups: list[tuple[int, int, str]]) -> list[li
     out = []
     for item in answer.split():
         letter, value = item[0], item[2:4]
-        m = re.search(re.escape(f"{value}, so {letter}={value}."), text)
+        m = re.search(re.escape(task.result_statement(letter, value)), text)
         if m:
             out.append(sorted({token_at[c] for c in range(m.end() - 3, m.end() - 1)}))
     return out
@@ -273,7 +275,7 @@ def panel_html(pn: Panel) -> str:
             out.append("</div>")
             in_prompt = False
         positions = range(first, end)
-        gone = [pn.gone(p) for p in positions if pn.gone(p) is not None]
+        gone = [g for g in map(pn.gone, positions) if g is not None]  # when each of its tokens left
         group_scores = [scores[p] for p in positions if scores[p] is not None]
         score = max(group_scores) if group_scores else None
         label = sum(labels[p] for p in positions) if labels else None
@@ -380,7 +382,6 @@ def show(runs, model, enc, prompt: list[int], meta: dict, problem=None, out=None
     a terminal each trace again with the evicted tokens dimmed; with `html_path` the page, with
     `plot_path` the raster (one panel per policy; per sample when there is one policy)."""
     from dynts import LABEL_SCALE, importance_labels
-    from lab import task
     panels = []
     for stats, rows, log in runs:
         log.finish()
