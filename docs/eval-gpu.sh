@@ -2,9 +2,10 @@
 # The GPU evaluation behind docs/RESULTS.md's comparison: every policy on N held-out problems per
 # family, at the budget levels (fractions of Full's peak cache on validation problems),
 # for three model seeds (CKPT_DIR/seed0.pt, seed1.pt, seed2.pt). One eval.py process per
-# (seed, policy, level), PROCS_PER_GPU of them on each GPU, started in priority order until
-# DEADLINE_S seconds from now; each writes OUT_DIR/s<seed>-<policy>-<level>.json (and is
-# skipped where that file exists, so a second call finishes what a first one left).
+# (seed, policy, level), PROCS_PER_GPU of them on each GPU, started in priority order (policy by
+# policy, each on every seed) until DEADLINE_S seconds from now; each writes
+# OUT_DIR/s<seed>-<policy>-<level>.json (and is skipped where that file exists, so a second call
+# finishes what a first one left).
 # Pool them afterwards with `python -m lab.eval --merge OUT_DIR/*.json`.
 # usage: [GPUS="0 1 2"] [N=72] [BATCH=1000] [EVAL_SEED=0] [MAIN="full dynts ..."] [ABLATIONS="..."]
 #        bash docs/eval-gpu.sh CKPT_DIR OUT_DIR [DEADLINE_S] [PROCS_PER_GPU] [LEVELS] [SEEDS]
@@ -22,10 +23,10 @@ main=${MAIN:-"full dynts oracle lexical dynts-random window streaming sepllm h2o
       window+p streaming+p sepllm+p h2o+p h2o-last+p snapkv+p rkv+p
       h2o-native snapkv-native rkv-native h2o-native+p snapkv-native+p rkv-native+p"}
 ablations=${ABLATIONS-"dynts-bottom dynts-noprompt random-all bottom-all noquestion"}
-jobs() {
+jobs() {  # policy by policy, each on every seed, so that a deadline leaves whole rows
   for level in $levels; do
-    for seed in $seeds; do
-      for p in $main; do
+    for p in $main; do
+      for seed in $seeds; do
         if [ "$p" != full ] || [ "$level" = 0.3 ]; then echo "$seed $p $level"; fi
       done
     done

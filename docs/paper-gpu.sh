@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# The paper regime's whole GPU run in one background job: train three seeds (docs/train-gpu.sh),
-# then evaluate them (docs/eval-gpu.sh) until END_S seconds after the start, main comparison at
-# 30% first, then the confirmatory problems (EVAL_SEED=1), then 45%. Started detached (setsid) so
-# that it outlives one device call; poll with `tail out/paper/pipeline.log`.
-# usage: [STEPS=4500] [END_S=1380] [EVAL=1] bash docs/paper-gpu.sh OUT_DIR
-# (2,400 steps took 10.5 minutes for the three seeds on one H200 and left them undertrained; 4,500
-# take about 18, so EVAL=0 there: the checkpoints come back through $OUT for the next session's eval.)
+# The paper regime's whole GPU run in one background job: train three seeds (docs/train-gpu.sh;
+# skipped with CK=DIR, checkpoints trained before), then evaluate them (docs/eval-gpu.sh) until
+# END_S seconds after the start, in this order: the core policies at 30% (full, dynts, lexical,
+# oracle), the confirmatory problems (EVAL_SEED=1), the baselines at 30%, then 45%. Started
+# detached (setsid) so that it outlives one device call; poll with `tail PIPELINE_LOG`.
+# usage: [STEPS=4500] [END_S=1380] [EVAL=1] [CK=DIR] bash docs/paper-gpu.sh OUT_DIR
+# (4,500 steps took 19 minutes for the three seeds on one H200, 2026-12-04, so EVAL=0 there: the
+# checkpoints come back through $OUT for the next session's eval.)
 # Poll with a command that ends by itself (`sleep 540; tail ...`): a `wait` on a progress loop never returns.
 set -u
 out=$1 start=$(date +%s) end=$(( $(date +%s) + ${END_S:-1380} ))
+ck=${CK:-$out/ck}  # CK: checkpoints trained before (seed0.pt, seed1.pt, seed2.pt): no training
 mkdir -p "$out"
 left() { echo $(( end - $(date +%s) )); }
-echo "train: $(date -u +%T)"
-BATCH=16 bash docs/train-gpu.sh "$out/ck" "0 1 2" "${STEPS:-4500}"
+if [ -z "${CK:-}" ]; then
+  echo "train: $(date -u +%T)"
+  BATCH=16 bash docs/train-gpu.sh "$ck" "0 1 2" "${STEPS:-4500}"
+fi
 [ "${EVAL:-1}" = 1 ] || exit 0
-echo "eval: $(date -u +%T), $(left) s left"
-main="full dynts lexical oracle dynts-random window+p h2o+p snapkv+p rkv+p sepllm+p"
-N=72 MAIN="$main" ABLATIONS="" bash docs/eval-gpu.sh "$out/ck" "$out/ev" $(( $(left) - 200 )) 10 "0.3" "0 1 2"
-echo "confirmatory: $(date -u +%T), $(left) s left"
-N=72 EVAL_SEED=1 MAIN="full dynts lexical oracle" ABLATIONS="" bash docs/eval-gpu.sh "$out/ck" "$out/ev-confirm" $(( $(left) - 150 )) 10 "0.3" "0 1 2"
-echo "45%: $(date -u +%T), $(left) s left"
-N=72 MAIN="$main" ABLATIONS="" bash docs/eval-gpu.sh "$out/ck" "$out/ev45" $(( $(left) - 120 )) 10 "0.45" "0 1 2"
+phase() {  # name, out dir, margin (s), level, then eval-gpu.sh's environment (MAIN=..., EVAL_SEED=...)
+  name=$1 dir=$2 margin=$3 level=$4; shift 4
+  echo "$name: $(date -u +%T), $(left) s left"
+  env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) 10 "$level" "0 1 2"
+}
+core="full dynts lexical oracle"
+baselines="dynts-random h2o+p snapkv+p rkv+p window+p sepllm+p streaming+p
+           h2o-native+p snapkv-native+p rkv-native+p h2o-native snapkv-native rkv-native
+           h2o snapkv rkv window sepllm streaming"
+phase "30%, the core" "$out/ev" 240 0.3 MAIN="$core"
+phase "confirmatory (EVAL_SEED=1)" "$out/ev-confirm" 200 0.3 MAIN="full dynts lexical" EVAL_SEED=1
+phase "30%, the baselines" "$out/ev" 150 0.3 MAIN="$baselines"
+phase "45%" "$out/ev45" 120 0.45 MAIN="dynts lexical oracle $baselines"
 echo "finished: $(date -u +%T) after $(( $(date +%s) - start )) s"
