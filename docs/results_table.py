@@ -2,7 +2,8 @@
 
 Prints (markdown) Pass@1 per policy and budget level, pooled over the model seeds and problems, with
 the 95% interval that counts seeds and problems as two levels (a crossed bootstrap, lab/stats.py)
-and each seed's Pass@1; Full's row; the per-family table at one level (default 0.3); and the
+and each seed's Pass@1; Full's row; the per-family table at one level (default 0.3), with each
+policy's peak and mean cache; and the
 paired tests of DynTS against the best baseline and the lexical control, pooled and per seed. Nothing is computed here that eval.py's
 summary does not hold: this only lays it out.
 """
@@ -10,8 +11,9 @@ import gzip
 import json
 import sys
 
-ORDER = ["oracle", "dynts", "lexical", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o-last+p", "sepllm+p", "streaming+p",
-         "window+p", "rkv", "snapkv", "h2o", "h2o-last", "sepllm", "streaming", "window",
+ORDER = ["oracle", "dynts", "lexical", "dynts-random", "rkv+p", "rkv-native+p", "snapkv+p", "snapkv-native+p", "h2o+p",
+         "h2o-native+p", "h2o-last+p", "sepllm+p", "streaming+p", "window+p", "rkv", "rkv-native", "snapkv", "snapkv-native",
+         "h2o", "h2o-native", "h2o-last", "sepllm", "streaming", "window",
          "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 
 
@@ -37,13 +39,15 @@ def main(path, family_level=0.3):
         if got:
             print(f"| {name} | " + " | ".join(cell(got[lv]) if lv in got else "" for lv in levels) + " |")
     fams = list(full["families"])
-    print(f"\nPer family at {family_level:.0%} (Pass@1 %, pooled over seeds):\n")
-    print("| policy | " + " | ".join(fams) + " |")
-    print("|---" * (len(fams) + 1) + "|")
+    print(f"\nPer family at {family_level:.0%} (Pass@1 %, pooled over seeds), and the cache each policy held: its peak "
+          "and its mean over the decode (tokens; the native baselines evict on their own schedules):\n")
+    print("| policy | " + " | ".join(fams) + " | peak cache | mean cache |")
+    print("|---" * (len(fams) + 3) + "|")
     for name in ["full"] + ORDER:
         r = full if name == "full" else next((r for r in rows if r["policy"] == name and r["level"] == family_level), None)
         if r:
-            print(f"| {name} | " + " | ".join(f"{100 * r['families'][f]:.0f}" for f in fams) + " |")
+            print(f"| {name} | " + " | ".join(f"{100 * r['families'][f]:.0f}" for f in fams)
+                  + f" | {r['peak_kv']:.0f} | {r['mean_kv']:.0f} |")
     print()
     for t in result["paired_tests"]:
         on = "" if t["families"] == "all" else f" ({t['families']} only)"
