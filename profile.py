@@ -192,7 +192,7 @@ def plot(result: dict, path: str):
 
 def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=None, steps=None, budget=None,
          window=None, ratio=0.3, device=None, dtype="auto", cuda_graphs=False, jump=False, every=None,
-         tput_window=100, seed=1337, json_path=None, plot_path=None, out=None) -> dict:
+         tput_window=100, seed=1337, json_path=None, plot_path=None, memory_gib=None, out=None) -> dict:
     """Profile each policy; print the tables; return everything."""
     out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
     if preset not in PRESETS:
@@ -210,6 +210,12 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     elt = getattr(torch, dtype).itemsize
     capacities = {n: prompt_len + steps if n == "full" else budget for n in names}  # each policy's cache
     free = check_fits(cfg, preset, batch_size, capacities, prompt_len, steps, budget, dtype, device)
+    if memory_gib is not None:  # a smaller GPU's memory on this one (its bandwidth stays this one's)
+        if batch_size != "max":
+            raise UsageError(f"--memory-gib sizes --batch-size max; with --batch-size {batch_size} it would be ignored")
+        if not 0 < memory_gib * 2**30 <= free:
+            raise UsageError(f"--memory-gib {memory_gib} must be above 0 and at most the {free / 2**30:.1f} GiB free")
+        free = int(memory_gib * 2**30)
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()
@@ -235,10 +241,12 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
         torch=torch.__version__,
         config=dict(preset=preset, policies=names, batch_size=batch_size, prompt_len=prompt_len, steps=steps,
                     budget=budget, window=window, ratio=ratio, device=str(device), dtype=dtype,
-                    cuda_graphs=cuda_graphs, jump=jump, every=every, tput_window=tput_window, seed=seed),
+                    cuda_graphs=cuda_graphs, jump=jump, every=every, tput_window=tput_window, seed=seed,
+                    memory_gib=memory_gib),
         batch_sizes=batches, analytic=a, read_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
     fits = f" ({', '.join(f'{k} {v}' for k, v in batches.items())}: the most that fit the {free / 2**30:.1f} GiB " \
-           f"free, less {MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB of weights)" if batch_size == "max" else ""
+           f"{'of --memory-gib' if memory_gib else 'free'}, less {MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB " \
+           "of weights)" if batch_size == "max" else ""
     print(view.format_profile_header(result, fits), file=out, flush=True)
 
     def write_json():
@@ -291,6 +299,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", default=8, help="sequences decoded together, or max: for each policy the most "
                    f"that fit the GPU's free memory with its cache, less {MEMORY_MARGIN * 100:.0f}%% "  # (%%: argparse's %)
                    "(CUDA only; default: 8)")
+    p.add_argument("--memory-gib", type=float, help="with --batch-size max: the memory to fill, as on a smaller GPU "
+                   "(default: all that is free)")
     p.add_argument("--prompt-len", type=int, help="prompt tokens (random keys and values), protected by DynTS "
                    "(default: the paper's 500 for the 8B presets, 50 for the others)")
     p.add_argument("--steps", type=int, help="decode steps (default: 15000 for the 8B presets, 1500 for tiny)")

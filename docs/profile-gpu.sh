@@ -8,8 +8,11 @@
 # launch-bound at this shape (about 80 tokens/s, 100 ms a step, on an H200), so that run jumps to
 # its marks (2k, and the eviction cycle that holds 5k: 2,100 steps for DynTS and SnapKV).
 # Each run writes OUT_DIR/<name>.json and .txt (and .png where matplotlib is installed).
-# usage: [RUNS="batch8 equal native"] bash docs/profile-gpu.sh OUT_DIR [STEPS]
-# Minutes on one H200, estimated: batch8 4, equal 12-20, native 8.
+# usage: [RUNS="batch8 equal native"] [MEMORY_GIB=G] bash docs/profile-gpu.sh OUT_DIR [STEPS]
+# MEMORY_GIB: the equal-memory run fills G GiB instead of all that is free (78.7: what the H100
+# 80GB run of 2026-11-27 had free, so 30 and 94 rows again).
+# Minutes on one H200, estimated: batch8 4 (measured: 3.4), equal 11 with MEMORY_GIB=78.7 and about
+# 20 without, native 8.
 set -eu
 out=$1 steps=${2:-15000}
 mkdir -p "$out"
@@ -23,7 +26,8 @@ run() {  # name, then profile.py's other flags
 for r in ${RUNS:-batch8 equal native}; do
   case $r in
     batch8) run profile-r1-llama-8b --steps "$steps" --policies full,dynts --batch-size 8 --cuda-graphs ;;
-    equal) run profile-r1-llama-8b-equal-memory --steps "$steps" --policies full,dynts --batch-size max --cuda-graphs ;;
+    equal) run profile-r1-llama-8b-equal-memory --steps "$steps" --policies full,dynts --batch-size max --cuda-graphs \
+             ${MEMORY_GIB:+--memory-gib $MEMORY_GIB} ;;
     native) run profile-native-8b --steps 5000 --jump --policies dynts,h2o-native,snapkv-native,rkv-native --batch-size 8 ;;
     *) echo "unknown run $r (batch8, equal, native)"; exit 2 ;;
   esac

@@ -46,6 +46,7 @@ CASES = [  # (script, arguments, what the line must name)
     ("profile.py", ["--preset", "tiny", "--budget", "10", "--window", "2", "--prompt-len", "16"], "--budget 10"),
     ("profile.py", ["--preset", "tiny", "--batch-size", "100000000"], "--batch-size"),
     ("profile.py", ["--preset", "tiny", "--json", "/no/such/folder/p.json"], "--json"),
+    ("profile.py", ["--preset", "tiny", "--memory-gib", "10"], "--memory-gib"),  # only sizes --batch-size max
     ("lab.eval", ["--n", "100000000"], "--n"),                                         # hangs
     ("generate.py", ["--policy", "dynts,bogus", "--html", "{tmp}/p.html"], "--policy 'bogus'"),
     ("lab.eval", ["--ranking-traces", "-1"], "--ranking-traces"),
