@@ -215,7 +215,6 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
             raise UsageError(f"--memory-gib sizes --batch-size max; with --batch-size {batch_size} it would be ignored")
         if not 0 < memory_gib * 2**30 <= free:
             raise UsageError(f"--memory-gib {memory_gib} must be above 0 and at most the {free / 2**30:.1f} GiB free")
-        free = int(memory_gib * 2**30)
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()
@@ -231,7 +230,8 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     a = analytic(model, predictor)
     batches, fixed = {name: batch_size for name in names}, None
     if batch_size == "max":  # each policy: the most rows its cache lets fit beside what the weights took
-        batches, fixed = equal_memory_batches(cfg, capacities, elt, free, a["predictor_bytes"], device, cuda_graphs)
+        limit = None if memory_gib is None else int(memory_gib * 2**30)
+        batches, fixed = equal_memory_batches(cfg, capacities, elt, free, a["predictor_bytes"], device, cuda_graphs, limit)
     bandwidth = read_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     marks = sorted({m for m in PAPER_MARKS if m <= steps} | set(range(every, steps + 1, every)) | {steps})
@@ -244,9 +244,11 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
                     cuda_graphs=cuda_graphs, jump=jump, every=every, tput_window=tput_window, seed=seed,
                     memory_gib=memory_gib),
         batch_sizes=batches, analytic=a, read_bandwidth_Bps=bandwidth, marks={}, records={}, multipliers={})
-    fits = f" ({', '.join(f'{k} {v}' for k, v in batches.items())}: the most that fit the {free / 2**30:.1f} GiB " \
-           f"{'of --memory-gib' if memory_gib else 'free'}, less {MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB " \
-           "of weights)" if batch_size == "max" else ""
+    fits = ""
+    if batch_size == "max":
+        room = f"{memory_gib:.1f} GiB of --memory-gib" if memory_gib else f"{free / 2**30:.1f} GiB free"
+        fits = f" ({', '.join(f'{k} {v}' for k, v in batches.items())}: the most that fit the {room}, less " \
+               f"{MEMORY_MARGIN:.0%}, beside {fixed / 2**30:.1f} GiB of weights)"
     print(view.format_profile_header(result, fits), file=out, flush=True)
 
     def write_json():

@@ -10,7 +10,7 @@
 # Each run writes OUT_DIR/<name>.json and .txt (and .png where matplotlib is installed).
 # usage: [RUNS="batch8 equal native"] [MEMORY_GIB=G] bash docs/profile-gpu.sh OUT_DIR [STEPS]
 # MEMORY_GIB: the equal-memory run fills G GiB instead of all that is free (78.7: what the H100
-# 80GB run of 2026-11-27 had free, so 30 and 94 rows again).
+# 80GB run of 2026-11-27 had free, so about its 30 and 94 rows again).
 # Minutes on one H200, estimated: batch8 4 (measured: 3.4), equal 11 with MEMORY_GIB=78.7 and about
 # 20 without, native 8.
 set -eu

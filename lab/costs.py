@@ -103,13 +103,15 @@ def check_fits(cfg: GPTConfig, preset: str, batch_size, capacities: dict, prompt
 
 
 def equal_memory_batches(cfg: GPTConfig, capacities: dict, elt: int, free: int, predictor_bytes: int, device,
-                         cuda_graphs: bool) -> tuple[dict, int]:
-    """`--batch-size max`: each policy's most rows beside what the weights took (measured, or
-    counted if more), and those bytes."""
+                         cuda_graphs: bool, limit: int | None = None) -> tuple[dict, int]:
+    """`--batch-size max`: each policy's most rows beside what the weights took (measured from
+    `free`, the memory free before they were built, or counted if more), and those bytes. The rows
+    fill `limit` bytes (--memory-gib) instead of all that was free, when given."""
     torch.cuda.empty_cache()
     fixed = max(free - free_bytes(str(device)), weight_bytes(cfg, elt) + predictor_bytes)
-    batches = {n: max_batch(cfg, capacity, elt, free, fixed, cuda_graphs) for n, capacity in capacities.items()}
+    room = free if limit is None else limit
+    batches = {n: max_batch(cfg, capacity, elt, room, fixed, cuda_graphs) for n, capacity in capacities.items()}
     if min(batches.values()) < 1:
         raise UsageError(f"--batch-size max: not one row of {min(batches, key=batches.get)}'s cache fits beside "
-                         f"the weights ({fixed / 2**30:.1f} GiB) in the {free / 2**30:.1f} GiB free on {device}")
+                         f"the weights ({fixed / 2**30:.1f} GiB) in the {room / 2**30:.1f} GiB on {device}")
     return batches, fixed

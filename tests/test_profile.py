@@ -291,6 +291,18 @@ def test_max_batch_against_a_hand_computation():
     assert costs.max_batch(cfg, 5000, elt, fixed, fixed, True) == 0  # nothing left beside the weights
 
 
+def test_memory_gib_sizes_the_rows_but_the_weights_are_measured_against_what_was_free(monkeypatch):
+    """--memory-gib G: the rows fill G GiB, less the margin, beside what the weights took; what they
+    took is still measured from the memory free before they were built (not from G)."""
+    cfg, elt, free, used = PRESETS["r1-llama-8b"], 2, 139 * 2**30, 16 * 2**30  # an H200, 16 GiB taken by the weights
+    monkeypatch.setattr(costs, "free_bytes", lambda device: free - used)
+    capacities = {"full": 15500, "dynts": 5000}
+    batches, fixed = costs.equal_memory_batches(cfg, capacities, elt, free, 0, "cpu", True, limit=int(78.7 * 2**30))
+    assert fixed == used
+    assert batches == {n: costs.max_batch(cfg, c, elt, int(78.7 * 2**30), used, True) for n, c in capacities.items()}
+    assert batches["full"] < costs.equal_memory_batches(cfg, capacities, elt, free, 0, "cpu", True)[0]["full"]
+
+
 def test_memory_check_counts_the_float32_build_apart_from_the_cache(monkeypatch):
     """The model is built in float32 and cast before the cache exists: a batch needs the larger of
     the two, not their sum (which refused batches that fit, e.g. r1-llama-8b at 94 rows on an H100)."""
