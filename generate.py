@@ -228,7 +228,8 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
             log.on_step(cache, eviction)
         if eviction is not None:
             out.write(f"[evict {eviction[1].shape[1]}->{cache.length}]")
-            kept_thinking.append(int((cache.pos[0, :cache.length - pol.window] >= len(ids)).sum()))
+            pos = cache.pos[0, :cache.length]  # generated, and older than the window
+            kept_thinking.append(int(((pos >= len(ids)) & (pos < cache.seen - pol.window)).sum()))
 
     def on_token(t):  # stream sample 0, a character once its bytes are whole
         out.write(decoder.decode(enc.decode_single_token_bytes(t)))

@@ -191,15 +191,41 @@ class H2ONative(PerHead, H2O):
     each layer's kv head keeps its own heavy hitters, the tokens with the most attention summed
     over every query since they were written (averaged over the query heads that share the kv
     head), beside the recent window; once the cache holds the budget, one token leaves per step,
-    so the cache stays full. Left out: the paper writes the new token into the freed slot; here
-    the cache compacts (one gather per step, which also keeps the slots in the order the window
-    rule reads). `ratio` is not used: the budget decides."""
+    so the cache stays full: each head's lowest-scoring token outside the window (ties: the
+    oldest). Nothing is compacted: the head's last slot moves into the freed one, and the next
+    token is written after it (the paper writes it into the freed slot: the same kept sets, one
+    slot moved a step). So a head's slots are not in position order, and the window is read from
+    the positions. `ratio` is not used: the budget decides."""
 
     name = "h2o-native"
 
-    def n_keep(self, L, protected):
-        return L - 1  # one token per step: the lowest-scoring older one of each head
+    def evict(self, cache):
+        L = self.length
+        ranking = self.ranking(cache)  # (n_layer, B, Hkv, L): the protected prompt at +inf
+        positions = self.positions[..., :L]
+        older = ranking.masked_fill(positions >= cache.seen - self.window, INF).masked_fill(ranking.isnan(), -INF)
+        lowest = older == older.min(dim=-1, keepdim=True).values
+        freed = positions.masked_fill(~lowest, cache.seen).argmin(dim=-1)  # (n_layer, B, Hkv): the oldest lowest
+        move_last_into(cache, freed)
+        for state in (self.scores, self.positions):  # the policy's slots follow the cache's
+            state.scatter_(-1, freed.unsqueeze(-1), state[..., L - 1:L].clone())
+        self.length = L - 1
+        B = freed.shape[1]
+        slots = torch.arange(L, device=freed.device).expand(B, L)
+        kept = slots[slots != freed[0, :, 0, None]].view(B, L - 1)  # for the counters and the pictures
+        return kept, ranking[0, :, 0]
 
+
+def move_last_into(cache, slots: torch.Tensor):
+    """Free one slot per layer, row and kv head, slots (n_layer, B, Hkv): the head's last live
+    slot moves into it, so that the first length - 1 slots stay the live ones. `pos` follows
+    layer 0's kv head 0, as KVCache.keep's per-head index does."""
+    last = cache.length - 1
+    L, _, B, Hkv, _, D = cache.kv.shape
+    moved = cache.kv[:, :, :, :, last:last + 1].clone()  # (L, 2, B, Hkv, 1, D)
+    cache.kv.scatter_(4, slots.view(L, 1, B, Hkv, 1, 1).expand(L, 2, B, Hkv, 1, D), moved)
+    cache.pos.scatter_(1, slots[0, :, 0:1], cache.pos[:, last:last + 1].clone())
+    cache.length = last
 
 
 class SnapKVNative(PerHead, SnapKV):

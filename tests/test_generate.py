@@ -45,8 +45,10 @@ def run(policy_name, budget, window, ratio=0.3, n=200, B=1, temperature=0.0, see
         before = ranking.shape[1]  # the cache's length before the eviction
         assert before <= budget and kept.shape == (B, cache.length)
         pos = cache.pos[:, :cache.length]
-        assert (pos[:, 1:] > pos[:, :-1]).all()  # positions strictly increase inside the cache
-        assert (cache.pos[:, cache.length - 1] == cache.seen - 1).all()  # the newest token stays
+        if policy_name.startswith("h2o-native"):  # one slot moved a step: the slots are not in position order
+            pos = pos.sort(dim=1).values
+        assert (pos[:, 1:] > pos[:, :-1]).all()  # positions strictly increase inside the cache (or once sorted)
+        assert (pos[:, -1] == cache.seen - 1).all()  # the newest token stays
         seen_caches.append(cache.length)
 
     gen = torch.Generator().manual_seed(seed)

@@ -65,10 +65,11 @@ def test_per_head_selection_keeps_each_heads_own_top_within_the_budget():
 
 
 def h2o_reference(attention_steps, prompt_len, budget, window):
-    """H2O recomputed from scratch, one (layer, row, head) at a time: the live positions in
-    order, each one's score the sum of the attention its slot received at every step so far;
+    """H2O recomputed from scratch, one (layer, row, head) at a time: the live positions slot
+    by slot, each one's score the sum of the attention its slot received at every step so far;
     once `budget` are live, the lowest-scoring position outside the newest `window` leaves
-    (ties: the oldest). Returns the live positions after each step, per (layer, row, head)."""
+    (ties: the oldest), and the last slot's position moves into its slot. Returns the live
+    positions and their scores after each step, slot by slot, per (layer, row, head)."""
     L, B, H = attention_steps[0].shape[:3]
     live = {(l, b, h): [] for l in range(L) for b in range(B) for h in range(H)}
     score = {key: {} for key in live}
@@ -80,11 +81,12 @@ def h2o_reference(attention_steps, prompt_len, budget, window):
             for slot, p in enumerate(positions):  # slot j holds the j-th live position
                 score[key][p] = score[key].get(p, 0.0) + float(attention[key][slot])
             if len(positions) >= budget:
-                older = positions[:len(positions) - window]
-                gone = min(older, key=lambda p: (score[key][p], p))
-                positions.remove(gone)
+                older = sorted(positions)[:len(positions) - window]
+                gone = positions.index(min(older, key=lambda p: (score[key][p], p)))
+                positions[gone] = positions[-1]
+                positions.pop()
         seen += new
-        history.append({key: list(positions) for key, positions in live.items()})
+        history.append({key: (list(positions), [score[key][p] for p in positions]) for key, positions in live.items()})
     return history
 
 
@@ -102,7 +104,7 @@ def test_h2o_native_evicts_one_token_per_step_as_a_from_scratch_reference_does()
         return out
 
     def on_step(cache, eviction):
-        kept.append(policy.positions[..., :policy.length].clone())
+        kept.append((policy.positions[..., :policy.length].clone(), policy.scores[..., :policy.length].clone()))
 
     model.forward = spy
     tokens, stats = generate.generate(model, prompt, policy, 40, num_samples=2, temperature=1.0,
@@ -110,9 +112,10 @@ def test_h2o_native_evicts_one_token_per_step_as_a_from_scratch_reference_does()
     reference = h2o_reference(steps, len(prompt), budget, window)
     assert stats["evictions"] == len(steps) - (budget - len(prompt))  # one per step once full
     assert stats["peak_kv_tokens"] == budget
-    for got, want in zip(kept, reference):
-        for key, positions in want.items():
+    for (got, got_scores), want in zip(kept, reference):
+        for key, (positions, scores) in want.items():
             assert got[key].tolist() == positions
+            torch.testing.assert_close(got_scores[key], torch.tensor(scores))
 
 
 def test_h2o_native_heads_keep_what_each_attended_to_and_the_prompt_when_protected():
@@ -130,7 +133,7 @@ def test_h2o_native_heads_keep_what_each_attended_to_and_the_prompt_when_protect
             policy.observe(torch.zeros(1, T, dtype=torch.long), None, positions, attention)
             if policy.should_evict(cache.length):
                 policy.evict(cache)
-        older = policy.positions[..., :policy.length - 2]  # beside the window
+        older = policy.positions[..., :policy.length].sort(dim=-1).values[..., :-2]  # beside the window
         prompt = older < 3
         if name.endswith("+p"):
             assert (policy.positions[..., :3] == torch.arange(3)).all()  # every head keeps the prompt

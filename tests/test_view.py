@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import generate
-from lab import view
+from lab import policies, view
 from lab.cli import UsageError
 from lab.policies import make_policy
 from model import GPT, PRESETS, KVCache, get_encoding
@@ -42,17 +42,19 @@ class Spans(HTMLParser):
 
 
 def run_with_keep_spy(monkeypatch, tmp_path, **kwargs):
-    """generate.main on a random tiny model, recording each compaction's positions before and
-    after, independently of view.TraceLog: {policy: {(row, position) evicted}}."""
+    """generate.main on a random tiny model, recording each eviction's positions before and
+    after (a compaction, or H2O native's one slot a step), independently of view.TraceLog:
+    {policy: {(row, position) evicted}}."""
     evicted, current = {}, []
-    real_keep = KVCache.keep
 
-    def keep(cache, idx, chunk=32):
-        before = cache.pos[:, :cache.length].clone()
-        real_keep(cache, idx, chunk)
-        for b in range(before.shape[0]):
-            gone = set(before[b].tolist()) - set(cache.pos[b, :cache.length].tolist())
-            evicted.setdefault(current[-1], set()).update((b, p) for p in gone)
+    def spy(real):
+        def evict(cache, *args):
+            before = cache.pos[:, :cache.length].clone()
+            real(cache, *args)
+            for b in range(before.shape[0]):
+                gone = set(before[b].tolist()) - set(cache.pos[b, :cache.length].tolist())
+                evicted.setdefault(current[-1], set()).update((b, p) for p in gone)
+        return evict
 
     real_decode = generate.decode
 
@@ -60,7 +62,8 @@ def run_with_keep_spy(monkeypatch, tmp_path, **kwargs):
         current.append(policy.name)  # whose compactions follow
         return real_decode(model, enc, meta, ids, policy, *args)
 
-    monkeypatch.setattr(KVCache, "keep", keep)
+    monkeypatch.setattr(KVCache, "keep", spy(KVCache.keep))
+    monkeypatch.setattr(policies, "move_last_into", spy(policies.move_last_into))
     monkeypatch.setattr(generate, "decode", decode)
     page = str(tmp_path / "trace.html")
     out = kwargs.pop("out", io.StringIO())
