@@ -319,8 +319,8 @@ def parse_args(argv=None):
                    "split-KV attention kernel (fastpath.py; CUDA only, its kernels need Triton; the plain path is "
                    "GPT.forward)")
     p.add_argument("--jump", action="store_true", help="decode only what each mark is timed over, from the state a "
-                   "decode is in there (random keys and values): the --tput-window steps up to it, or an evicting "
-                   "policy's eviction cycle that holds it")
+                   "decode is in there (random keys and values): the --tput-window steps up to it, or, once a policy "
+                   "evicts, whole eviction cycles from the last eviction before it, at least --tput-window steps")
     p.add_argument("--every", type=int, help="report every this many steps, besides the paper's marks 2k, 5k, 7k, "
                    "10k, 12k, 15k and --steps (default: 1000; with --jump, none)")
     p.add_argument("--tput-window", type=int, default=100, help="throughput at a mark is over this many steps up "

@@ -168,7 +168,9 @@ def eviction_cycle(cache: KVCache, policy: dynts.Policy, prompt_len: int, n_embd
 def timed_spans(policy: dynts.Policy, marks: list[int], prompt_len: int, tput_window: int,
                 cycle: int | None) -> dict:
     """Each mark's steps (lo, hi] timed: the `tput_window` steps up to it or, given the eviction
-    `cycle` (with jumps), once the policy has evicted, the eviction cycle that holds the mark: from
-    the last eviction before it to the next."""
+    `cycle` (with jumps), once the policy has evicted, whole eviction cycles from the last eviction
+    before the mark, as many as make `tput_window` steps (one, unless the policy evicts more
+    often: H2O native evicts every step)."""
     last = {m: last_eviction(policy, prompt_len, m - 1, cycle) if cycle else None for m in marks}
-    return {m: (max(0, m - tput_window), m) if last[m] is None else (last[m], last[m] + cycle) for m in marks}
+    span = lambda lo: (lo, lo + cycle * -(-tput_window // cycle))  # whole cycles, at least tput_window steps
+    return {m: (max(0, m - tput_window), m) if last[m] is None else span(last[m]) for m in marks}

@@ -274,6 +274,15 @@ def test_main_jump_decodes_each_marks_window_with_a_full_decodes_lengths(tmp_pat
     assert saved["config"]["jump"] and saved["marks"]["dynts"][2]["timed"] == [first + 1, first + cycle]
 
 
+def test_a_jumped_mark_is_timed_over_whole_eviction_cycles_of_at_least_the_window():
+    """Before the first eviction, the tput_window steps up to the mark; after it, the cycle that
+    holds the mark, or as many whole cycles as make tput_window steps (H2O native: one a step)."""
+    policy = dynts.Policy(budget=500, window=200, ratio=0.3, prompt_len=50)  # first evicts after 450 steps
+    assert timing.timed_spans(policy, [400, 600], 50, 100, cycle=210) == {400: (300, 400), 600: (450, 660)}
+    assert timing.timed_spans(policy, [600], 50, 100, cycle=1) == {600: (599, 699)}
+    assert timing.timed_spans(policy, [600], 50, 100, cycle=64) == {600: (578, 706)}  # two cycles of 64
+
+
 def test_max_batch_against_a_hand_computation():
     cfg, elt, free = PRESETS["r1-llama-8b"], 2, 79 * 2**30  # an 80 GB H100 with 79 GiB free
     fixed = weight_bytes(cfg, elt) + 50_343_937 * elt  # the weights and the predictor (4096 -> 8192 -> 2048 -> 1)
