@@ -129,7 +129,7 @@ class Panel:
     prompt_len: int
     think_end: int | None = None  # the position of `</think>`, if written
     verdict: str = ""  # "correct" or "WRONG" on a task's problem
-    needed: list[list[int]] = field(default_factory=list)  # per answer item: its first result's value positions
+    needed: dict[str, list[int]] = field(default_factory=dict)  # answer item's letter -> its first result's value positions
     n_items: int = 0  # the answer's items (some results may never have been written)
     labels: list[float] | None = None  # per token: the answer's attention (x LABEL_SCALE), with a full cache
 
@@ -150,7 +150,7 @@ class Panel:
         older = int((kept >= self.prompt_len).sum()) - self.log.policy.window  # beside the window, at the last eviction
         parts = [f"answer {self.verdict}"] if self.verdict else []
         if self.n_items:
-            kept = sum(all(self.kept_at_end(p) for p in value) for value in self.needed)
+            kept = sum(all(self.kept_at_end(p) for p in value) for value in self.needed.values())
             unwritten = self.n_items - len(self.needed)
             parts.append(f"first result statements cached at the end: {kept} of {self.n_items}"
                          + (f" ({unwritten} never written)" if unwritten else ""))
@@ -160,20 +160,20 @@ class Panel:
         return f"{self.name}: " + ", ".join(parts)
 
 
-def needed_positions(answer: str, groups: list[tuple[int, int, str]]) -> list[list[int]]:
-    """For each item of the answer ("A=kl" or "A=kl>mn") that the trace wrote, the token
-    positions of the value in its first result statement ("kl, so A=kl."): where the task puts
-    what the answer copies (later restatements may also hold it)."""
+def needed_positions(answer: str, groups: list[tuple[int, int, str]]) -> dict[str, list[int]]:
+    """For each item of the answer ("A=kl" or "A=kl>mn") that the trace wrote, by its letter, the
+    token positions of the value in its first result statement ("kl, so A=kl."): where the task
+    puts what the answer copies (later restatements may also hold it)."""
     text, token_at = "", []  # token_at[c]: the first token of the group holding character c
     for first, _, piece in groups:
         text += piece
         token_at += [first] * len(piece)
-    out = []
+    out = {}
     for item in answer.split():
         letter, value = item[0], item[2:4]
         m = re.search(re.escape(task.result_statement(letter, value)), text)
         if m:
-            out.append(sorted({token_at[c] for c in range(m.end() - 3, m.end() - 1)}))
+            out[letter] = sorted({token_at[c] for c in range(m.end() - 3, m.end() - 1)})
     return out
 
 
@@ -241,7 +241,7 @@ def scale_legend(kind: str, what: str, top: float, log_scale: bool, hidden: bool
     """The colour scale with its numbers: 0, the middle and the top, as the shading maps them."""
     mid = math.expm1(math.log1p(top) / 2) if log_scale else top / 2
     return (f"<p class='scale' data-kind='{kind}'{' hidden' if hidden else ''}>{what}: 0 <span class='bar'></span> "
-            f"{top:.3g} ({'log scale, middle ' if log_scale else 'linear, middle '}{mid:.3g})</p>")
+            f"{top:.3g} ({'log' if log_scale else 'linear'} scale: the bar's middle is {mid:.3g})</p>")
 
 
 def panel_html(pn: Panel) -> str:
@@ -265,7 +265,7 @@ def panel_html(pn: Panel) -> str:
     if labels:
         out.append(scale_legend("l", "what the answer attended to (x 1e4)", label_top, True, hidden=True))
     out.append("<div>")
-    needed = {p for value in pn.needed for p in value}
+    needed = {p for value in pn.needed.values() for p in value}
     in_prompt = False
     for first, end, piece in pn.groups:
         if first < pn.prompt_len and not in_prompt:
@@ -306,6 +306,8 @@ def page(panels: list[Panel], title: str) -> str:
     controls = (f"<div class='controls'><label>step <input type='range' id='step' min='0' max='{last}' "
                 f"value='{last}' style='width:40em'></label> <button id='prev'>previous eviction</button> "
                 f"<button id='next'>next eviction</button> <span id='stepinfo'></span><br>"
+                "<small>a step is one generated token; a token's position (hover) counts from the prompt's "
+                "first token</small><br>"
                 "<label>shade by <select id='shade'><option value='s'>the score it ranked by</option>"
                 + ("<option value='l'>what the answer attended to</option>" if has_labels else "")
                 + "</select></label> <span class='prompt'>the prompt</span> "
@@ -356,17 +358,19 @@ def raster(panels: list[Panel], path: str):
                 ax.add_patch(Rectangle((-0.045, lo), 0.03, hi - lo, transform=ax.get_yaxis_transform(),
                                        color=colour, clip_on=False))
                 ax.axhline(lo, color=colour, lw=0.6, ls="--")
-        for value in pn.needed:
+        for letter, value in pn.needed.items():
             kept = all(pn.kept_at_end(p) for p in value)
             ax.plot([1.02], [value[0]], marker="<", ms=7, color="#c2185b", mfc="#c2185b" if kept else "white",
                     transform=ax.get_yaxis_transform(), clip_on=False)
+            ax.text(1.045, value[0], letter, color="#c2185b", fontsize=8, va="center", transform=ax.get_yaxis_transform())
         ax.set_title(pn.summary().replace(": ", ":\n", 1).replace(", older", ",\nolder"), fontsize=8)
         ax.set_xlabel("decoding step")
         ax.set_ylabel("token position", labelpad=14)
-    handles = [Patch(color="black", label="in the cache")] + [Patch(color=c, label=name) for name, c in bands] + [
-        Line2D([], [], marker="<", ls="", color="#c2185b", label="a first result statement's value (filled: cached at the end)")]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    handles = [Patch(color="black", label="in the cache (a pixel pools several tokens and steps: black if any is)")] + [
+        Patch(color=c, label=name) for name, c in bands] + [Line2D([], [], marker="<", ls="", color="#c2185b",
+                                                                   label="the first result statement of A, B, C (filled: cached at the end)")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
@@ -398,13 +402,13 @@ def show(runs, model, enc, prompt: list[int], meta: dict, problem=None, out=None
             panels.append(Panel(name, log, b, groups, len(prompt), think_end,
                                 verdict=("correct" if task.check_answer(problem, enc.decode(row)) else "WRONG")
                                 if problem is not None else "",
-                                needed=needed_positions(problem.answer, groups) if problem is not None else [],
+                                needed=needed_positions(problem.answer, groups) if problem is not None else {},
                                 n_items=len(problem.answer.split()) if problem is not None else 0,
                                 labels=labels))
     if out is not None and out.isatty():
         for pn in panels:
             out.write(f"\n{pn.name}:\n{ansi(pn)}\n")
-    what = f"held-out problem (expected {problem.answer})" if problem is not None else "the prompt"
+    what = f"a held-out {problem.family} problem (expected {problem.answer})" if problem is not None else "the prompt"
     title = f"{', '.join(run[2].policy.name for run in runs)} on {what}"
     if html_path:
         with open(html_path, "w") as f:
