@@ -1,8 +1,9 @@
 """Compare KV-cache policies on held-out problems: `python -m lab.eval`.
 
 The paper's comparison in miniature: every policy decodes the same held-out problems (n per
-family of task.py) with the same model, budgets, window and ratio, greedily, so Pass@1 is the
-fraction solved. The budgets are the checkpoint's, chosen on validation problems by train.py
+family of task.py) with the same model, budgets, window and ratio, at the checkpoint's
+temperature (greedily for the short-trace checkpoint) with the same random numbers for every
+policy, so Pass@1 is the fraction solved. The budgets are the checkpoint's, chosen on validation problems by train.py
 (fractions of Full's peak cache there), with the paper's window 0.4 x budget and ratio 0.3.
 
 Reported per policy and budget: Pass@1 with a 95% interval (lab/stats.py: over seeds and
