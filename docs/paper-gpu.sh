@@ -18,6 +18,7 @@ if [ -z "${CK:-}" ]; then
   BATCH=16 bash docs/train-gpu.sh "$ck" "0 1 2" "${STEPS:-4500}"
 fi
 [ "${EVAL:-1}" = 1 ] || exit 0
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # ten eval processes on 16 cores: each mostly launches GPU kernels
 phase() {  # name, out dir, margin (s), level, then eval-gpu.sh's environment (MAIN=..., EVAL_SEED=...)
   name=$1 dir=$2 margin=$3 level=$4; shift 4
   echo "$name: $(date -u +%T), $(left) s left"
