@@ -258,6 +258,7 @@ def plot(rows: list[dict], path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     main = ["full", "oracle", "dynts", "lexical", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
+            "rkv-native+p", "snapkv-native+p", "h2o-native+p", "rkv-native", "snapkv-native", "h2o-native",
             "sepllm+p", "sepllm", "window+p", "streaming", "window"]
     names = [n for n in main if any(r["policy"] == n for r in rows)]
     panels = ["pooled"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
@@ -280,16 +281,16 @@ def plot(rows: list[dict], path: str):
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
                 lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
-            # one colour per rule; the references dotted, solid with the prompt protected (+p, and DynTS),
-            # dashed without
+            # one colour per rule (squares: as its own paper runs it, per head); the references dotted,
+            # solid with the prompt protected (+p, and DynTS), dashed without
             base = name.removesuffix("+p")
-            color = PLOT_COLORS[base]
+            color = PLOT_COLORS[base.removesuffix("-native")]
             if base in ("oracle", "dynts-random", "lexical"):
                 ls = ":"
             else:
                 ls = "-" if base == "dynts" or name != base else "--"
-            ax.plot(x, y, label=name, marker="o", ms=4, lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls,
-                    color=color)
+            ax.plot(x, y, label=name, marker="s" if base.endswith("-native") else "o", ms=4,
+                    lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls, color=color)
             ax.fill_between(x, lo, hi, alpha=0.12, color=color)
         ax.set_title(panel if panel == "pooled" else f"family: {panel}")
         ax.set_ylim(-3, 103)
