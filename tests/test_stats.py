@@ -62,3 +62,41 @@ def test_paired_by_seed_tests_each_seed_on_its_own_pairs():
     assert [t["model_seed"] for t in tests] == [0, 1] and [t["n_pairs"] for t in tests] == [12, 12]
     assert tests[0]["p_value"] == pytest.approx(2 / 2 ** 10) and tests[1]["p_value"] == 1.0
     assert tests[0]["b"] == pytest.approx(2 / 12) and math.isclose(tests[1]["a"], 1.0)
+
+
+def synthetic_records(dynts_wrong: int) -> list[dict]:
+    """Two seeds, 40 problems in each of three families: Full solves all, the lexical control none
+    of the decoy and mixed ones, DynTS all but `dynts_wrong` far problems a seed."""
+    records = []
+    for seed in (0, 1):
+        for family in ("far", "decoy", "mixed"):
+            for i in range(40):
+                problem = dict(family=family, problem=i, model_seed=seed, items=1.0, peak_kv=100, mean_kv=80)
+                records.append(dict(problem, policy="full", budget=None, fraction=None, correct=True))
+                records.append(dict(problem, policy="dynts", budget=30, fraction=0.3,
+                                    correct=not (family == "far" and i < dynts_wrong)))
+                records.append(dict(problem, policy="lexical", budget=30, fraction=0.3, correct=family == "far"))
+    return records
+
+
+@pytest.mark.parametrize("dynts_wrong,within", [(0, True), (4, False)])
+def test_the_targets_say_met_only_when_they_hold(dynts_wrong, within, capsys, tmp_path):
+    """docs/results_table.py's targets, on records built to meet or miss them; and eval.py's
+    figure draws them, native rows included."""
+    import importlib.util
+    import os
+    from lab import eval as evaluate
+    spec = importlib.util.spec_from_file_location(
+        "results_table", os.path.join(os.path.dirname(__file__), "..", "docs", "results_table.py"))
+    results_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_table)
+    records = synthetic_records(dynts_wrong)
+    results_table.targets(dict(evaluate.report(records), records=records))
+    lines = capsys.readouterr().out.splitlines()
+    full_gap = next(line for line in lines if "within 2 points" in line)
+    assert full_gap.endswith(": met" if within else ": NOT met")  # 4 of 120 a seed is 3.3 points
+    assert all(line.endswith(": met") for line in lines if "20 points below Full" in line)
+    assert next(line for line in lines if "p < 0.01 on every seed" in line).endswith(": met")
+    native = [dict(r, policy="h2o-native+p") for r in records if r["policy"] == "lexical"]
+    evaluate.plot(evaluate.summarize(records + native), str(tmp_path / "eval.png"))
+    assert (tmp_path / "eval.png").stat().st_size > 0
