@@ -227,7 +227,9 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
         if log:
             log.on_step(cache, eviction)
         if eviction is not None:
-            out.write(f"[evict {eviction[1].shape[1]}->{cache.length}]")
+            before, one = eviction[1].shape[1], eviction[1].shape[1] - cache.length == 1
+            if not one or not kept_thinking:  # one token a step (H2O native): marked once
+                out.write(f"[evict {before}->{cache.length}{', one a step from here' if one else ''}]")
             pos = cache.pos[0, :cache.length]  # generated, and older than the window
             kept_thinking.append(int(((pos >= len(ids)) & (pos < cache.seen - pol.window)).sum()))
 

@@ -183,3 +183,12 @@ def test_the_native_policies_decode_within_their_budget():
         _, stats = generate.generate(model, list(range(1, 9)), policy, 120, num_samples=2, temperature=1.0,
                                      generator=torch.Generator().manual_seed(0))
         assert stats["peak_kv_tokens"] <= 40 and stats["evictions"] > 0
+
+
+def test_a_policy_that_evicts_every_step_marks_the_stream_once():
+    import io
+    out = io.StringIO()
+    stats = generate.main(policy="h2o-native", init="random", preset="tiny", device="cpu", budget=60, window=10,
+                          max_new_tokens=150, prompt="Question: which tokens stay? <think>", out=out)
+    assert stats["evictions"] > 50 and out.getvalue().count("[evict") == 1
+    assert "[evict 60->59, one a step from here]" in out.getvalue()
