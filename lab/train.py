@@ -38,7 +38,7 @@ from lab.cli import (UsageError, cache_bytes, check_output_path, check_positive,
 from dynts import LABEL_SCALE, importance_labels, predictor_loss
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, open_hf
-from model import GPT, GPTConfig, get_encoding
+from model import END_THINK, GPT, GPTConfig, get_encoding
 
 # The task: task.py's paper regime, a mixture of seven families, a short question (96 tokens) and
 # a long trace (~6,300 tokens), each prompt naming its family ("mode 3"), so that the model
@@ -457,6 +457,22 @@ def eviction_deaths(policy: dynts.Policy, tokens: torch.Tensor, hidden: torch.Te
             death[before[evicted]] = end  # token end - 1 triggered it: query end is the first blind one
         start = end
     return death
+
+
+def values_kept_at_the_answer(policy: dynts.Policy, problem: task.Problem, enc) -> list[bool]:
+    """For each asked result, whether the value of its first result statement ("kl, so A=kl.")
+    is still cached when the answer starts, when `policy` decodes the problem's reference trace
+    (eviction_deaths, without a model: for policies that score only the text)."""
+    text = problem.text()
+    at = lambda c: len(enc.encode(text[:c], allowed_special="all"))  # character -> token position
+    death = eviction_deaths(policy, torch.tensor(enc.encode(text, allowed_special="all")), None)
+    answer_start = at(text.index(END_THINK)) + 1
+    kept = []
+    for item in problem.answer.split():  # "A=kl" (or "A=kl>mn")
+        statement = task.result_statement(item[0], item[2:4])
+        end = text.index(statement) + len(statement)
+        kept.append(bool(min(death[at(end - 3)], death[at(end - 2)]) > answer_start))  # the value: before the "."
+    return kept
 
 
 class LivePositions:

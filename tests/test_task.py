@@ -447,23 +447,6 @@ def test_the_mixed_family_holds_three_kinds_of_dependency():
         assert short.group(1) != asked["C"]
 
 
-def values_alive_at_the_answer(policy, p, enc) -> bool:
-    """Whether every asked result's value (the two tokens after "so A=") is still cached when
-    the answer starts, when `policy` decodes the reference trace."""
-    import torch
-    from lab.train import eviction_deaths
-    text = p.text()
-    tokens = torch.tensor(enc.encode(text, allowed_special="all"))
-    death = eviction_deaths(policy, tokens, None)
-    answer_start = n_tokens(text[:text.index(END_THINK)]) + 1
-    at = lambda c: n_tokens(text[:c])  # character -> token index
-    for x, v in results(p).items():
-        c = text.index(f"so {x}={v}.") + 5
-        if min(death[at(c)], death[at(c) + 1]) <= answer_start:
-            return False
-    return True
-
-
 def test_the_lexical_control_keeps_the_results_unless_decoys_crowd_them_out():
     """The mechanism, without a model: the lexical control replayed on reference traces at 30%
     keeps every asked result's value to the answer where the template marks only what the answer
@@ -471,12 +454,13 @@ def test_the_lexical_control_keeps_the_results_unless_decoys_crowd_them_out():
     decoy problem, and on most mixed ones (two side walks there, three in decoy: fewer decoys)."""
     from model import get_encoding
     from lab.policies import make_policy
+    from lab.train import values_kept_at_the_answer
     enc = get_encoding()
     budget = round(0.3 * statistics.mean(n_tokens(p.text()) for f in task.FAMILIES for p in paper(f)))
     kept = {}
     for family in ("far", "reused", "redundant", "decoy", "mixed"):
         ps = paper(family, 20)
         policy = lambda: make_policy("lexical", budget, round(0.4 * budget), 0.3, n_tokens(ps[0].prompt), enc=enc)
-        kept[family] = sum(values_alive_at_the_answer(policy(), p, enc) for p in ps) / len(ps)
+        kept[family] = sum(all(values_kept_at_the_answer(policy(), p, enc)) for p in ps) / len(ps)
     assert min(kept["far"], kept["reused"], kept["redundant"]) >= 0.9, kept
     assert kept["decoy"] <= 0.1 and kept["mixed"] <= 0.5, kept

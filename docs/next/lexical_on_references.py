@@ -1,13 +1,13 @@
 """What a policy that reads only the text can keep, family by family, on the reference traces.
 
 Each validation problem's reference trace (the task's own text: no model, no sampling) is
-replayed through the policy's own observe and evict (lab/train.py's eviction_deaths, as the
-blind masks are made) under the checkpoint's 30% budget, window and ratio; we ask whether the
-value of each asked result's first result statement ("kl, so A=kl.") is still cached when the
-answer starts. Policies whose scores need no model (the lexical control, the window,
-StreamingLLM, SepLLM, all with the prompt protected) are simulated exactly so: this shows by
-construction how each family defeats them, before any model decodes. (tests/test_task.py checks
-the lexical control's case.)
+replayed through the policy's own observe and evict (lab/train.py's values_kept_at_the_answer,
+on eviction_deaths, as the blind masks are made) under the checkpoint's 30% budget, window and
+ratio; we ask whether the value of each asked result's first result statement ("kl, so A=kl.")
+is still cached when the answer starts. Policies whose scores need no model (the lexical
+control, the window, StreamingLLM, SepLLM, all with the prompt protected) are simulated exactly
+so: this shows by construction how each family defeats them, before any model decodes.
+(tests/test_task.py checks the lexical control's case with the same function.)
 
     python docs/next/lexical_on_references.py [CKPT] [N]      (N validation problems a family)
 """
@@ -15,7 +15,6 @@ import os
 import sys
 import time
 
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -23,24 +22,17 @@ sys.path.insert(0, ROOT)
 from lab import task  # noqa: E402
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint  # noqa: E402
 from lab.policies import make_policy  # noqa: E402
-from lab.train import eviction_deaths  # noqa: E402
-from model import END_THINK, get_encoding  # noqa: E402
+from lab.train import values_kept_at_the_answer  # noqa: E402
+from model import get_encoding  # noqa: E402
 
 POLICIES = ("lexical", "window+p", "streaming+p", "sepllm+p")
 
 
 def values_kept(name, problem, enc, d) -> int:
     """How many asked results still have their first statement's value cached at the answer."""
-    text = problem.text()
-    at = lambda c: len(enc.encode(text[:c], allowed_special="all"))  # character -> token position
-    policy = make_policy(name, d["budget"], d["window"], d["ratio"], at(len(problem.prompt)), enc=enc)
-    death = eviction_deaths(policy, torch.tensor(enc.encode(text, allowed_special="all")), None)
-    answer_start = at(text.index(END_THINK)) + 1
-    kept = 0
-    for item in problem.answer.split():
-        end = text.index(task.result_statement(item[0], item[2:4])) + len(task.result_statement(item[0], item[2:4]))
-        kept += min(death[at(end - 3)], death[at(end - 2)]) > answer_start  # the value: 2 characters before "."
-    return kept
+    P = len(enc.encode(problem.prompt, allowed_special="all"))
+    return sum(values_kept_at_the_answer(make_policy(name, d["budget"], d["window"], d["ratio"], P, enc=enc),
+                                         problem, enc))
 
 
 def main(ckpt=DEFAULT_CKPT, n=50):
