@@ -209,12 +209,7 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
                                                            json_path, plot_path)
     elt = getattr(torch, dtype).itemsize
     capacities = {n: prompt_len + steps if n == "full" else budget for n in names}  # each policy's cache
-    free = check_fits(cfg, preset, batch_size, capacities, prompt_len, steps, budget, dtype, device)
-    if memory_gib is not None:  # a smaller GPU's memory on this one (its bandwidth stays this one's)
-        if batch_size != "max":
-            raise UsageError(f"--memory-gib sizes --batch-size max; with --batch-size {batch_size} it would be ignored")
-        if not 0 < memory_gib * 2**30 <= free:
-            raise UsageError(f"--memory-gib {memory_gib} must be above 0 and at most the {free / 2**30:.1f} GiB free")
+    free = check_fits(cfg, preset, batch_size, capacities, prompt_len, steps, budget, dtype, device, memory_gib)
     device = torch.device(device)
     torch.manual_seed(seed)
     enc = get_encoding()
@@ -230,7 +225,7 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     a = analytic(model, predictor)
     batches, fixed = {name: batch_size for name in names}, None
     if batch_size == "max":  # each policy: the most rows its cache lets fit beside what the weights took
-        limit = None if memory_gib is None else int(memory_gib * 2**30)
+        limit = None if memory_gib is None else int(memory_gib * 2**30)  # as on a smaller GPU
         batches, fixed = equal_memory_batches(cfg, capacities, elt, free, a["predictor_bytes"], device, cuda_graphs, limit)
     bandwidth = read_bandwidth(device, 2 ** 31 if device.type == "cuda" else 2 ** 26)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

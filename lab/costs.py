@@ -85,13 +85,19 @@ def max_batch(cfg: GPTConfig, capacity: int, elt: int, free: int, fixed: int, cu
 
 
 def check_fits(cfg: GPTConfig, preset: str, batch_size, capacities: dict, prompt_len: int, steps: int, budget: int,
-               dtype: str, device: str) -> int | None:
+               dtype: str, device: str, memory_gib: float | None = None) -> int | None:
     """Refuse, naming the flag, a profile whose weights and largest KV cache cannot fit; with
-    `--batch-size max`, only the weights (the batch follows from what is left). Returns the
-    memory free before the model is built (for max), or None."""
+    `--batch-size max`, only the weights (the batch follows from what is left), and a
+    `--memory-gib` beyond what is free. Returns the memory free before the model is built (for
+    max), or None."""
+    if memory_gib is not None and batch_size != "max":
+        raise UsageError(f"--memory-gib sizes --batch-size max; with --batch-size {batch_size} it would be ignored")
     if batch_size == "max":
         check_memory(f"--preset {preset} (built in float32)", weight_bytes(cfg), device)
-        return free_bytes(device)
+        free = free_bytes(device)
+        if memory_gib is not None and not 0 < memory_gib * 2**30 <= free:
+            raise UsageError(f"--memory-gib {memory_gib} must be above 0 and at most the {free / 2**30:.1f} GiB free")
+        return free
     full, elt = "full" in capacities, getattr(torch, dtype).itemsize
     what = f"--prompt-len {prompt_len} plus --steps {steps}" if full else f"--budget {budget}"
     capacity = max(capacities.values())
