@@ -11,6 +11,9 @@
 set -u
 out=$1 start=$(date +%s) end=$(( $(date +%s) + ${END_S:-1380} ))
 ck=${CK:-$out/ck}  # CK: checkpoints trained before (seed0.pt, seed1.pt, seed2.pt): no training
+for s in 0 1 2; do  # before any GPU time: a CK without its checkpoints would fail every eval run
+  [ -z "${CK:-}" ] || [ -f "$ck/seed$s.pt" ] || { echo "paper-gpu.sh: CK=$ck has no seed$s.pt"; exit 2; }
+done
 mkdir -p "$out"
 left() { echo $(( end - $(date +%s) )); }
 if [ -z "${CK:-}" ]; then

@@ -7,6 +7,7 @@
 set -eu
 run=$1 prefix=${2:-docs/eval-paper}
 main=$(ls "$run"/ev/*.json "$run"/ev45/*.json 2>/dev/null || true)  # (ev45/ may not exist yet)
+[ -n "$main" ] || { echo "paper-results.sh: no eval JSON in $run/ev or $run/ev45"; exit 2; }
 plot=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $prefix.png" || true)
 python -m lab.eval --merge $main --json "$prefix-h200.json.gz" $plot > "$prefix-h200.txt"
 python docs/results_table.py "$prefix-h200.json.gz"
