@@ -265,7 +265,7 @@ class RKVNative(PerHead, SnapKV):
     similarity threshold and its newest-duplicate rule. R-KV's schedule: decoding fills a
     `buffer` beyond its kept budget, then compresses back, so the cache holds at most `budget` =
     kept + buffer and each eviction keeps budget - buffer (`ratio` is not used). Left out: R-KV's
-    own 8-token window replaces nothing here; the recent `window` is kept as for every policy."""
+    own recent window of 8 tokens; the recent `window` is kept here, as by every policy."""
 
     name = "rkv-native"
 
