@@ -19,7 +19,7 @@ from dynts import Policy
 from lab import task
 from lab.checkpoint import load_hf_weights, open_model
 from lab.cli import UsageError, cache_bytes, check_memory, resolve_device, run_cli
-from lab.flags import check_flags, check_lengths, warn_prompt_fills_older
+from lab.flags import check_flags, check_lengths, policy_names, warn_prompt_fills_older
 from lab.policies import NAMES, make_policy
 from model import GPT, PRESETS, KVCache
 
@@ -140,12 +140,8 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     `hf`, a Hugging Face checkpoint folder with, for DynTS, `predictor_path` (lab/train.py --hf
     writes one). `html_path` / `plot_path`: every policy's trace on one page / one raster."""
     out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
-    names = [n.strip() for n in policy.split(",") if n.strip()]
-    if not names:
-        raise UsageError("--policy is empty: name a policy, or several, comma-separated")
-    for name in names:  # each one line, before any work (lab/flags.py)
-        if name not in NAMES:
-            raise UsageError(f"--policy {name!r}: choose from {', '.join(NAMES)} (several: comma-separated)")
+    names = policy_names(policy, "--policy")
+    for name in names:  # each mistake one line, before any work (lab/flags.py)
         check_flags(name, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
                     stats_json, html_path, plot_path, cuda_graphs)
     device = resolve_device(device)

@@ -9,6 +9,19 @@ from lab.cli import UsageError, check_matplotlib, check_output_path, check_posit
 from lab.policies import NAMES, needs_attention
 
 
+def policy_names(text: str, flag: str) -> list[str]:
+    """A comma-separated list of policies, each one known (generate.py's --policy, profile.py's
+    --policies); empty pieces ("dynts,") are dropped, an empty list refused."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"{flag} is empty: name a policy, or several, comma-separated")
+    for name in names:
+        if name not in NAMES:
+            raise UsageError(f"{flag} {name!r}: unknown policy; choose from {', '.join(NAMES)} "
+                             "(several: comma-separated)")
+    return names
+
+
 def check_flags(policy, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
                 stats_json, html_path, plot_path, cuda_graphs):
     """The flags on their own and against each other, before anything is loaded."""
@@ -56,11 +69,8 @@ def check_profile_flags(cfg, preset, policies, batch_size, prompt_len, steps, bu
                         every, tput_window, seed, json_path, plot_path):
     """profile.py's flags: returns the policies' names, the batch size (a number, or "max"), the
     device and the dtype, resolved."""
-    names = [p.strip() for p in policies.split(",") if p.strip()]
-    for name in names:
-        if name not in NAMES:
-            raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(NAMES)}")
-    if not names or len(set(names)) != len(names):
+    names = policy_names(policies, "--policies")
+    if len(set(names)) != len(names):
         raise UsageError(f"--policies {policies!r}: name each policy once")
     if batch_size != "max":
         try:
