@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from model import GPT, KVCache
 
-INF = float("inf")
+INF = float("inf")  # a protected slot: the prompt (and a baseline's sinks), at the same slots in every row
+ANSWER = torch.finfo(torch.float32).max  # the answer: above every thinking token, below the prompt
 
 
 # -----------------------------------------------------------------------------
@@ -111,9 +112,10 @@ def select_keep(scores: torch.Tensor, n_keep: int, window: int) -> torch.Tensor:
 
 class Policy:
     """Evicts when the cache holds `budget` slots: keeps the last `window`, and of the older
-    ones the top `max(protected, floor(ratio * (L - window)))` by score, where `protected` is
-    the most +inf (never evicted) older slots of any row. With `protect_prompt`, the prompt's
-    `prompt_len` tokens rank +inf at every eviction, whatever their scores.
+    ones the top `max(protected, floor(ratio * (L - window)))` by score, where `protected`
+    counts the +inf (never evicted) older slots. Only positions are +inf, so every row keeps the
+    same number of slots, and no row's tokens change what another row keeps. With
+    `protect_prompt`, the prompt's `prompt_len` tokens rank +inf, whatever their scores.
 
     Subclasses override `score` (each new token's score, recorded once), and attention-based
     ones `add_attention` (rescore the live slots at every step) or `eviction_scores`.
@@ -190,9 +192,8 @@ class Policy:
         same rule on every row of heads.)"""
         L = ranking.shape[-1]
         rows = ranking.reshape(-1, L)  # (B, L), or one row per (layer, row, kv head)
-        protected = int((rows[:, :L - self.window] == INF).sum(dim=1).max())
-        # The budget is a hard bound: a row whose protected tokens fill the cache (an answer
-        # that never ends) loses its oldest protected tokens, one per step.
+        protected = int((rows[:, :L - self.window] == INF).sum(dim=1).max())  # the same in every row
+        # A full cache frees at least one slot, even where sinks and window fill it.
         keep = select_keep(rows, min(self.n_keep(L, protected), L - 1), self.window)
         return keep.view(*ranking.shape[:-1], -1)
 
@@ -227,9 +228,11 @@ class Full(Policy):
 
 class DynTS(Policy):
     """The predicted importance of each token, computed once, when the token is the model's
-    input. The prompt (protected) and the answer (after `</think>`) rank +inf: never evicted.
-    Tokens after a row's end-of-text are padding: -inf. Only what the model generated after the
-    prompt decides what is answer or padding: special tokens inside the prompt do not."""
+    input. The prompt is protected (+inf). The answer (after `</think>`) ranks ANSWER, above
+    every thinking token: an answer longer than the row's older share loses its oldest tokens
+    rather than growing the share, which would grow every row of the batch. Tokens after a
+    row's end-of-text are padding: -inf. Only what the model generated after the prompt decides
+    what is answer or padding: special tokens inside the prompt do not."""
 
     name = "dynts"
     needs_predictor = True
@@ -252,11 +255,11 @@ class DynTS(Policy):
         return self.mark_answer(self.predict(hidden), tokens, positions)
 
     def mark_answer(self, s, tokens, positions):
-        """Scores s (B, T) with the answer's tokens at +inf and the padding after end-of-text at -inf."""
+        """Scores s (B, T) with the answer's tokens at ANSWER and the padding after end-of-text at -inf."""
         generated = tokens.masked_fill((positions < self.prompt_len).expand(tokens.shape), -1)  # the prompt: no token
         answering = self.answering[:, None] | strictly_after(generated, self.end_think_id)  # (B, T)
         done = self.done[:, None] | strictly_after(generated, self.eot_id)  # (B, T)
-        s = s.masked_fill(answering, INF).masked_fill(done, -INF)
+        s = s.masked_fill(answering, ANSWER).masked_fill(done, -INF)
         self.answering |= (generated == self.end_think_id).any(dim=1)
         self.done |= (generated == self.eot_id).any(dim=1)
         return s

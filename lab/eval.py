@@ -80,7 +80,8 @@ class AnswerOracle(dynts.DynTS):
             ids = torch.tensor([self.answers[b] for b in rows], device=cache.kv.device)
             _, _, received = self.model(ids, look, need_attention=True)  # (n_layer, rows, Hkv, L + A)
             attention[rows] = received.mean(dim=(0, 2))[:, :L].float()
-        return torch.where(recorded.isinf(), recorded, attention)  # protected and padding slots as DynTS has them
+        fixed = recorded.isinf() | (recorded == dynts.ANSWER)  # the prompt, the answer and padding, as DynTS has them
+        return torch.where(fixed, recorded, attention)
 
 
 @dataclass

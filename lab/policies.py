@@ -348,13 +348,14 @@ class RandomAll(RandomThinking):
 
 
 class BottomAll(NoProtectedPrompt):
-    """Official ablation "bottom-k": the lowest predicted scores win; the prompt (+inf there)
-    goes last, so it is evicted first."""
+    """Official ablation "bottom-k": the lowest predicted scores win, so the prompt and the
+    answer, which DynTS ranks highest, go first after the padding."""
 
     name = "bottom-all"
 
     def score(self, tokens, hidden, positions):
-        return -super().score(tokens, hidden, positions).masked_fill(positions < self.prompt_len, INF)
+        s = super().score(tokens, hidden, positions)
+        return (-s.masked_fill(positions < self.prompt_len, INF)).masked_fill(s == -INF, -INF)  # padding still goes first
 
 
 class NoQuestion(NoProtectedPrompt):

@@ -2,7 +2,7 @@
 
 `TraceLog` records, during `generate.generate`, the cache's length after every forward and,
 at every eviction, which token positions left the cache and what the policy ranked each live
-token by (for DynTS its predicted importance; +inf for the protected prompt and answer). From
+token by (for DynTS its predicted importance; +inf for the protected prompt, ANSWER for the answer). From
 it:
 - `html(...)`: one self-contained page, a section per sample, every token shaded by its score,
   the evicted ones greyed with the step at which they went (on hover), the protected ones
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dynts import ANSWER, INF
 from lab import task
 
-INF = float("inf")
 
 
 class TraceLog:
@@ -229,7 +229,7 @@ show();
 def shade(value, top: float, log_scale: bool) -> str:
     """A background for a finite value in [0, top] (log1p scale when log_scale): white at 0,
     SHADE_TOP at top; "" for anything else (protected, padding, never ranked)."""
-    if value is None or not math.isfinite(value) or top <= 0:
+    if value is None or not math.isfinite(value) or value == ANSWER or top <= 0:
         return ""
     a = min(max(value, 0.0), top)
     a = math.log1p(a) / math.log1p(top) if log_scale else a / top
@@ -249,7 +249,7 @@ def panel_html(pn: Panel) -> str:
     policy = pn.log.policy
     by_position = getattr(policy, "scores_are_positions", False)
     scores = [pn.log.scores.get((pn.row, p)) for p in range(pn.n_tokens)]
-    finite = [s for s in scores if s is not None and math.isfinite(s)]
+    finite = [s for s in scores if s is not None and math.isfinite(s) and s != ANSWER]
     top = max(finite, default=0.0) if not by_position else 0.0  # each on its own scale: their units differ
     log_scale = min(finite, default=0.0) >= 0
     labels = pn.labels or []
@@ -280,10 +280,11 @@ def panel_html(pn: Panel) -> str:
         score = max(group_scores) if group_scores else None
         label = sum(labels[p] for p in positions) if labels else None
         classes = ["t"] + (["e"] if gone else []) + (["n"] if needed.intersection(positions) else [])
-        if score == INF and first >= pn.prompt_len:
-            classes.append("a")  # ranked +inf after the prompt: the answer, never evicted
+        if score == ANSWER:
+            classes.append("a")  # the answer
         tip = f"position {first}" + (f"-{end - 1}" if end - first > 1 else "")
-        tip += ("; protected (+inf)" if score == INF else f"; score {score:.4g}") if score is not None else "; never ranked"
+        tip += ("; never ranked" if score is None else "; protected (+inf)" if score == INF else
+                "; the answer (ranked above thinking)" if score == ANSWER else f"; score {score:.4g}")
         tip += f"; the answer's attention x 1e4: {label:.4g}" if label is not None else ""
         tip += f"; evicted after step {min(gone)}" if gone else ""
         background = shade(score, top, log_scale) if not by_position else ""
@@ -311,7 +312,7 @@ def page(panels: list[Panel], title: str) -> str:
                 "<label>shade by <select id='shade'><option value='s'>the score it ranked by</option>"
                 + ("<option value='l'>what the answer attended to</option>" if has_labels else "")
                 + "</select></label> <span class='prompt'>the prompt</span> "
-                "<span class='a'>the answer (never evicted)</span> <span class='e'>evicted</span> "
+                "<span class='a'>the answer (kept before any thinking token)</span> <span class='e'>evicted</span> "
                 "<span class='n'>a first result statement's value</span></div>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html_lib.escape(title)}</h1>{controls}"

@@ -139,12 +139,16 @@ def build(name, budget, window, ratio, prompt_len):
     return kind(budget, window, ratio, prompt_len, ScoreIsHidden(), END_THINK, EOT)
 
 
-def protected_positions(name, policy, prompt_len, end_think_b, seen):
+def protected_positions(name, policy, prompt_len, seen):
+    """The positions a policy never evicts: the prompt where protected, and the sinks."""
     prompt = set(range(prompt_len)) if name.endswith("+p") or name in ANSWER_PROTECTED[:4] else set()
-    if name.removesuffix("+p") in ("streaming", "sepllm"):
-        return prompt | set(range(min(policy.n_sink, seen)))
-    answer = set(range(end_think_b + 1, seen)) if name in ANSWER_PROTECTED else set()
-    return prompt | answer
+    sinks = set(range(min(policy.n_sink, seen))) if name.removesuffix("+p") in ("streaming", "sepllm") else set()
+    return prompt | sinks
+
+
+def answer_positions(name, end_think_b, seen):
+    """The positions after a row's `</think>`, which DynTS and its variants rank above thinking."""
+    return set(range(end_think_b + 1, seen)) if name in ANSWER_PROTECTED else set()
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
@@ -155,9 +159,6 @@ def test_policy_invariants_over_a_generation(name, run):
     and random attention (for the attention-based policies), and check every eviction: the
     budget, the window, the protected tokens, sorted and unique, the count."""
     B, budget, window, ratio, prompt_len, steps, end_think, seed = run
-    if name in ANSWER_PROTECTED and any(e < prompt_len + steps for e in end_think):
-        # answer tokens are protected: leave room for them, as a real budget must
-        budget = max(budget, prompt_len + window + (prompt_len + steps - min(end_think)) + 2)
     policy = build(name, budget, window, ratio, prompt_len)
     g = torch.Generator().manual_seed(seed)
     policy.reset(B, budget)
@@ -183,17 +184,20 @@ def test_policy_invariants_over_a_generation(name, run):
             assert ranking.shape == (B, L)
             idx = policy.select(ranking)
             n = idx.shape[1]
-            protected = [protected_positions(name, policy, prompt_len, end_think[b], cache.seen) for b in range(B)]
-            n_protected_older = max(len([p for p in pos[b, :L - window].tolist() if p in protected[b]])
-                                    for b in range(B))
+            protected = protected_positions(name, policy, prompt_len, cache.seen)
+            n_protected_older = len(protected & set(pos[0, :L - window].tolist()))  # the same in every row
             assert n == min(L - 1, window + max(n_protected_older, math.floor(ratio * (L - window))))
             for b in range(B):
                 row = idx[b].tolist()
                 assert row == sorted(set(row))
                 assert row[-window:] == list(range(L - window, L)) if window else True
                 kept = set(pos[b, idx[b]].tolist())
-                if n < L - 1 or name not in ANSWER_PROTECTED:
-                    assert protected[b] & set(pos[b, :L].tolist()) <= kept
+                assert protected & set(pos[b, :L].tolist()) <= kept
+                answer = [p for p in pos[b, :L - window].tolist() if p in answer_positions(name, end_think[b], cache.seen)]
+                kept_answer = [p for p in answer if p in kept]
+                if len(kept_answer) < len(answer):  # an answer longer than its share: its newest tokens, and no thinking
+                    assert kept_answer == answer[len(answer) - len(kept_answer):]
+                    assert kept - set(pos[b, L - window:L].tolist()) <= protected | set(answer)
                 if name == "window":  # only the newest
                     assert kept == set(pos[b, L - n:L].tolist())
             assert torch.equal(idx, policy.select(policy.ranking(cache)))  # deterministic
@@ -204,6 +208,65 @@ def test_policy_invariants_over_a_generation(name, run):
             evictions += 1
             assert policy.length == n < budget
     assert evictions >= (prompt_len + steps - budget >= 0)  # the budget was hit: at least one eviction
+
+
+@st.composite
+def batch_run(draw):
+    """Rows that end differently: some write `</think>` early and never stop (an answer longer
+    than the older share), some finish and pad with end-of-text, some never leave thinking."""
+    B = draw(st.integers(2, 3))
+    window = draw(st.integers(0, 8))
+    budget = draw(st.integers(window + 6, 40))
+    ratio = draw(st.floats(0.05, 0.95))
+    prompt_len = draw(st.integers(1, budget - window - 1))
+    steps = draw(st.integers(budget, 120))
+    N = prompt_len + steps
+    ends = [(draw(st.integers(prompt_len, N + 5)), draw(st.integers(prompt_len, N + 40))) for _ in range(B)]
+    return B, budget, window, ratio, prompt_len, steps, ends, draw(st.integers(0, 2**16))
+
+
+def kept_positions(name, run, rows):
+    """Drive policy `name` on `rows` of a batch_run together, as generate.py does; each row's
+    token, hidden state, keys and attention depend only on its row and position. Returns the
+    positions each row keeps at each eviction: [eviction][row] -> list."""
+    B, budget, window, ratio, prompt_len, steps, ends, seed = run
+    g, N = torch.Generator().manual_seed(seed), prompt_len + steps
+    tokens = torch.randint(0, 250, (B, N), generator=g)
+    tokens[torch.rand(B, N, generator=g) < 0.1] = ord(".")  # separators
+    for b, (end_think, end) in enumerate(ends):
+        tokens[b, end_think:end_think + 1] = END_THINK
+        tokens[b, end:] = EOT  # end-of-text, then padding
+    hidden = torch.randn(B, N, 2, generator=g)
+    hidden[..., 0] = hidden[..., 0].round()  # ties
+    kv = torch.randn(2, 2, B, 1, N, 4, generator=g)  # (layers, k|v, B, Hkv, position, D)
+    attention = torch.rand(B, N, N, generator=g)  # (row, the step's last position, the slot's position)
+    policy = build(name, budget, window, ratio, prompt_len)
+    policy.reset(len(rows), budget)
+    cache = KVCache(KV_CONFIG, len(rows), budget)
+    kept = []
+    for start, T in [(0, prompt_len)] + [(p, 1) for p in range(prompt_len, N)]:
+        cache.kv[:, :, :, :, cache.length:cache.length + T] = kv[:, :, rows, :, start:start + T]
+        cache.advance(T)
+        slots = cache.pos[:, :cache.length]  # (rows, S): the position each live slot holds
+        attn = attention[rows, start + T - 1].gather(1, slots)[None, :, None] if policy.needs_attention else None
+        policy.observe(tokens[rows, start:start + T], hidden[rows, start:start + T], torch.arange(start, start + T), attn)
+        if policy.should_evict(cache.length):
+            policy.evict(cache)
+            kept.append(cache.pos[:, :cache.length].tolist())
+    return kept
+
+
+@pytest.mark.parametrize("name", [n for n in POLICY_NAMES if n not in ("dynts-random", "random-all")])
+@settings(max_examples=30, deadline=None)
+@given(run=batch_run())
+def test_a_row_keeps_the_same_tokens_in_any_batch(name, run):
+    """What a row keeps depends on that row alone: decoded with others or by itself, it keeps
+    the same positions at every eviction (one row's long answer or padding must not grow the
+    others' caches). The random ablations are left out: their draws are shared by the batch."""
+    together = kept_positions(name, run, list(range(run[0])))
+    for b in range(run[0]):
+        alone = kept_positions(name, run, [b])
+        assert [k[b] for k in together] == [k[0] for k in alone]
 
 
 def test_dynts_keeps_the_top_predicted_thinking_tokens():
@@ -217,13 +280,13 @@ def test_dynts_keeps_the_top_predicted_thinking_tokens():
     assert policy.select(policy.ranking(None)).tolist() == [[0, 1, 4, 6, 8, 9]]
 
 
-def test_dynts_protects_answer_tokens_and_not_padding_after_end_of_text():
+def test_dynts_ranks_the_answer_above_thinking_and_padding_after_end_of_text_last():
     policy = dynts.DynTS(budget=20, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=1,
                          end_think_id=END_THINK, eot_id=EOT)
     policy.reset(1, 20)
     for i, tok in enumerate([1, 5, END_THINK, 7, EOT, 9]):
         policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
-    assert policy.ranking(None)[0].tolist() == [INF, 0.0, 0.0, INF, INF, -INF]
+    assert policy.ranking(None)[0].tolist() == [INF, 0.0, 0.0, dynts.ANSWER, dynts.ANSWER, -INF]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -240,17 +303,14 @@ def test_dynts_rejects_settings_that_cannot_work(kwargs, message):
         dynts.DynTS(**args)
 
 
-def test_a_budget_full_of_protected_tokens_still_frees_a_slot():
-    policy = dynts.DynTS(budget=6, window=1, ratio=0.3, predictor=ScoreIsHidden(), prompt_len=1,
+def test_an_answer_longer_than_its_share_loses_its_oldest_tokens_never_the_prompt():
+    policy = dynts.DynTS(budget=8, window=1, ratio=0.5, predictor=ScoreIsHidden(), prompt_len=1,
                          end_think_id=END_THINK, eot_id=EOT)
-    policy.reset(1, 6)
-    for i, tok in enumerate([1, END_THINK, 4, 5, 6, 7]):  # the prompt, then </think> and an answer that never ends
+    policy.reset(1, 8)
+    for i, tok in enumerate([1, 2, END_THINK, 4, 5, 6, 7, 8]):  # the prompt, thinking, then an answer that never ends
         policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
-    idx = policy.select(policy.ranking(None))
-    assert idx.tolist() == [[0, 2, 3, 4, 5]]  # </think> itself is the one unprotected slot
-    policy.keep_scores(idx)
-    policy.observe(torch.tensor([[8]]), torch.zeros(1, 1, 2), torch.tensor([6]))
-    assert policy.select(policy.ranking(None)).tolist() == [[1, 2, 3, 4, 5]]  # all protected: the oldest (the prompt) goes
+    # older: 7 slots; floor(0.5 * 7) = 3: the prompt, then the two newest older answer tokens
+    assert policy.select(policy.ranking(None)).tolist() == [[0, 5, 6, 7]]
 
 
 def test_special_tokens_inside_the_prompt_end_nothing_in_the_ablations_either():

@@ -270,26 +270,28 @@ def test_trigger_official_evicts_at_budget_plus_one(problem):
 
 @settings(max_examples=100, deadline=None)
 @given(st.data())
-def test_protected_slots_beyond_the_count_official_evicts_the_latest(data):
-    """Protected (+inf) older slots, a prompt at the start and answer tokens just before the
-    window, outnumber int((L - window) * ratio): ours keeps them all; the official code keeps
-    only that many, the earliest, and evicts the latest protected slots."""
+def test_protected_slots_beyond_the_count_ours_keep_the_prompt_and_the_newest_answer(data):
+    """A prompt at the start and answer tokens just before the window outnumber
+    k = int((L - window) * ratio). The official code ranks both +inf and keeps the earliest k of
+    them. Ours ranks the prompt +inf and the answer ANSWER: it keeps the whole prompt, then the
+    newest answer tokens, max(P, k) in all, and no thinking token."""
     L = data.draw(st.integers(30, 300))
     window = data.draw(st.integers(1, L // 2))
     ratio = data.draw(st.sampled_from(RATIOS))
     k = official_count(L, window, ratio)
     n_protected = data.draw(st.integers(k + 1, L - window - 1))
     P = data.draw(st.integers(0, n_protected))  # the prompt; the rest are answer tokens
-    protected = list(range(P)) + list(range(L - window - (n_protected - P), L - window))
+    prompt, answer = list(range(P)), list(range(L - window - (n_protected - P), L - window))
     scores = distinct_scores(data.draw(st.integers(1, 3)), L, data.draw(st.integers(0, 2 ** 31 - 1)))
-    scores[:, protected] = INF
+    theirs_scores, ours_scores = scores.clone(), scores.clone()
+    theirs_scores[:, prompt + answer] = INF
+    ours_scores[:, answer], ours_scores[:, prompt] = dynts.ANSWER, INF
 
-    ours, theirs = ours_select(scores, window, ratio), official_select(scores, window, ratio)
-    window_slots = list(range(L - window, L))
+    ours, theirs = ours_select(ours_scores, window, ratio), official_select(theirs_scores, window, ratio)
+    window_slots, n_answer = list(range(L - window, L)), max(P, k) - P
     for o, t in zip(ours.tolist(), theirs.tolist()):
-        assert o == protected + window_slots  # all protected, no thinking token
-        assert t == protected[:k] + window_slots  # only the earliest k protected
-        assert set(t) < set(o) and sorted(set(o) - set(t)) == protected[k:]
+        assert o == prompt + answer[len(answer) - n_answer:] + window_slots
+        assert t == (prompt + answer)[:k] + window_slots
 
 
 def test_ties_official_keeps_earliest_ours_latest():
@@ -354,8 +356,9 @@ def test_end_think_official_protects_it_ours_scores_it():
         assert o[len(PROMPT):e] == p[len(PROMPT):e]  # thinking: the predictor's score
         assert o[e] == p[e] and math.isfinite(o[e])  # ours: </think> is scored like thinking
         assert off[e] == INF  # official: </think> itself is protected
-        assert o[e + 1:] == [INF] * (len(o) - e - 1)  # both: the answer is protected
-        assert [j for j in range(len(o)) if o[j] != off[j]] == [e]  # the only difference
+        assert off[e + 1:] == [INF] * (len(o) - e - 1)  # official: the answer is protected
+        assert o[e + 1:] == [dynts.ANSWER] * (len(o) - e - 1)  # ours: above every thinking token
+        assert [j for j in range(len(o)) if o[j] != off[j]] == list(range(e, len(o)))
 
 
 def test_padding_official_plus_inf_ours_minus_inf():
@@ -363,11 +366,11 @@ def test_padding_official_plus_inf_ours_minus_inf():
     ours, predicted, official = dynts_scores(rows)
     for row, o, off in zip(rows, ours, official):
         end = len(PROMPT) + row.index(EOT)
-        assert o[end] == INF  # end-of-text itself is part of the answer
+        assert o[end] == dynts.ANSWER  # end-of-text itself is part of the answer
         assert o[end + 1:] == [-INF] * (len(o) - end - 1)  # ours: padding goes first
         assert off[end + 1:] == [INF] * (len(o) - end - 1)  # official: padding is protected
         e = len(PROMPT) + row.index(END_THINK)
-        assert [j for j in range(len(o)) if o[j] != off[j]] == [e] + list(range(end + 1, len(o)))
+        assert [j for j in range(len(o)) if o[j] != off[j]] == list(range(e, len(o)))  # </think> on
 
 
 def linear_layers(module: nn.Module):
