@@ -1,0 +1,59 @@
+"""Where a wrong answer goes wrong: in the thinking, or in the copy? For each problem that a
+policy answers wrong, compare each asked item three ways: the truth, the last result statement
+the trace itself wrote for it before `</think>` ("so A=kl."), and the answer. "thinking" means
+the trace's own last statement was already wrong (the answer copied a wrong result); "copy" means
+the trace had it right and the answer wrote something else (what eviction of the statement would
+cause). Sampled at the checkpoint's temperature, one batch per policy, the same generator seed.
+usage: python docs/next/why_wrong.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]"""
+
+import re
+import sys
+from collections import Counter
+
+import torch
+
+from generate import generate
+from lab import task
+from lab.checkpoint import load_checkpoint
+from lab.policies import make_policy
+from model import get_encoding
+from lab.task import END_THINK
+
+ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 4
+names = sys.argv[3].split(",") if len(sys.argv) > 3 else ["full", "dynts"]
+fraction = float(sys.argv[4]) if len(sys.argv) > 4 else 0.3
+torch.set_num_threads(2)
+model, predictor, meta = load_checkpoint(ckpt)
+model.eval(), predictor.eval()
+enc, d = get_encoding(meta["encoding"]), meta["decoding"]
+problems = [p for f in task.families_of(meta["task"]) for p in task.problems("eval", n, seed=0, family=f, **meta["task"])]
+prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
+assert len({len(p) for p in prompts}) == 1, "one batch needs prompts of one length"
+P, budget = len(prompts[0]), round(fraction * d["full_peak_valid"])
+window = round(d["window_fraction"] * budget)
+end_think, eot = enc.encode_single_token(END_THINK), enc.eot_token
+for name in names:
+    policy = make_policy(name, None if name == "full" else budget, 0 if name == "full" else window, d["ratio"], P,
+                         predictor, enc)
+    generator = torch.Generator().manual_seed(1234)
+    tokens, stats = generate(model, prompts, policy, model.config.block_size - P, eot_id=eot, vocab_limit=enc.n_vocab,
+                             temperature=d.get("temperature", 0.0), generator=generator, check_every=32)
+    kinds, wrong = Counter(), 0
+    for p, row in zip(problems, tokens.tolist()):
+        text = enc.decode(row[:row.index(eot) + 1] if eot in row else row)
+        if task.check_answer(p, text):
+            continue
+        wrong += 1
+        thinking = text.split(END_THINK, 1)[0]
+        got = dict(item.split("=", 1) for item in (task.answer_of(text) or "").split() if "=" in item)
+        for item in p.answer.split():
+            letter, truth = item.split("=", 1)
+            said = re.findall(rf"\b{letter}=([a-z]+)\.", thinking)
+            last = said[-1] if said else None
+            if got.get(letter) == truth:
+                continue
+            kinds["no answer" if task.answer_of(text) is None else
+                  "thinking (its last statement wrong)" if last != truth else "copy (its statement right)"] += 1
+        print(f"  {name} {p.family}: answer {task.answer_of(text)!r}, truth {p.answer!r}", flush=True)
+    print(f"{name} at {budget if name != 'full' else 'no'} budget: {len(problems) - wrong} of {len(problems)} right; "
+          f"wrong items: {dict(kinds)}; {stats['new_tokens']} steps, {stats['seconds']:.0f} s", flush=True)
