@@ -2,7 +2,8 @@
 # The paper regime's whole GPU run in one background job: train three seeds (docs/train-gpu.sh;
 # skipped with CK=DIR, checkpoints trained before), then evaluate them (docs/eval-gpu.sh) until
 # END_S seconds after the start, in this order: the core policies at 30% (full, dynts, lexical,
-# oracle), the confirmatory problems (EVAL_SEED=1), the baselines at 30%, then 45%. Started
+# oracle, the random reference), the confirmatory problems (EVAL_SEED=1), the core at 45%, the
+# baselines at 30%, then at 45%. A second call with the same OUT_DIR skips the finished runs. Started
 # detached (setsid) so that it outlives one device call; poll with `tail PIPELINE_LOG`.
 # usage: [STEPS=4500] [END_S=1380] [EVAL=1] [CK=DIR] bash docs/paper-gpu.sh OUT_DIR
 # (4,500 steps took 19 minutes for the three seeds on one H200, 2026-12-04, so EVAL=0 there: the
@@ -27,12 +28,13 @@ phase() {  # name, out dir, margin (s), level, then eval-gpu.sh's environment (M
   echo "$name: $(date -u +%T), $(left) s left"
   env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) 10 "$level" "0 1 2"
 }
-core="full dynts lexical oracle"
-baselines="dynts-random h2o+p snapkv+p rkv+p window+p sepllm+p streaming+p
+core="dynts lexical oracle dynts-random"
+baselines="h2o+p snapkv+p rkv+p window+p sepllm+p streaming+p
            h2o-native+p snapkv-native+p rkv-native+p h2o-native snapkv-native rkv-native
            h2o snapkv rkv window sepllm streaming"
-phase "30%, the core" "$out/ev" 240 0.3 MAIN="$core"
+phase "30%, the core" "$out/ev" 240 0.3 MAIN="full $core"
 phase "confirmatory (EVAL_SEED=1)" "$out/ev-confirm" 200 0.3 MAIN="full dynts lexical" EVAL_SEED=1
+phase "45%, the core" "$out/ev45" 150 0.45 MAIN="$core"
 phase "30%, the baselines" "$out/ev" 150 0.3 MAIN="$baselines"
-phase "45%" "$out/ev45" 120 0.45 MAIN="dynts lexical oracle $baselines"
+phase "45%, the baselines" "$out/ev45" 120 0.45 MAIN="$baselines"
 echo "finished: $(date -u +%T) after $(( $(date +%s) - start )) s"
