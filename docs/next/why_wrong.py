@@ -1,9 +1,8 @@
 """Where a wrong answer goes wrong: in the thinking, or in the copy? For each problem that a
-policy answers wrong, compare each asked item three ways: the truth, the last result statement
-the trace itself wrote for it before `</think>` ("so A=kl."), and the answer. "thinking" means
-the trace's own last statement was already wrong (the answer copied a wrong result); "copy" means
-the trace had it right and the answer wrote something else (what eviction of the statement would
-cause). Sampled at the checkpoint's temperature, one batch per policy, the same generator seed.
+policy answers wrong, classify each wrong item by what the trace wrote for it before `</think>`:
+"walk" if its first result statement ("so A=kl.") was already wrong; "recall" if that was right
+but a later restatement ("so far A=kl", a correction) was wrong; "copy" if every statement was
+right and only the answer was wrong. Sampled at the checkpoint's temperature, one batch per policy, the same generator seed.
 usage: python docs/next/why_wrong.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]"""
 
 import re
@@ -48,12 +47,13 @@ for name in names:
         got = dict(item.split("=", 1) for item in (task.answer_of(text) or "").split() if "=" in item)
         for item in p.answer.split():
             letter, truth = item.split("=", 1)
-            said = re.findall(rf"\b{letter}=([a-z]+)\.", thinking)
-            last = said[-1] if said else None
+            said = re.findall(rf"\b{letter}=([a-z>]+)[. ]", thinking)  # its result statements, then restatements
             if got.get(letter) == truth:
                 continue
-            kinds["no answer" if task.answer_of(text) is None else
-                  "thinking (its last statement wrong)" if last != truth else "copy (its statement right)"] += 1
+            kinds["no answer" if task.answer_of(text) is None else "never stated" if not said else
+                  "walk (first statement wrong)" if said[0] != truth else
+                  "recall (first right, a later one wrong)" if said[-1] != truth else
+                  "copy (every statement right)"] += 1
         print(f"  {name} {p.family}: answer {task.answer_of(text)!r}, truth {p.answer!r}", flush=True)
     print(f"{name} at {budget if name != 'full' else 'no'} budget: {len(problems) - wrong} of {len(problems)} right; "
           f"wrong items: {dict(kinds)}; {stats['new_tokens']} steps, {stats['seconds']:.0f} s", flush=True)
