@@ -5,7 +5,8 @@
 # oracle, the random reference), the confirmatory problems (EVAL_SEED=1), the core at 45%, the
 # baselines at 30%, then at 45%. A second call with the same OUT_DIR skips the finished runs. Started
 # detached (setsid) so that it outlives one device call; poll with `tail PIPELINE_LOG`.
-# usage: [STEPS=4500] [END_S=1380] [EVAL=1] [CK=DIR] bash docs/paper-gpu.sh OUT_DIR
+# usage: [STEPS=4500] [END_S=1380] [EVAL=1] [CK=DIR] [PROCS=10] bash docs/paper-gpu.sh OUT_DIR
+# (PROCS: eval processes sharing the GPU at once)
 # (4,500 steps took 19 minutes for the three seeds on one H200, 2026-12-04, so EVAL=0 there: the
 # checkpoints come back through $OUT for the next session's eval.)
 # Poll with a command that ends by itself (`sleep 540; tail ...`): a `wait` on a progress loop never returns.
@@ -26,7 +27,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # ten eval processes on 16 cores: 
 phase() {  # name, out dir, margin (s), level, then eval-gpu.sh's environment (MAIN=..., EVAL_SEED=...)
   name=$1 dir=$2 margin=$3 level=$4; shift 4
   echo "$name: $(date -u +%T), $(left) s left"
-  env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) 10 "$level" "0 1 2"
+  env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) "${PROCS:-10}" "$level" "0 1 2"
 }
 core="dynts lexical oracle dynts-random"
 baselines="h2o+p snapkv+p rkv+p window+p sepllm+p streaming+p
