@@ -30,9 +30,9 @@ phase() {  # name, out dir, margin (s), level, then eval-gpu.sh's environment (M
   env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) "${PROCS:-10}" "$level" "0 1 2"
 }
 core="dynts lexical oracle dynts-random"
-baselines="h2o+p snapkv+p rkv+p window+p sepllm+p streaming+p
-           h2o-native+p snapkv-native+p rkv-native+p h2o-native snapkv-native rkv-native
-           h2o snapkv rkv window sepllm streaming"
+baselines="h2o+p h2o-native+p snapkv+p snapkv-native+p rkv+p rkv-native+p
+           h2o h2o-native snapkv snapkv-native rkv rkv-native
+           window+p sepllm+p streaming+p window sepllm streaming"  # each native row beside its official form
 phase "30%, the core" "$out/ev" 240 0.3 MAIN="full $core"
 phase "confirmatory (EVAL_SEED=1)" "$out/ev-confirm" 200 0.3 MAIN="full dynts lexical" EVAL_SEED=1
 phase "45%, the core" "$out/ev45" 150 0.45 MAIN="$core"
