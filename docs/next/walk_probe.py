@@ -1,0 +1,59 @@
+"""Does a smaller cache make the model misread its table? Teacher-forced on reference traces:
+the probability the model gives each byte that a walk copies from the table (the node after each
+">" in "C: sa>ug>ej, so C=ej."), with the full cache and under each policy's evictions (the
+keys a query would no longer see, as lab/train.py's eviction_deaths replays them). The table is
+in the protected prompt under every policy here; only what else is cached changes. Per walk
+(A is written before any eviction, B and C after), the mean probability of a copied byte and
+the chance that sampling at temperature 1 writes the whole walk right (their product).
+usage: PYTHONPATH=. python docs/next/walk_probe.py CKPT [N_PER_FAMILY] [FRACTION]"""
+
+import re
+import sys
+
+import torch
+
+from lab import task
+from lab.checkpoint import load_checkpoint
+from lab.policies import make_policy
+from lab.train import eviction_deaths, visibility
+from model import get_encoding
+
+ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3
+fraction = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
+torch.set_num_threads(2)
+model, predictor, meta = load_checkpoint(ckpt)
+model.eval(), predictor.eval()
+enc, d = get_encoding(meta["encoding"]), meta["decoding"]
+budget = round(fraction * d["full_peak_valid"])
+window = round(d["window_fraction"] * budget)
+POLICIES = ["full", "dynts", "dynts-random", "window+p"]
+problems = [p for f in task.families_of(meta["task"]) for p in task.problems("valid", n, seed=0, family=f, **meta["task"])]
+sums = {(name, walk): [0.0, 0.0, 0] for name in POLICIES for walk in "ABC"}  # mean p, P(walk right), count
+with torch.no_grad():
+    for k, problem in enumerate(problems):
+        text = problem.text()
+        ids = torch.tensor(enc.encode(text, allowed_special="all"))
+        at = lambda c: len(enc.encode(text[:c], allowed_special="all"))  # character -> token position
+        P = at(len(problem.prompt))
+        _, hidden, _ = model(ids[None])
+        walks = {}
+        for m in re.finditer(r"(?:\n|<think>)([ABC]): ([a-z>]+), so", text):
+            nodes = [j for j in range(m.start(2), m.end(2)) if text[j - 1] == ">" or text[j - 2] == ">"]
+            walks[m.group(1)] = [at(j) for j in nodes]  # the copied bytes' token positions
+        for name in POLICIES:
+            if name == "full":
+                mask = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+            else:
+                policy = make_policy(name, budget, window, d["ratio"], P, predictor, enc)
+                mask = visibility(eviction_deaths(policy, ids, hidden[0].float())[None])[0]
+            _, h, _ = model(ids[None], mask=mask[None])
+            probs = model.lm_head(h[0]).float().softmax(-1)  # (T, vocab): every position's next token
+            for walk, positions in walks.items():
+                p = torch.stack([probs[t - 1, ids[t]] for t in positions])
+                s = sums[(name, walk)]
+                s[0] += p.mean().item(); s[1] += p.prod().item(); s[2] += 1
+        print(f"problem {k + 1} of {len(problems)} ({problem.family})", flush=True)
+print(f"{len(problems)} validation problems, budget {budget} ({fraction:.0%}), window {window}, ratio {d['ratio']}")
+print("policy         walk  mean p(copied byte)  P(walk right at temperature 1)")
+for (name, walk), (mp, pw, c) in sums.items():
+    print(f"{name:14} {walk:4}  {mp / max(c, 1):19.4f}  {pw / max(c, 1):30.4f}  ({c} walks)")
