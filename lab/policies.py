@@ -355,7 +355,7 @@ class BottomAll(NoProtectedPrompt):
 
     def score(self, tokens, hidden, positions):
         s = super().score(tokens, hidden, positions)
-        return (-s.masked_fill(positions < self.prompt_len, INF)).masked_fill(s == -INF, -INF)  # padding still goes first
+        return (-s.masked_fill(positions < self.prompt_len, INF)).masked_fill(s == -INF, -INF)  # padding: never +inf
 
 
 class NoQuestion(NoProtectedPrompt):

@@ -2,7 +2,9 @@
 policy answers wrong, classify each wrong item by what the trace wrote for it before `</think>`:
 "walk" if its first result statement ("so A=kl.") was already wrong; "recall" if that was right
 but a later restatement ("so far A=kl", a correction) was wrong; "copy" if every statement was
-right and only the answer was wrong. Sampled at the checkpoint's temperature, one batch per policy, the same generator seed.
+right and only the answer was wrong. (In `mixed`, C's first statement is a step short by
+design, so a wrong C there counts as "walk" whatever went wrong.) Sampled at the checkpoint's
+temperature, one batch per policy, the same generator seed.
 usage: python docs/next/why_wrong.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]"""
 
 import re
