@@ -113,6 +113,7 @@ def policy_run(draw):
 POLICY_NAMES = ["window", "streaming", "dynts", "h2o", "h2o-last", "snapkv", "rkv", "sepllm",
                 "window+p", "streaming+p", "h2o+p", "snapkv+p", "rkv+p", "sepllm+p",
                 "dynts-random", "dynts-bottom", "lexical", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
+NATIVE_NAMES = ["h2o-native", "snapkv-native+p", "rkv-native", "rkv-native+p"]
 ANSWER_PROTECTED = ("dynts", "dynts-random", "dynts-bottom", "lexical", "dynts-noprompt", "noquestion")
 SEPARATORS = [ord(c) for c in policies.SepLLM.SEPARATORS]
 LETTERS = [ord(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
@@ -120,6 +121,8 @@ KV_CONFIG = GPTConfig(block_size=512, n_layer=2, n_head=2, n_kv_head=1, n_embd=8
 
 
 def build(name, budget, window, ratio, prompt_len):
+    if name in NATIVE_NAMES:
+        return policies.make_policy(name, budget, window, ratio, prompt_len)
     n_sink = min(4, budget - window - 1)
     p = dict(prompt_len=prompt_len, protect_prompt=name.endswith("+p"))
     simple = {"window": lambda: policies.Window(budget, window, ratio, **p),
@@ -225,10 +228,11 @@ def batch_run(draw):
     return B, budget, window, ratio, prompt_len, steps, ends, draw(st.integers(0, 2**16))
 
 
-def kept_positions(name, run, rows):
+def kept_slots(name, run, rows):
     """Drive policy `name` on `rows` of a batch_run together, as generate.py does; each row's
-    token, hidden state, keys and attention depend only on its row and position. Returns the
-    positions each row keeps at each eviction: [eviction][row] -> list."""
+    tokens, hidden states and keys depend only on its row and position, and the attention each
+    slot receives on its layer, row, step and slot. Returns the slots each row keeps at each
+    eviction (for the native baselines, per layer and kv head): [eviction][row] -> list."""
     B, budget, window, ratio, prompt_len, steps, ends, seed = run
     g, N = torch.Generator().manual_seed(seed), prompt_len + steps
     tokens = torch.randint(0, 250, (B, N), generator=g)
@@ -239,7 +243,7 @@ def kept_positions(name, run, rows):
     hidden = torch.randn(B, N, 2, generator=g)
     hidden[..., 0] = hidden[..., 0].round()  # ties
     kv = torch.randn(2, 2, B, 1, N, 4, generator=g)  # (layers, k|v, B, Hkv, position, D)
-    attention = torch.rand(B, N, N, generator=g)  # (row, the step's last position, the slot's position)
+    attention = torch.rand(2, B, N, budget, generator=g)  # (layer, row, the step's last position, slot)
     policy = build(name, budget, window, ratio, prompt_len)
     policy.reset(len(rows), budget)
     cache = KVCache(KV_CONFIG, len(rows), budget)
@@ -247,25 +251,24 @@ def kept_positions(name, run, rows):
     for start, T in [(0, prompt_len)] + [(p, 1) for p in range(prompt_len, N)]:
         cache.kv[:, :, :, :, cache.length:cache.length + T] = kv[:, :, rows, :, start:start + T]
         cache.advance(T)
-        slots = cache.pos[:, :cache.length]  # (rows, S): the position each live slot holds
-        attn = attention[rows, start + T - 1].gather(1, slots)[None, :, None] if policy.needs_attention else None
+        attn = attention[:, rows, start + T - 1, None, :cache.length] if policy.needs_attention else None
         policy.observe(tokens[rows, start:start + T], hidden[rows, start:start + T], torch.arange(start, start + T), attn)
         if policy.should_evict(cache.length):
-            policy.evict(cache)
-            kept.append(cache.pos[:, :cache.length].tolist())
+            idx, _ = policy.evict(cache)  # (rows, n), or (layers, rows, kv heads, n)
+            kept.append([(idx[b] if idx.dim() == 2 else idx[:, b]).tolist() for b in range(len(rows))])
     return kept
 
 
-@pytest.mark.parametrize("name", [n for n in POLICY_NAMES if n not in ("dynts-random", "random-all")])
+@pytest.mark.parametrize("name", [n for n in POLICY_NAMES if n not in ("dynts-random", "random-all")] + NATIVE_NAMES)
 @settings(max_examples=30, deadline=None)
 @given(run=batch_run())
 def test_a_row_keeps_the_same_tokens_in_any_batch(name, run):
     """What a row keeps depends on that row alone: decoded with others or by itself, it keeps
     the same positions at every eviction (one row's long answer or padding must not grow the
     others' caches). The random ablations are left out: their draws are shared by the batch."""
-    together = kept_positions(name, run, list(range(run[0])))
+    together = kept_slots(name, run, list(range(run[0])))
     for b in range(run[0]):
-        alone = kept_positions(name, run, [b])
+        alone = kept_slots(name, run, [b])
         assert [k[b] for k in together] == [k[0] for k in alone]
 
 
