@@ -408,9 +408,11 @@ class Lexical(DynTS):
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
 NATIVE = (H2ONative, SnapKVNative, RKVNative)  # the baselines as their papers run them, each also as name + "+p"
 ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
-CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *ABLATIONS)}
+YOURS = ()  # your own policies: run by name (each also as name + "+p"), in none of eval.py's sets
+CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *ABLATIONS, *YOURS)}
 NAMES = ["full", "dynts", "lexical"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \
-        [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE] + [c.name for c in ABLATIONS]
+        [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE] + [c.name for c in ABLATIONS] + \
+        [c.name for c in YOURS] + [c.name + "+p" for c in YOURS]
 
 
 def policy_class(name: str) -> type[Policy]:

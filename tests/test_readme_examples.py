@@ -23,6 +23,19 @@ def test_the_worked_example_is_what_select_keeps():
     assert "[0, 1, 3, 6, 8, 9, 10, 11]" in table
 
 
+def test_the_own_policy_example_keeps_what_it_scores_highest():
+    code = re.search(r"\*\*Your own policy\*\*.*?```python\n(.*?)```", README, re.S).group(1)
+    scope = {"Policy": Policy}
+    exec(compile(code, "README.md", "exec"), scope)
+    policy = next(v for v in scope.values() if isinstance(v, type) and issubclass(v, Policy) and v is not Policy)
+    policy = policy(budget=10, window=2, ratio=0.5)
+    policy.reset(1, 10)
+    positions = torch.arange(10)
+    policy.observe(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, 10, 2), positions)
+    kept = policy.select(policy.ranking(None))[0].tolist()
+    assert kept == [0, 2, 4, 6, 8, 9]  # older: 8 slots, keep 4, the even ones (ties: the later); window 8, 9
+
+
 def test_the_python_example_runs_and_solves_its_problem(capsys):
     code = re.search(r"## Use it from Python.*?```python\n(.*?)```", README, re.S).group(1)
     scope = {}
