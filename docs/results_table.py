@@ -63,18 +63,19 @@ def targets(result, level=0.3):
     """The comparison issue's targets, each met or not, from the per-problem records: DynTS within 2
     points of Full, pooled; `lexical` at least 20 points below Full on each new family (else the
     family does not test anticipation); DynTS above `lexical` on the decoy families with p < 0.01
-    on every seed."""
-    def rate(policy, lv, families=None):
+    on every seed. Full is counted on the seeds the policy it is compared with ran on."""
+    def rate(policy, lv, families=None, seeds=None):
         got = [r["correct"] for r in result["records"] if r["policy"] == policy and r["fraction"] in (lv, None)
-               and (families is None or r["family"] in families)]
+               and (families is None or r["family"] in families) and (seeds is None or r["model_seed"] in seeds)]
         return sum(got) / len(got) if got else float("nan")
+    seeds_of = lambda policy: {r["model_seed"] for r in result["records"] if r["policy"] == policy and r["fraction"] == level}
     verdict = lambda ok: "met" if ok else "NOT met"
-    full, dynts = rate("full", None), rate("dynts", level)
+    full, dynts = rate("full", None, seeds=seeds_of("dynts")), rate("dynts", level)
     print(f"\nTargets at {level:.0%}:\n")
     print(f"- DynTS within 2 points of Full, pooled: Full {100 * full:.1f}%, DynTS {100 * dynts:.1f}% "
           f"({100 * (dynts - full):+.1f}): {verdict(full - dynts <= 0.02)}")
     for family in ("decoy", "mixed"):  # the families where statements in the template are not all needed
-        f, lex = rate("full", None, [family]), rate("lexical", level, [family])
+        f, lex = rate("full", None, [family], seeds_of("lexical")), rate("lexical", level, [family])
         print(f"- `lexical` at least 20 points below Full on {family}: Full {100 * f:.1f}%, lexical {100 * lex:.1f}% "
               f"({100 * (lex - f):+.1f}): {verdict(f - lex >= 0.20)}")
     for t in result["paired_tests"]:
