@@ -6,6 +6,8 @@ usage: python docs/next/same_records.py OLD.json NEW.json"""
 import json
 import sys
 
+if len(sys.argv) != 3:
+    sys.exit(__doc__.splitlines()[-1])
 old, new = (json.load(open(f))["records"] for f in sys.argv[1:3])
 keys = ("correct", "items", "peak_kv", "mean_kv")
 differ = [i for i, (a, b) in enumerate(zip(old, new)) if any(a[k] != b[k] for k in keys)]

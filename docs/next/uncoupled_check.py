@@ -22,6 +22,8 @@ flag = lambda name, default: args[args.index(name) + 1] if name in args else def
 P, ratio = int(flag("--prompt-len", 96)), float(flag("--ratio", 0.3))
 protected = [int(x) for x in flag("--protected", f"0,4,10,{P}").split(",")]
 files = [a for a in args if a.endswith((".json", ".json.gz"))]
+if not files:
+    sys.exit("usage: " + __doc__.split("usage: ")[1].split("   (")[0].strip())
 
 
 def sawtooth_means(budget, window, kept_protected, steps=8192):

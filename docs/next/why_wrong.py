@@ -7,18 +7,24 @@ design, so a wrong C there counts as "walk" whatever went wrong.) Sampled at the
 temperature, one batch per policy, the same generator seed.
 usage: python docs/next/why_wrong.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]"""
 
+import os
 import re
 import sys
 from collections import Counter
 
 import torch
 
-from generate import generate
-from lab import task
-from lab.checkpoint import load_checkpoint
-from lab.policies import make_policy
-from model import get_encoding
-from lab.task import END_THINK
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+if len(sys.argv) < 2:
+    sys.exit(__doc__.splitlines()[-1])
+
+from generate import generate  # noqa: E402
+from lab import task  # noqa: E402
+from lab.checkpoint import load_checkpoint  # noqa: E402
+from lab.policies import make_policy  # noqa: E402
+from lab.task import END_THINK  # noqa: E402
+from model import get_encoding  # noqa: E402
 
 ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 4
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else ["full", "dynts"]
