@@ -4,19 +4,27 @@ the probability the model gives each byte that a walk copies from the table (the
 keys a query would no longer see, as lab/train.py's eviction_deaths replays them). The table is
 in the protected prompt under every policy here; only what else is cached changes. Per walk
 (A is written before any eviction, B and C after), the mean probability of a copied byte and
-the chance that sampling at temperature 1 writes the whole walk right (their product).
-usage: PYTHONPATH=. python docs/next/walk_probe.py CKPT [N_PER_FAMILY] [FRACTION]"""
+the chance that sampling at temperature 1 writes the whole walk right (their product); then, per
+problem, the chance of all three walks right, and 95% intervals for the differences between
+policies (a paired bootstrap over the problems).
+usage: python docs/next/walk_probe.py CKPT [N_PER_FAMILY] [FRACTION]"""
 
+import os
 import re
 import sys
 
 import torch
 
-from lab import task
-from lab.checkpoint import load_checkpoint
-from lab.policies import make_policy
-from lab.train import eviction_deaths, visibility
-from model import get_encoding
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+if len(sys.argv) < 2:
+    sys.exit(__doc__.splitlines()[-1])
+
+from lab import task  # noqa: E402
+from lab.checkpoint import load_checkpoint  # noqa: E402
+from lab.policies import make_policy  # noqa: E402
+from lab.train import eviction_deaths, visibility  # noqa: E402
+from model import get_encoding  # noqa: E402
 
 ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3
 fraction = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
@@ -29,6 +37,7 @@ window = round(d["window_fraction"] * budget)
 POLICIES = ["full", "dynts", "dynts-random", "window+p"]
 problems = [p for f in task.families_of(meta["task"]) for p in task.problems("valid", n, seed=0, family=f, **meta["task"])]
 sums = {(name, walk): [0.0, 0.0, 0] for name in POLICIES for walk in "ABC"}  # mean p, P(walk right), count
+all_three = {name: [] for name in POLICIES}  # per problem: P(the three walks right)
 with torch.no_grad():
     for k, problem in enumerate(problems):
         text = problem.text()
@@ -48,12 +57,26 @@ with torch.no_grad():
                 mask = visibility(eviction_deaths(policy, ids, hidden[0].float())[None])[0]
             _, h, _ = model(ids[None], mask=mask[None])
             probs = model.lm_head(h[0]).float().softmax(-1)  # (T, vocab): every position's next token
+            right = 1.0
             for walk, positions in walks.items():
                 p = torch.stack([probs[t - 1, ids[t]] for t in positions])
                 s = sums[(name, walk)]
                 s[0] += p.mean().item(); s[1] += p.prod().item(); s[2] += 1
+                right *= p.prod().item()
+            all_three[name].append(right)
         print(f"problem {k + 1} of {len(problems)} ({problem.family})", flush=True)
 print(f"{len(problems)} validation problems, budget {budget} ({fraction:.0%}), window {window}, ratio {d['ratio']}")
 print("policy         walk  mean p(copied byte)  P(walk right at temperature 1)")
 for (name, walk), (mp, pw, c) in sums.items():
     print(f"{name:14} {walk:4}  {mp / max(c, 1):19.4f}  {pw / max(c, 1):30.4f}  ({c} walks)")
+
+g = torch.Generator().manual_seed(0)
+draws = torch.randint(0, len(problems), (10_000, len(problems)), generator=g)  # problems resampled, paired
+print("P(the three walks right), mean over problems, and differences with a paired bootstrap's 95% interval:")
+for name in POLICIES:
+    print(f"  {name:14} {sum(all_three[name]) / len(problems):.4f}")
+for a, b in [("dynts", "full"), ("dynts-random", "dynts"), ("window+p", "dynts")]:
+    d = torch.tensor(all_three[a]) - torch.tensor(all_three[b])
+    means = d[draws].mean(dim=1)
+    lo, hi = means.quantile(torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
+    print(f"  {a} - {b}: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
