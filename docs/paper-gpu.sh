@@ -16,6 +16,7 @@ ck=${CK:-$out/ck}  # CK: checkpoints trained before (seed0.pt, seed1.pt, seed2.p
 for s in 0 1 2; do  # before any GPU time: a CK without its checkpoints would fail every eval run
   [ -z "${CK:-}" ] || [ -f "$ck/seed$s.pt" ] || { echo "paper-gpu.sh: CK=$ck has no seed$s.pt"; exit 2; }
 done
+[[ "${PROCS:-10}" =~ ^[1-9][0-9]*$ ]] || { echo "paper-gpu.sh: PROCS=${PROCS} must be a positive integer"; exit 2; }
 mkdir -p "$out"
 left() { echo $(( end - $(date +%s) )); }
 if [ -z "${CK:-}" ]; then
