@@ -97,9 +97,9 @@ def test_train_names_the_flag_the_user_gave(tmp_path):
 
 
 def test_eval_checks_the_budget_against_the_prompt_before_decoding():
-    r = subprocess.run(command("lab.eval") + ["--budget", "100", "--device", "cpu"], cwd=ROOT,
+    r = subprocess.run(command("lab.eval") + ["--budget", "90", "--device", "cpu"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and r.stderr.strip().endswith("--budget 100 must exceed the prompt's 129 tokens")
+    assert r.returncode != 0 and r.stderr.strip().endswith("--budget 90 must exceed the prompt's 96 tokens")
 
 
 @pytest.mark.parametrize("module", ["generate", "profile", "lab.eval", "lab.train", "lab.browser"])
@@ -129,15 +129,15 @@ def test_a_number_out_of_bounds_is_one_line_naming_its_flag(script, argv, names)
 
 
 def test_a_dynts_setting_that_keeps_no_older_thinking_token_says_so(capsys):
-    """--budget 600 --window 240 keeps floor(0.3 x 360) = 108 older slots, fewer than the 129-token
+    """--budget 400 --window 160 keeps floor(0.3 x 240) = 72 older slots, fewer than the 96-token
     protected prompt: one note, and DynTS then decodes exactly what window+p decodes."""
     import io
 
     import generate
-    settings = dict(budget=600, window=240, max_new_tokens=700, out=io.StringIO())
+    settings = dict(budget=400, window=160, max_new_tokens=500, out=io.StringIO())
     dynts_stats = generate.main(policy="dynts", stats_json=None, **settings)
     note = capsys.readouterr().err.strip().splitlines()
-    assert len(note) == 1 and "108 older tokens" in note[0] and "129-token protected prompt" in note[0]
+    assert len(note) == 1 and "72 older tokens" in note[0] and "96-token protected prompt" in note[0]
     assert dynts_stats["evictions"] >= 1 and set(dynts_stats["older_thinking_kept"]) == {0}
     window_text, dynts_text = io.StringIO(), settings["out"].getvalue()
     generate.main(policy="window+p", **dict(settings, out=window_text))

@@ -1,5 +1,5 @@
 """A refactor keeps every policy's tokens: the positions each eviction keeps, and what
-`python generate.py --dynts` prints, against records made before the layout change
+`python generate.py --dynts` prints, against records made with the shipped checkpoint
 (tests/fixtures/make_kept_record.py)."""
 
 import io
@@ -43,7 +43,7 @@ def test_every_policy_keeps_the_recorded_positions(name, shipped):
     assert tokens.tolist() == want["tokens"]
 
 
-def test_generate_dynts_prints_what_it_printed_before_the_layout_change():
+def test_generate_dynts_prints_what_it_printed_when_recorded():
     out = io.StringIO()
     generate.main(policy="dynts", out=out)
     speedless = re.sub(r" \| [0-9.]+ tokens/s on ", " | <speed> on ", out.getvalue())

@@ -342,10 +342,10 @@ def test_announce_and_walks_first(family):
             assert all(f"{x}={v}" in last for x, v in res.items())
 
 
-# The first 20 evaluation problems of each family, with the shipped checkpoint's task knobs
-# (announce=True), as task.py drew them when it was trained and evaluated (2026-11-27, the
-# commit that shipped it): the README's results are on these.
-SHIPPED_EVAL_SHA256 = "11ecf1f8a751ae3605100c79a224081c3dc9cda2c5cd48cfc953c3d3185481a5"
+# The first 20 evaluation problems of each family, with the shipped checkpoint's task knobs (the
+# paper's regime, train.TASK), as task.py drew them when it was trained (2026-12-04, the
+# 4,500-step training): the README's results are on problems drawn this way.
+SHIPPED_EVAL_SHA256 = "2208e600e28e25be6abe7d9bfaa45da9b754b5d557a2fe04a035c97937ffeadb"
 
 
 def test_the_shipped_checkpoints_problems_do_not_change():
@@ -353,13 +353,14 @@ def test_the_shipped_checkpoints_problems_do_not_change():
     import hashlib
 
     from lab.checkpoint import DEFAULT_CKPT, load_checkpoint
+    from lab.train import TASK
     meta = load_checkpoint(DEFAULT_CKPT)[2]
-    assert meta["task"] == {"announce": True}
-    text = "".join(p.text() for f in FAMILIES for p in problems("eval", 20, family=f, **meta["task"]))
+    assert meta["task"] == TASK
+    text = "".join(p.text() for f in task.FAMILIES for p in problems("eval", 20, family=f, **meta["task"]))
     assert hashlib.sha256(text.encode()).hexdigest() == SHIPPED_EVAL_SHA256
-    for family in FAMILIES:
+    for family in task.FAMILIES:
         p = problems("eval", 2, family=family, **meta["task"])
-        assert f"mode {FAMILIES.index(family) + 1}" in p[0].prompt
+        assert f"mode {task.FAMILIES.index(family) + 1}" in p[0].prompt
 
 
 # ---- the paper's regime: a short question, a long trace, families with decoy statements ----
