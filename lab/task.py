@@ -64,7 +64,7 @@ from string import ascii_lowercase, ascii_uppercase
 THINK, END_THINK, EOT = "<think>", "</think>", "<|endoftext|>"  # special tokens 257, 258, 256
 SPLITS = ("train", "valid", "eval")
 FAMILIES = ("far", "local", "reused", "redundant", "prompt", "decoy", "mixed")
-SHORT_TRACE_FAMILIES = FAMILIES[:5]  # the short-trace task's (the shipped checkpoint's); the paper's regime adds two
+SHORT_TRACE_FAMILIES = FAMILIES[:5]  # the earlier short-trace task's; the paper's regime (shipped) adds two
 FAMILY_WEIGHTS = dict(far=1, local=1, reused=1, redundant=1, prompt=1, decoy=1, mixed=1)  # fixed before any evaluation
 # In the paper's regime, each family's checks per step are scaled by this, so that every family's
 # trace has about the same number of tokens (measured on 300 training problems a family).
