@@ -244,13 +244,10 @@ class CausalSelfAttention(nn.Module):
             y, probs = attention_with_probs(q, k, v, mask)
             # (B, Hkv, S): summed over queries, averaged over the query heads that read each kv head
             attention = probs.sum(dim=2).view(B, self.n_kv_head, -1, S).mean(dim=2)
-        elif T == 1 and self.n_head > self.n_kv_head:
-            # A decode step under GQA: the `group` query heads of one key/value head attend to the
-            # same keys with the same mask, so they go in as that head's `group` queries. Nothing
-            # copies the cache once per query head (which enable_gqa may do, outside flash attention).
-            group = self.n_head // self.n_kv_head
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, group, self.head_dim), k, v,
-                                               attn_mask=mask).reshape(B, self.n_head, 1, self.head_dim)
+        elif T == 1:
+            # A decode step: plain attention. SDPA's default dispatch is slow on a GPU when the length
+            # changes at every call, as it does here (docs/PERF_NOTES.md, 2026-12-04).
+            y = attention_with_probs(q, k, v)[0]
             attention = None
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(T > 1 and mask is None),

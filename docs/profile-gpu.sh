@@ -4,15 +4,15 @@
 # (done: docs/profile-r1-llama-8b-h200.txt) and at equal memory (--batch-size max); then the
 # native baselines' cost beside DynTS at batch 8.
 # The native baselines score by attention weights, which the CUDA-graph step does not return, so
-# they decode on the plain path, DynTS too there for a like-for-like share: that path is
-# launch-bound at this shape (about 80 tokens/s, 100 ms a step, on an H200), so that run jumps to
-# its marks (2k, and the eviction cycle that holds 5k: 2,100 steps for DynTS and SnapKV).
+# they decode on the plain path, DynTS too there for a like-for-like share: that path is slow at
+# this shape (160-250 tokens/s on an H200, 2026-12-04), so that run jumps to its marks (2k, and the
+# eviction cycle that holds 5k: 2,100 steps for DynTS and SnapKV).
 # Each run writes OUT_DIR/<name>.json and .txt (and .png where matplotlib is installed).
 # usage: [RUNS="batch8 equal native"] [MEMORY_GIB=G] bash docs/profile-gpu.sh OUT_DIR [STEPS]
 # MEMORY_GIB: the equal-memory run fills G GiB instead of all that is free (78.7: what the H100
 # 80GB run of 2026-11-27 had free, so about its 30 and 94 rows again).
 # Minutes on one H200, estimated: batch8 4 (measured: 3.4), equal 11 with MEMORY_GIB=78.7 and about
-# 20 without, native 8.
+# 20 without, native 5 (measured, before model.py's decode step left SDPA).
 set -eu
 out=$1 steps=${2:-15000}
 mkdir -p "$out"
