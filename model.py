@@ -240,7 +240,7 @@ class CausalSelfAttention(nn.Module):
             mask = mask[:, None]  # (B, 1, T, S)
         elif T > 1 and (S > T or need_attention):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
-        if need_attention:  # the slow path: materialize the probabilities for the policy
+        if need_attention:  # the policy reads the attention: materialize the probabilities
             y, probs = attention_with_probs(q, k, v, mask)
             # (B, Hkv, S): summed over queries, averaged over the query heads that read each kv head
             attention = probs.sum(dim=2).view(B, self.n_kv_head, -1, S).mean(dim=2)
@@ -250,8 +250,7 @@ class CausalSelfAttention(nn.Module):
             y = attention_with_probs(q, k, v)[0]
             attention = None
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(T > 1 and mask is None),
-                                               enable_gqa=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
             attention = None
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y), attention
