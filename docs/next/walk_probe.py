@@ -7,7 +7,7 @@ in the protected prompt under every policy here; only what else is cached change
 the chance that sampling at temperature 1 writes the whole walk right (their product); then, per
 problem, the chance of all three walks right, and 95% intervals for the differences between
 policies (a paired bootstrap over the problems).
-usage: python docs/next/walk_probe.py CKPT [N_PER_FAMILY] [FRACTION]"""
+usage: python docs/next/walk_probe.py CKPT [N_PER_FAMILY] [FRACTION] [POLICIES, default full,dynts,dynts-random,window+p]"""
 
 import os
 import re
@@ -28,13 +28,13 @@ from model import get_encoding  # noqa: E402
 
 ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3
 fraction = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 model, predictor, meta = load_checkpoint(ckpt)
 model.eval(), predictor.eval()
 enc, d = get_encoding(meta["encoding"]), meta["decoding"]
 budget = round(fraction * d["full_peak_valid"])
 window = round(d["window_fraction"] * budget)
-POLICIES = ["full", "dynts", "dynts-random", "window+p"]
+POLICIES = (sys.argv[4] if len(sys.argv) > 4 else "full,dynts,dynts-random,window+p").split(",")
 problems = [p for f in task.families_of(meta["task"]) for p in task.problems("valid", n, seed=0, family=f, **meta["task"])]
 sums = {(name, walk): [0.0, 0.0, 0] for name in POLICIES for walk in "ABC"}  # mean p, P(walk right), count
 all_three = {name: [] for name in POLICIES}  # per problem: P(the three walks right)
@@ -76,6 +76,8 @@ print("P(the three walks right), mean over problems, and differences with a pair
 for name in POLICIES:
     print(f"  {name:14} {sum(all_three[name]) / len(problems):.4f}")
 for a, b in [("dynts", "full"), ("dynts-random", "dynts"), ("window+p", "dynts")]:
+    if a not in POLICIES or b not in POLICIES:
+        continue
     d = torch.tensor(all_three[a]) - torch.tensor(all_three[b])
     means = d[draws].mean(dim=1)
     lo, hi = means.quantile(torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
