@@ -2,9 +2,10 @@
 # The paper regime's whole GPU run in one background job: train three seeds (docs/train-gpu.sh;
 # skipped with CK=DIR, checkpoints trained before), then evaluate them (docs/eval-gpu.sh) until
 # END_S seconds after the start, in this order: the core policies at 30% (full, dynts, lexical,
-# oracle, the random reference), the confirmatory problems (EVAL_SEED=1), the core at 45%, the
-# baselines at 30%, then at 45%. A second call with the same OUT_DIR skips the finished runs. Started
-# detached (setsid) so that it outlives one device call; poll with `tail PIPELINE_LOG`.
+# oracle, the random reference), the confirmatory problems (EVAL_SEED=1), the core at 45%, a check
+# of the decode step, the baselines at 30%, then at 45%, then DynTS at 40% and 50%. A second call
+# with the same OUT_DIR skips the finished runs. Started detached (setsid) so that it outlives one
+# device call; poll with `tail PIPELINE_LOG`.
 # usage: [STEPS=4500] [END_S=1380] [EVAL=1] [CK=DIR] [PROCS=10] bash docs/paper-gpu.sh OUT_DIR
 # (PROCS: eval processes sharing the GPU at once)
 # (4,500 steps took 19 minutes for the three seeds on one H200, 2026-12-04, so EVAL=0 there: the
@@ -25,18 +26,23 @@ if [ -z "${CK:-}" ]; then
 fi
 [ "${EVAL:-1}" = 1 ] || exit 0
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # ten eval processes on 16 cores: each mostly launches GPU kernels
-phase() {  # name, out dir, margin (s), level, then eval-gpu.sh's environment (MAIN=..., EVAL_SEED=...)
-  name=$1 dir=$2 margin=$3 level=$4; shift 4
+phase() {  # name, out dir, margin (s), levels, seeds, then eval-gpu.sh's environment (MAIN=..., EVAL_SEED=...)
+  name=$1 dir=$2 margin=$3 levels=$4 seeds=$5; shift 5
   echo "$name: $(date -u +%T), $(left) s left"
-  env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) "${PROCS:-10}" "$level" "0 1 2"
+  env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) "${PROCS:-10}" "$levels" "$seeds"
 }
 core="dynts lexical oracle dynts-random"
 baselines="h2o+p h2o-native+p snapkv+p snapkv-native+p rkv+p rkv-native+p
            h2o h2o-native snapkv snapkv-native rkv rkv-native
            window+p sepllm+p streaming+p window sepllm streaming"  # each native row beside its official form
-phase "30%, the core" "$out/ev" 240 0.3 MAIN="full $core"
-phase "confirmatory (EVAL_SEED=1)" "$out/ev-confirm" 200 0.3 MAIN="full dynts lexical" EVAL_SEED=1
-phase "45%, the core" "$out/ev45" 150 0.45 MAIN="$core"
-phase "30%, the baselines" "$out/ev" 150 0.3 MAIN="$baselines"
-phase "45%, the baselines" "$out/ev45" 120 0.45 MAIN="$baselines"
+phase "30%, the core" "$out/ev" 240 0.3 "0 1 2" MAIN="full $core"
+phase "confirmatory (EVAL_SEED=1)" "$out/ev-confirm" 200 0.3 "0 1 2" MAIN="full dynts lexical" EVAL_SEED=1
+phase "45%, the core" "$out/ev45" 150 0.45 "0 1 2" MAIN="$core"
+# The core ran before model.py's decode step left SDPA (2026-12-04); seed 0's Full and DynTS again
+# under the new step, to compare with docs/next/same_records.py before the baselines are pooled.
+phase "check: the explicit decode step" "$out/ev-check" 150 0.3 "0" MAIN="full dynts"
+phase "30%, the baselines" "$out/ev" 150 0.3 "0 1 2" MAIN="$baselines"
+phase "45%, the baselines" "$out/ev45" 120 0.45 "0 1 2" MAIN="$baselines"
+# Exploratory (docs/RESULTS.md, the walk probe): does DynTS's Pass@1 follow where the evictions fall?
+phase "DynTS at 40% and 50%" "$out/ev-timing" 60 "0.4 0.5" "0 1 2" MAIN="dynts"
 echo "finished: $(date -u +%T) after $(( $(date +%s) - start )) s"
