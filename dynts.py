@@ -259,7 +259,7 @@ class DynTS(Policy):
         generated = tokens.masked_fill((positions < self.prompt_len).expand(tokens.shape), -1)  # the prompt: no token
         answering = self.answering[:, None] | strictly_after(generated, self.end_think_id)  # (B, T)
         done = self.done[:, None] | strictly_after(generated, self.eot_id)  # (B, T)
-        s = s.masked_fill(answering, ANSWER).masked_fill(done, -INF)
+        s = s.float().masked_fill(answering, ANSWER).masked_fill(done, -INF)  # ANSWER overflows bf16
         self.answering |= (generated == self.end_think_id).any(dim=1)
         self.done |= (generated == self.eot_id).any(dim=1)
         return s

@@ -292,6 +292,21 @@ def test_dynts_ranks_the_answer_above_thinking_and_padding_after_end_of_text_las
     assert policy.ranking(None)[0].tolist() == [INF, 0.0, 0.0, dynts.ANSWER, dynts.ANSWER, -INF]
 
 
+def test_a_low_precision_score_still_ranks_the_answer_below_the_prompt():
+    """A subclass whose predict returns bf16 (a bf16 model's own head): ANSWER, float32's
+    largest, must not overflow to +inf, which would protect the answer like the prompt."""
+    class HalfScores(dynts.DynTS):
+        def predict(self, hidden):
+            return hidden[..., 0].to(torch.bfloat16)
+
+    policy = HalfScores(budget=20, window=1, ratio=0.3, predictor=None, prompt_len=1, end_think_id=END_THINK,
+                        eot_id=EOT)
+    policy.reset(1, 20)
+    for i, tok in enumerate([1, 5, END_THINK, 7]):
+        policy.observe(torch.tensor([[tok]]), torch.zeros(1, 1, 2), torch.tensor([i]))
+    assert policy.ranking(None)[0].tolist() == [INF, 0.0, 0.0, dynts.ANSWER]
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(budget=10, window=10), "--window"),
     (dict(budget=10, window=12), "--window"),
