@@ -28,7 +28,6 @@ from dynts import ANSWER, INF
 from lab import task
 
 
-
 class TraceLog:
     """What a policy kept, for the pictures: pass `on_step=log.on_step` to generate.generate
     (after each step, with its eviction or None); `log.finish()` once it returns."""
