@@ -8,7 +8,10 @@ import sys
 
 if len(sys.argv) != 3:
     sys.exit(__doc__.splitlines()[-1])
-old, new = (json.load(open(f))["records"] for f in sys.argv[1:3])
+try:
+    old, new = (json.load(open(f))["records"] for f in sys.argv[1:3])
+except (OSError, ValueError, KeyError) as e:  # no such file, not JSON, no records
+    sys.exit(f"same_records.py: error: {type(e).__name__}: {e}")
 keys = ("correct", "items", "peak_kv", "mean_kv")
 differ = [i for i, (a, b) in enumerate(zip(old, new)) if any(a[k] != b[k] for k in keys)]
 print(f"{len(old)} and {len(new)} records; {len(differ)} problems differ"

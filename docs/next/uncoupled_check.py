@@ -19,8 +19,11 @@ import numpy as np
 
 args = sys.argv[1:]
 flag = lambda name, default: args[args.index(name) + 1] if name in args else default
-P, ratio = int(flag("--prompt-len", 96)), float(flag("--ratio", 0.3))
-protected = [int(x) for x in flag("--protected", f"0,4,10,{P}").split(",")]
+try:
+    P, ratio = int(flag("--prompt-len", 96)), float(flag("--ratio", 0.3))
+    protected = [int(x) for x in flag("--protected", f"0,4,10,{P}").split(",")]
+except (ValueError, IndexError) as e:  # not a number, or a flag without its value
+    sys.exit(f"uncoupled_check.py: error: --prompt-len, --ratio and --protected take numbers ({e})")
 files = [a for a in args if a.endswith((".json", ".json.gz"))]
 if not files:
     sys.exit("usage: " + __doc__.split("usage: ")[1].split("   (")[0].strip())
@@ -38,7 +41,10 @@ def sawtooth_means(budget, window, kept_protected, steps=8192):
 
 
 for f in files:
-    records = json.load(gzip.open(f) if f.endswith(".gz") else open(f))["records"]
+    try:
+        records = json.load(gzip.open(f) if f.endswith(".gz") else open(f))["records"]
+    except (OSError, ValueError, KeyError) as e:  # no such file, not JSON, no records
+        sys.exit(f"uncoupled_check.py: error: {f}: {type(e).__name__}: {e}")
     runs = defaultdict(list)
     for r in records:
         if r["budget"] is not None:  # Full never evicts

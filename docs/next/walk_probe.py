@@ -21,20 +21,16 @@ if len(sys.argv) < 2:
     sys.exit(__doc__.splitlines()[-1])
 
 from lab import task  # noqa: E402
-from lab.checkpoint import load_checkpoint  # noqa: E402
 from lab.policies import make_policy  # noqa: E402
 from lab.train import eviction_deaths, visibility  # noqa: E402
 from model import get_encoding  # noqa: E402
+from probe_setup import setup  # noqa: E402
 
-ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3
-fraction = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
+args = sys.argv[1:] + ["3", "0.3", "full,dynts,dynts-random,window+p"][len(sys.argv) - 2:]
+POLICIES = args[3].split(",")
 torch.set_num_threads(int(os.environ.get("THREADS", 2)))
-model, predictor, meta = load_checkpoint(ckpt)
-model.eval(), predictor.eval()
+model, predictor, meta, n, fraction, budget, window = setup("walk_probe.py", args[0], args[1], args[2], POLICIES)
 enc, d = get_encoding(meta["encoding"]), meta["decoding"]
-budget = round(fraction * d["full_peak_valid"])
-window = round(d["window_fraction"] * budget)
-POLICIES = (sys.argv[4] if len(sys.argv) > 4 else "full,dynts,dynts-random,window+p").split(",")
 problems = [p for f in task.families_of(meta["task"]) for p in task.problems("valid", n, seed=0, family=f, **meta["task"])]
 sums = {(name, walk): [0.0, 0.0, 0] for name in POLICIES for walk in "ABC"}  # mean p, P(walk right), count
 all_three = {name: [] for name in POLICIES}  # per problem: P(the three walks right)

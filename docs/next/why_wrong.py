@@ -21,23 +21,20 @@ if len(sys.argv) < 2:
 
 from generate import generate  # noqa: E402
 from lab import task  # noqa: E402
-from lab.checkpoint import load_checkpoint  # noqa: E402
 from lab.policies import make_policy  # noqa: E402
 from lab.task import END_THINK  # noqa: E402
 from model import get_encoding  # noqa: E402
+from probe_setup import setup  # noqa: E402
 
-ckpt, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 4
-names = sys.argv[3].split(",") if len(sys.argv) > 3 else ["full", "dynts"]
-fraction = float(sys.argv[4]) if len(sys.argv) > 4 else 0.3
+args = sys.argv[1:] + ["4", "full,dynts", "0.3"][len(sys.argv) - 2:]
+names = args[2].split(",")
 torch.set_num_threads(2)
-model, predictor, meta = load_checkpoint(ckpt)
-model.eval(), predictor.eval()
+model, predictor, meta, n, fraction, budget, window = setup("why_wrong.py", args[0], args[1], args[3], names)
 enc, d = get_encoding(meta["encoding"]), meta["decoding"]
 problems = [p for f in task.families_of(meta["task"]) for p in task.problems("eval", n, seed=0, family=f, **meta["task"])]
 prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
 assert len({len(p) for p in prompts}) == 1, "one batch needs prompts of one length"
-P, budget = len(prompts[0]), round(fraction * d["full_peak_valid"])
-window = round(d["window_fraction"] * budget)
+P = len(prompts[0])
 end_think, eot = enc.encode_single_token(END_THINK), enc.eot_token
 for name in names:
     policy = make_policy(name, None if name == "full" else budget, 0 if name == "full" else window, d["ratio"], P,
