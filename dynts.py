@@ -11,11 +11,10 @@ cache slot is scored; `Policy.evict` carries out an eviction: select, compact th
 (`model.KVCache.keep`), move the scores along. `policy.scores[b, s]` belongs to the token in
 slot s of row b and moves with it.
 
-To add a policy: subclass `Policy`, override `score` (a score per new token, recorded once) or
-`add_attention` (set `needs_attention = True`: the model then returns the attention each slot
-received at every step), and add the class to `BASELINES` in lab/policies.py (its name + "+p"
-then protects the prompt too; `ABLATIONS` holds DynTS's own variants). The baselines there
-(Window, StreamingLLM, H2O, SnapKV, R-KV, SepLLM) are examples.
+To add a policy: subclass `Policy` and override what you change (its docstring lists the
+methods). From Python, hand an instance to `generate.generate`; to run it by name from the
+command line, add the class to `YOURS` in lab/policies.py (its name + "+p" then protects the
+prompt too). The baselines there (Window, StreamingLLM, H2O, SnapKV, R-KV, SepLLM) are examples.
 """
 
 import math
@@ -113,12 +112,20 @@ def select_keep(scores: torch.Tensor, n_keep: int, window: int) -> torch.Tensor:
 class Policy:
     """Evicts when the cache holds `budget` slots: keeps the last `window`, and of the older
     ones the top `max(protected, floor(ratio * (L - window)))` by score, where `protected`
-    counts the +inf (never evicted) older slots. Only positions are +inf, so every row keeps the
-    same number of slots, and no row's tokens change what another row keeps. With
-    `protect_prompt`, the prompt's `prompt_len` tokens rank +inf, whatever their scores.
+    counts the +inf (never evicted) older slots. +inf goes by position (the prompt, a baseline's
+    sinks), never by a token's content, so every row keeps the same number of slots, and no
+    row's tokens change what another row keeps. With `protect_prompt`, the prompt's
+    `prompt_len` tokens rank +inf, whatever their scores.
 
-    Subclasses override `score` (each new token's score, recorded once), and attention-based
-    ones `add_attention` (rescore the live slots at every step) or `eviction_scores`.
+    A subclass overrides what it changes:
+    - `score`: each new token's score, recorded once (DynTS: the predictor's);
+    - `add_attention`, with `needs_attention = True`: fold the attention each live slot received
+      at this step into its score (H2O, SnapKV);
+    - `eviction_scores`: rank by something read at the eviction (SnapKV pools, R-KV reads keys);
+    - `n_keep`: how many slots an eviction keeps;
+    - `should_evict`: when to evict. The cache holds `budget` slots at most, so by then.
+    A plain Policy ranks the answer (after `</think>`) like any thinking token; to keep DynTS's
+    rule for it, subclass `DynTS` and override `predict`.
     """
 
     name = "?"
@@ -144,13 +151,19 @@ class Policy:
 
     def reset(self, batch_size: int, capacity: int, device=None):
         """Start a generation: one score per cache slot, preallocated like the cache."""
+        # `positions` and `length` mirror the cache's `pos` and `length` (keep_scores follows each
+        # compaction), so that a ranking needs only the policy, and the native baselines' per-head
+        # sets, which the cache's one `pos` row cannot hold, have their own.
         self.scores = torch.zeros(batch_size, capacity, device=device)  # (B, capacity)
         self.positions = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # each slot's token
         self.length = 0  # live slots, as in the cache
 
     def score(self, tokens, hidden, positions) -> torch.Tensor:
-        """Scores (B, T) of T new tokens (B, T) at positions (B, T), from their final hidden
-        states (B, T, C). The default, 0, suits policies that score by attention later."""
+        """Scores (B, T) of T new tokens (B, T), from their final hidden states (B, T, C). Every
+        row writes its new tokens at the same positions, so `positions` may come as (B, T), (1, T)
+        or (T,): expand a result computed from it alone to `tokens.shape`. It may be a view of the
+        cache's positions: clone it to keep it. The default, 0, suits policies that score by
+        attention later."""
         return torch.zeros(tokens.shape, device=tokens.device)
 
     def observe(self, tokens, hidden, positions, attention=None):
@@ -168,7 +181,7 @@ class Policy:
         """Attention-based policies fold this step's attention (B, S) into the live scores."""
 
     def should_evict(self, cache_length: int) -> bool:
-        return cache_length >= self.budget
+        return cache_length >= self.budget  # the cache's capacity: one more token would not fit
 
     def eviction_scores(self, cache: KVCache) -> torch.Tensor:
         """What an eviction ranks the live slots by (B, L): the recorded scores. SnapKV pools
@@ -192,7 +205,7 @@ class Policy:
         same rule on every row of heads.)"""
         L = ranking.shape[-1]
         rows = ranking.reshape(-1, L)  # (B, L), or one row per (layer, row, kv head)
-        protected = int((rows[:, :L - self.window] == INF).sum(dim=1).max())  # the same in every row
+        protected = int((rows[:, :L - self.window] == INF).sum(dim=1).max())  # +inf by position: alike in every row
         # A full cache frees at least one slot, even where sinks and window fill it.
         keep = select_keep(rows, min(self.n_keep(L, protected), L - 1), self.window)
         return keep.view(*ranking.shape[:-1], -1)

@@ -39,8 +39,9 @@ def sample(logits, temperature: float, top_k: int | None, generator=None) -> tor
 def step(model: GPT, cache: KVCache, policy: Policy, tokens: torch.Tensor, graphs=None):
     """One step: the model reads tokens (B, T) into the cache, the policy scores them, and a
     full cache evicts. Returns the last position's logits (B, vocab) and the eviction (the kept
-    slots and their ranking: Policy.evict), or None. `graphs`: the same forward and scoring,
-    replayed as CUDA graphs (lab/fastpath.py)."""
+    slots and their ranking: Policy.evict), or None. The logits were computed on the whole
+    cache, before the eviction: an eviction changes what the next step reads. `graphs`: the same
+    forward and scoring, replayed as CUDA graphs (lab/fastpath.py)."""
     forward, observe = graphs or (model, policy.observe)
     logits, hidden, attention = forward(tokens, cache, need_attention=policy.needs_attention)
     positions = cache.pos[:, cache.length - tokens.shape[1]:cache.length]  # (B, T): a view, no copy
@@ -80,9 +81,9 @@ def generate(model: GPT, prompt, policy: Policy, max_new_tokens: int, num_sample
                  kv_allocated_bytes=cache.allocated_bytes())
     graphs = None
 
-    def advance(tokens):
+    def run_step(tokens):
         logits, eviction = step(model, cache, policy, tokens, graphs)
-        length = cache.length if eviction is None else eviction[1].shape[1]  # what this step's forward read
+        length = cache.length if eviction is None else eviction[1].shape[1]  # before the eviction (the ranking's width)
         stats["peak_kv_tokens"] = max(stats["peak_kv_tokens"], length)
         stats["kv_token_steps"] += length
         stats["evictions"] += eviction is not None
@@ -95,7 +96,7 @@ def generate(model: GPT, prompt, policy: Policy, max_new_tokens: int, num_sample
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    logits = advance(prompt)  # the prefill
+    logits = run_step(prompt)  # the prefill
     if cuda_graphs:  # the speed layer, captured once the cache holds the prompt
         from lab import fastpath
         graphs = fastpath.capture(model, cache, policy)
@@ -111,7 +112,7 @@ def generate(model: GPT, prompt, policy: Policy, max_new_tokens: int, num_sample
             on_token(int(token[0, 0]))
         if (eot_id is not None and (i + 1) % check_every == 0 and bool(done.all())) or i == max_new_tokens - 1:
             break
-        logits = advance(token)
+        logits = run_step(token)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -267,7 +268,8 @@ def parse_args(argv=None):
     p.add_argument("--dynts", dest="policy", action="store_const", const="dynts", help="short for --policy dynts")
     p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens (default: the checkpoint's)")
     p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the checkpoint's)")
-    p.add_argument("--ratio", type=float, help="fraction of the older tokens kept at an eviction, in (0, 1]")
+    p.add_argument("--ratio", type=float, help="share of the older tokens an eviction keeps, the protected "
+                   "prompt included, in (0, 1] (default: the checkpoint's)")
     p.add_argument("--prompt", help="the prompt text (special tokens such as <think> allowed); "
                    "default: a held-out problem of the checkpoint's task. With --hf: a question, put in "
                    "R1-Distill's chat format, or a whole prompt starting with the bos token")

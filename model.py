@@ -2,7 +2,7 @@
 Llama / Qwen2 family's (RMSNorm, SwiGLU, rotary positions, grouped-query attention), chosen
 by config fields, each option a few lines next to its alternative.
 
-Read it bottom-up: the tokenizer, the config, the KV cache, rotary positions, attention, the
+Read it top to bottom: the tokenizer, the config, the KV cache, rotary positions, attention, the
 MLP, a block, the model. It knows nothing of DynTS: dynts.py decides which cache slots to keep and calls
 `KVCache.keep(idx)`; the model only writes, reads and compacts the cache it is given.
 
@@ -115,14 +115,14 @@ class KVCache:
     `length` slots are live. `pos[b, s]` is the position of the token in slot s of row b: after
     evictions the slots are no longer their positions. `seen` counts every token ever written,
     so the next token's position is `seen`, whatever `length` is. Every row holds the same
-    number of slots and its tokens at the same positions (prompts of one length); what differs
-    between rows after an eviction is which positions they kept.
+    number of slots and writes each new token at the same position (prompts of one length);
+    after an eviction, rows differ in which positions they kept.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, capacity: int, device=None, dtype=None):
         self.capacity = capacity
         shape = (config.n_layer, 2, batch_size, config.n_kv_head, capacity, config.head_dim)
-        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, k|v, B, Hkv, capacity, D)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (n_layer, k|v, B, Hkv, capacity, D)
         self.pos = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # (B, capacity)
         self.length = 0  # live slots
         self.seen = 0  # tokens written so far: the next token's position
@@ -153,13 +153,13 @@ class KVCache:
         that a later chunk still reads. What is in flight is one chunk of slots, not a second
         copy of the kept cache (at the 8B shape, batch 8: 32 MiB, not 3 GB)."""
         n = idx.shape[-1]
-        L, _, B, Hkv, _, D = self.kv.shape
+        n_layer, _, B, Hkv, _, D = self.kv.shape
         per_head = idx.dim() == 4
         for a in range(0, n, chunk):
-            src = idx[..., a:a + chunk]  # (B, c) or (L, B, Hkv, c): the chunk's slots, all >= a
+            src = idx[..., a:a + chunk]  # (B, c) or (n_layer, B, Hkv, c): the chunk's slots, all >= a
             c = src.shape[-1]
-            src = src.view(L, 1, B, Hkv, c, 1) if per_head else src.view(1, 1, B, 1, c, 1)
-            self.kv[:, :, :, :, a:a + c] = self.kv.gather(4, src.expand(L, 2, B, Hkv, c, D))
+            src = src.view(n_layer, 1, B, Hkv, c, 1) if per_head else src.view(1, 1, B, 1, c, 1)
+            self.kv[:, :, :, :, a:a + c] = self.kv.gather(4, src.expand(n_layer, 2, B, Hkv, c, D))
         self.pos[:, :n] = self.pos.gather(1, idx[0, :, 0] if per_head else idx)
         self.length = n
 
