@@ -251,9 +251,9 @@ def key_redundancy(keys: torch.Tensor, threshold: float, chunk: int = 64) -> tor
         k = F.normalize(keys[a:a + chunk].float(), dim=-1)
         sim = k @ k.transpose(1, 2)  # (n, L, L)
         sim.diagonal(dim1=1, dim2=2).zero_()
-        slots = torch.arange(sim.shape[-1], device=sim.device)
+        slots = torch.arange(sim.shape[-1], device=sim.device, dtype=torch.int32)  # (n, L, L) below: not int64
         newest = torch.where(sim > threshold, slots, 0).max(dim=-1).values  # (n, L): each key's newest duplicate
-        sim.scatter_(2, newest[..., None], 0.0)
+        sim.scatter_(2, newest.long()[..., None], 0.0)
         out.append(sim.mean(dim=-1).softmax(dim=-1))
     return torch.cat(out)
 
