@@ -244,10 +244,18 @@ class CausalSelfAttention(nn.Module):
             y, probs = attention_with_probs(q, k, v, mask)
             # (B, Hkv, S): summed over queries, averaged over the query heads that read each kv head
             attention = probs.sum(dim=2).view(B, self.n_kv_head, -1, S).mean(dim=2)
-        elif T == 1:
-            # A decode step: plain attention. SDPA's default dispatch is slow on a GPU when the length
-            # changes at every call, as it does here (docs/PERF_NOTES.md, 2026-12-04).
+        elif T == 1 and x.is_cuda:
+            # A decode step on a GPU: plain attention. SDPA's default dispatch pays tens of ms there
+            # for each length it has not seen, and a decode step's is always new (docs/PERF_NOTES.md).
             y = attention_with_probs(q, k, v)[0]
+            attention = None
+        elif T == 1:
+            # A decode step on the CPU: SDPA, the `group` query heads of a kv head as its `group`
+            # queries, so nothing copies the cache per query head. (The plain path's scores grow by a
+            # slot a step, and the C heap fragments under them: gigabytes of memory by 6,000 steps.)
+            group = self.n_head // self.n_kv_head
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, group, self.head_dim), k, v)
+            y = y.reshape(B, self.n_head, 1, self.head_dim)
             attention = None
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
