@@ -50,6 +50,14 @@ for backend in [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPB
         with sdpa_kernel([backend]):
             return F.scaled_dot_product_attention(grouped, *keys(n))
     cases[f"SDPA, grouped, only {backend.name}"] = run
+
+
+def no_cudnn(n):  # one context for a decode step that may take flash (bf16) or efficient (fp32)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return F.scaled_dot_product_attention(grouped, *keys(n))
+
+
+cases["SDPA, grouped, flash / efficient / math (no cuDNN)"] = no_cudnn
 mb = 2 * B * Hkv * S * D * 2 / 1e6
 print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: batch {B}, {S} live slots of {cap}, "
       f"{H} / {Hkv} heads, head dim {D}, bf16; K and V are {mb:.1f} MB a layer")
