@@ -294,7 +294,9 @@ def test_dynts_ranks_the_answer_above_thinking_and_padding_after_end_of_text_las
 
 def test_a_low_precision_score_still_ranks_the_answer_below_the_prompt():
     """A subclass whose predict returns bf16 (a bf16 model's own head): ANSWER, float32's
-    largest, must not overflow to +inf, which would protect the answer like the prompt."""
+    largest, must not overflow to +inf, which would protect the answer like the prompt. (Also
+    the README's advice: a DynTS subclass that overrides predict keeps the prompt's and the
+    answer's ranks.)"""
     class HalfScores(dynts.DynTS):
         def predict(self, hidden):
             return hidden[..., 0].to(torch.bfloat16)

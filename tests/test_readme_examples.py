@@ -36,22 +36,6 @@ def test_the_own_policy_example_keeps_what_it_scores_highest():
     assert kept == [0, 2, 4, 6, 8, 9]  # older: 8 slots, keep 4, the even ones (ties: the later); window 8, 9
 
 
-def test_a_dynts_subclass_keeps_its_rules_for_the_prompt_and_the_answer():
-    """The README: subclass DynTS and override `predict` to keep the prompt at +inf and the
-    answer at ANSWER (a plain Policy ranks both like thinking tokens)."""
-    import dynts
-
-    class Zero(dynts.DynTS):
-        def predict(self, hidden):
-            return torch.zeros(hidden.shape[:2])
-
-    policy = Zero(budget=10, window=2, ratio=0.5, prompt_len=2, predictor=None, end_think_id=7, eot_id=8)
-    policy.reset(1, 10)
-    tokens = torch.tensor([[1, 1, 2, 2, 2, 7, 3, 3, 3, 3]])  # prompt, thinking, </think>, answer
-    policy.observe(tokens, torch.zeros(1, 10, 2), torch.arange(10))
-    assert policy.ranking(None).tolist() == [[INF, INF, 0, 0, 0, 0] + [dynts.ANSWER] * 4]
-
-
 def test_the_python_example_runs_and_solves_its_problem(capsys):
     code = re.search(r"## Use it from Python.*?```python\n(.*?)```", README, re.S).group(1)
     scope = {}
