@@ -253,8 +253,10 @@ PLOT_COLORS = {"oracle": "C1", "dynts": "C2", "dynts-random": "C7", "lexical": "
 
 
 def plot(rows: list[dict], path: str):
-    """Pass@1 against the mean peak KV cache, a line per policy with its 95% band: pooled, and
-    one panel per family."""
+    """Pass@1 against the mean peak KV cache, a line per policy with its 95% interval: pooled, and
+    one panel per family; and pooled against the mean cache over the decode, where the policies that
+    evict on their own schedules (the native baselines) differ from their peak. Policies that share a
+    peak are nudged apart along it by under 1% of the axis, so that their intervals show."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -262,20 +264,25 @@ def plot(rows: list[dict], path: str):
             "rkv-native+p", "snapkv-native+p", "h2o-native+p", "rkv-native", "snapkv-native", "h2o-native",
             "sepllm+p", "sepllm", "window+p", "streaming", "window"]
     names = [n for n in main if any(r["policy"] == n for r in rows)]
-    panels = ["pooled"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
+    panels = ["pooled", "mean"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
     cols = min(3, len(panels))
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5 * cols, 4.25 * -(-len(panels) // cols)),
                              sharey=True, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
-        for name in names:
-            rs = sorted((r for r in rows if r["policy"] == name), key=lambda r: r["peak_kv"])
+        cache = "mean_kv" if panel == "mean" else "peak_kv"
+        peaks = [r["peak_kv"] for r in rows if r["policy"] != "full"]
+        span = max(max(peaks) - min(peaks), 0.2 * max(peaks))  # at least +-10%: one budget is not zoomed to a token
+        nudge = 0.006 * span  # policies at one peak drawn side by side
+        for i, name in enumerate(names):
+            rs = sorted((r for r in rows if r["policy"] == name), key=lambda r: r[cache])
             if name == "full":
                 x = rs[0]["peak_kv"]
-                y = rs[0]["pass_at_1"] if panel == "pooled" else rs[0]["families"][panel]
+                y = rs[0]["pass_at_1"] if panel in ("pooled", "mean") else rs[0]["families"][panel]
                 ax.axhline(100 * y, color="black", ls="--", lw=1, label=f"full ({x:.0f} KV)")
                 continue
-            x = [r["peak_kv"] for r in rs]
-            if panel == "pooled":
+            shared = [sum(abs(r["peak_kv"] - q) < nudge for q in peaks) > 1 for r in rs]
+            x = [r[cache] + (i - len(names) / 2) * nudge * (panel != "mean" and s) for r, s in zip(rs, shared)]
+            if panel in ("pooled", "mean"):
                 y = [100 * r["pass_at_1"] for r in rs]
                 lo, hi = zip(*[(100 * r["ci_crossed"][0], 100 * r["ci_crossed"][1]) for r in rs])
             else:
@@ -293,10 +300,15 @@ def plot(rows: list[dict], path: str):
             ax.plot(x, y, label=name, marker="s" if base.endswith("-native") else "o", ms=4,
                     lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls, color=color)
             ax.fill_between(x, lo, hi, alpha=0.12, color=color)
-        ax.set_title(panel if panel == "pooled" else f"family: {panel}")
+            ax.errorbar(x, y, yerr=[[max(a - b, 0) for a, b in zip(y, lo)], [max(b - a, 0) for a, b in zip(y, hi)]], fmt="none",
+                        ecolor=color, elinewidth=1, capsize=2)  # a level alone has no band to show its interval
+        ax.set_title({"pooled": "pooled", "mean": "pooled, against the mean cache"}.get(panel, f"family: {panel}"))
         ax.set_ylim(-3, 103)
+        mid = sum(ax.get_xlim()) / 2
+        ax.set_xlim(min(ax.get_xlim()[0], mid - span / 2), max(ax.get_xlim()[1], mid + span / 2))
         ax.grid(alpha=0.3)
-        ax.set_xlabel("mean peak KV cache (tokens per problem)")
+        ax.set_xlabel(("mean KV cache over the decode" if panel == "mean" else "mean peak KV cache")
+                      + " (tokens per problem)")
     for ax in axes[:, 0]:
         ax.set_ylabel("Pass@1 (%)")
     for ax in axes.flat[len(panels):]:
