@@ -336,6 +336,26 @@ def report(records: list[dict]) -> dict:
 # Command line
 
 
+def merged(paths: list[str], policies: str | None) -> dict:
+    """The records of earlier --json runs pooled and summarized; with `policies`, only theirs."""
+    records, ranking = [], []
+    for path in paths:
+        try:
+            with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+                run = json.load(f)
+            records += run["records"]
+            ranking += [run["ranking"]] if run.get("ranking") else []
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--merge {path}: not a JSON file written by eval.py --json ({e})") from None
+    if policies is not None:
+        keep = [name.strip() for name in policies.split(",")]
+        missing = [name for name in keep if not any(r["policy"] == name for r in records)]
+        if missing:
+            raise UsageError(f"--policies: no records of {missing[0]!r} in the --merge files")
+        records = [r for r in records if r["policy"] in keep]
+    return dict(records=records, ranking=ranking, **report(records))
+
+
 def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, ratio=None, budgets=None,
          fractions=None, split=None, batch_size=None, device=None, dtype=None, ranking_traces=None, json_path=None,
          plot_path=None, merge=None, hf_dir=None, problems_path=None, predictor_path=None, max_new_tokens=None,
@@ -349,7 +369,17 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
                      ranking_traces="--ranking-traces")
     values = dict(ckpt=ckpt, n=n, seed=seed, split=split, fractions=fractions, ranking_traces=ranking_traces)
     given = [flag for name, flag in tiny_only.items() if values[name] is not None]
-    if hf_dir is not None and not merge:
+    if merge:  # pool earlier runs' records: no decoding
+        decoding = {flag: values[name] for name, flag in tiny_only.items()} | {
+            "--budget": budget, "--budgets": budgets, "--window": window, "--ratio": ratio, "--batch-size": batch_size,
+            "--device": device, "--dtype": dtype, "--cuda-graphs": cuda_graphs or None, "--hf": hf_dir,
+            "--problems": problems_path, "--predictor": predictor_path, "--max-new-tokens": max_new_tokens}
+        for flag, value in decoding.items():
+            if value is not None:
+                raise UsageError(f"{flag} is for decoding; --merge only pools earlier runs (with --policies, --json, --plot)")
+        return finish(merged(merge, policies), json_path, plot_path)
+
+    if hf_dir is not None:
         if given:
             raise UsageError(f"{given[0]} is for the tiny reasoner's checkpoint; with --hf it would be ignored")
         return main_hf(hf_dir, problems_path, predictor_path, policies, budget, window, ratio, budgets, max_new_tokens,
@@ -362,18 +392,6 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
     seed = 0 if seed is None else seed
     split = "eval" if split is None else split
     dtype = "float32" if dtype is None else dtype
-    if merge:  # pool earlier runs' records: no decoding
-        records, ranking = [], []
-        for path in merge:
-            try:
-                with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
-                    run = json.load(f)
-                records += run["records"]
-                ranking += [run["ranking"]] if run.get("ranking") else []
-            except (OSError, ValueError, KeyError) as e:
-                raise UsageError(f"--merge {path}: not a JSON file written by eval.py --json ({e})") from None
-        result = dict(records=records, ranking=ranking, **report(records))
-        return finish(result, json_path, plot_path)
 
     device = resolve_device(device)
     cuda = device.startswith("cuda")
@@ -634,7 +652,7 @@ def parse_args(argv=None):
                    "(gzipped if it ends in .gz)")
     p.add_argument("--plot", dest="plot_path", help="PNG of Pass@1 against the KV budget (needs matplotlib)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="pool the records of earlier --json runs instead of "
-                   "decoding (seeds, or workers that split the policies)")
+                   "decoding (seeds, or workers that split the policies); --policies keeps only those")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as one CUDA graph "
                    "(fastpath.py); the policies that score by attention weights run without")
     g = p.add_argument_group("a real model: the comparison on a local Hugging Face checkpoint (Llama 3, Qwen2)")
