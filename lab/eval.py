@@ -379,6 +379,10 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
                 raise UsageError(f"{flag} is for decoding; --merge only pools earlier runs (with --policies, --json, --plot)")
         return finish(merged(merge, policies), json_path, plot_path)
 
+    levels_given = [flag for flag, value in [("--budget", budget), ("--budgets", budgets), ("--fractions", fractions)]
+                    if value is not None]
+    if len(levels_given) > 1:  # one would silently win
+        raise UsageError(f"{levels_given[0]} and {levels_given[1]}: give one of --budget, --budgets, --fractions")
     if hf_dir is not None:
         if given:
             raise UsageError(f"{given[0]} is for the tiny reasoner's checkpoint; with --hf it would be ignored")

@@ -165,6 +165,7 @@ def test_bad_checkpoints_get_one_line_naming_the_file(small_setup, tmp_path):
     (["--budget", "0"], "--budget"), (["--ratio", "0"], "--ratio"), (["--budgets", "600,x"], "--budgets"),
     (["--budgets", ""], "--budgets is empty"), (["--n", "100000000"], "--n"), (["--seed", str(2**70)], "--seed"),
     (["--ranking-traces", "-1"], "--ranking-traces"), (["--json", "/no/such/folder/x.json"], "--json"),
+    (["--budget", "900", "--budgets", "600,700"], "give one of"), (["--budgets", "600", "--fractions", "0.3"], "give one of"),
     # a real model (--hf): what it needs, and the flags of the other pipeline
     (["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
     (["--hf", HF_LLAMA], "needs --problems"), (["--problems", "p.jsonl"], "--problems is for --hf"),
