@@ -132,7 +132,7 @@ def generate(model: GPT, prompt, policy: Policy, max_new_tokens: int, num_sample
 
 def main(policy="full", budget=None, window=None, ratio=None, prompt=None, problem=None, max_new_tokens=None,
          num_samples=1, temperature=None, top_k=None, seed=1337, device=None, dtype="auto",
-         ckpt=None, init="ckpt", preset="tiny", hf=None, predictor_path=None, stats_json=None, html_path=None,
+         ckpt=None, init="ckpt", preset=None, hf=None, predictor_path=None, stats_json=None, html_path=None,
          plot_path=None, cuda_graphs=False, ignore_eot=False, out=None):
     """Run one generation per policy (`policy`: a name, or several, comma-separated) and print
     sample 0 as it is written, then a summary (and, on a terminal, the trace again with the
@@ -143,15 +143,15 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
     out = out or sys.stdout  # (read now: a default bound at import would miss a later redirect)
     names = policy_names(policy, "--policy")
     for name in names:  # each mistake one line, before any work (lab/flags.py)
-        check_flags(name, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
-                    stats_json, html_path, plot_path, cuda_graphs)
+        check_flags(name, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, preset, hf,
+                    predictor_path, stats_json, html_path, plot_path, cuda_graphs)
     device = resolve_device(device)
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError(f"--cuda-graphs needs a CUDA device, not {device}")
     dtype = getattr(torch, ("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" else dtype)
     torch.manual_seed(seed)
 
-    model, predictor, config, enc, meta = open_model(ckpt, init, preset, hf, predictor_path, device)
+    model, predictor, config, enc, meta = open_model(ckpt, init, preset or "tiny", hf, predictor_path, device)
     the_problem = None
     if prompt is None and meta["task"] is None:
         prompt = "Question: how far back does the answer look? <think>"
@@ -179,6 +179,8 @@ def main(policy="full", budget=None, window=None, ratio=None, prompt=None, probl
         policies.append(make_policy(name, budget, window, ratio, len(ids), predictor, enc, meta["end_think_id"],
                                     meta["eos_id"]))
         warn_prompt_fills_older(policies[-1], len(ids))
+    if top_k is not None and temperature == 0:
+        raise UsageError(f"--top-k {top_k} samples; at temperature 0 (greedy) it would be ignored: give --temperature")
     capacity = max(len(ids) + max_new_tokens if p.budget is None else p.budget for p in policies)
     nbytes = cache_bytes(config, num_samples, capacity, dtype.itemsize)
     what = f"--max-new-tokens {max_new_tokens}" if any(p.budget is None for p in policies) else f"--budget {budget}"
@@ -263,9 +265,9 @@ def summary(s: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--policy", default="full", help=f"KV-cache policy, or several, comma-separated, decoded one "
+    p.add_argument("--policy", help=f"KV-cache policy, or several, comma-separated, decoded one "
                    f"after the other and drawn side by side: {', '.join(NAMES)} (default: full)")
-    p.add_argument("--dynts", dest="policy", action="store_const", const="dynts", help="short for --policy dynts")
+    p.add_argument("--dynts", action="store_true", help="short for --policy dynts")
     p.add_argument("--budget", type=int, help="evict when the cache holds this many tokens (default: the checkpoint's)")
     p.add_argument("--window", type=int, help="the most recent tokens, always kept (default: the checkpoint's)")
     p.add_argument("--ratio", type=float, help="share of the older tokens an eviction keeps, the protected "
@@ -291,7 +293,7 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", help="checkpoint from lab/train.py (default: ckpt/tiny-reasoner.pt)")
     p.add_argument("--init", choices=["ckpt", "random"], default="ckpt",
                    help="load --ckpt, or random weights of --preset (mechanics only)")
-    p.add_argument("--preset", default="tiny", help=f"model shape for --init random: {', '.join(PRESETS)}")
+    p.add_argument("--preset", help=f"model shape for --init random: {', '.join(PRESETS)} (default: tiny)")
     p.add_argument("--hf", metavar="DIR", help="a Hugging Face checkpoint folder instead (Llama 3 / Qwen2: "
                    "R1-Distill); needs --prompt")
     p.add_argument("--predictor", dest="predictor_path", metavar="FILE", help="with --hf: the importance "
@@ -301,7 +303,12 @@ def parse_args(argv=None):
                    "each token shaded by its score, the evicted ones struck through, a step control (self-contained)")
     p.add_argument("--plot", dest="plot_path", help="PNG raster of which tokens are in the cache at each step "
                    "(needs matplotlib)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dynts and args.policy is not None:  # one would silently win
+        raise UsageError(f"--dynts is short for --policy dynts: give one, not both (--policy {args.policy})")
+    args.policy = "dynts" if args.dynts else args.policy or "full"
+    del args.dynts
+    return args
 
 
 def cli(argv=None):

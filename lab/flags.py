@@ -22,8 +22,8 @@ def policy_names(text: str, flag: str) -> list[str]:
     return names
 
 
-def check_flags(policy, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, hf, predictor_path,
-                stats_json, html_path, plot_path, cuda_graphs):
+def check_flags(policy, budget, window, ratio, prompt, problem, temperature, seed, ckpt, init, preset, hf,
+                predictor_path, stats_json, html_path, plot_path, cuda_graphs):
     """The flags on their own and against each other, before anything is loaded."""
     for flag, path in [("--stats-json", stats_json), ("--html", html_path), ("--plot", plot_path)]:
         check_output_path(flag, path)
@@ -39,6 +39,10 @@ def check_flags(policy, budget, window, ratio, prompt, problem, temperature, see
         raise UsageError("--prompt and --problem: give one (a problem is a prompt of the checkpoint's task)")
     if problem is not None and not 0 <= problem < 10**4:
         raise UsageError(f"--problem must be in [0, 10000), got {problem}")
+    if init == "random" and ckpt is not None:
+        raise UsageError("--ckpt and --init random: give one model")
+    if init != "random" and preset is not None:
+        raise UsageError(f"--preset {preset} is the shape of --init random's weights; a checkpoint has its own")
     if hf is not None:
         check_hf_settings(hf, ckpt, init, prompt, policy, predictor_path, budget, window)
     elif predictor_path is not None:

@@ -39,6 +39,7 @@ CASES = [  # (script, arguments, what the line must name)
     ("lab.train", ["--lr", "inf", "--out", "{tmp}/x.pt"], "--lr"),
     ("lab.train", ["--out", "/proc/x/y.pt"], "--out /proc/x/y.pt: its folder /proc/x cannot be"),
     ("generate.py", ["--prompt", "hi", "--problem", "3"], "--problem"),              # settings that clash
+    ("generate.py", ["--preset", "gpt2"], "--preset gpt2 is the shape of --init random"),
     ("generate.py", ["--init", "random", "--prompt", "x" * 5000], "block_size"),     # in the user's terms
     ("generate.py", ["--init", "random", "--preset", "r1-llama-8b"], "--preset r1-llama-8b"),  # memory
     ("generate.py", ["--num-samples", "1000000"], "--num-samples"),

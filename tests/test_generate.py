@@ -174,6 +174,9 @@ BAD = [
     (["--policy", "full", "--ratio", "7"], "--ratio"),
     (["--prompt", "hi", "--problem", "3"], "--prompt and --problem"),
     (["--problem", "100000000"], "--problem"),
+    (["--dynts", "--policy", "h2o"], "--dynts is short for --policy dynts"),  # settings one would silently drop
+    (["--top-k", "5"], "--top-k 5 samples; at temperature 0"),  # a random model decodes greedily by default
+    (["--ckpt", "x.pt"], "--ckpt and --init random"),
 ]
 
 
