@@ -198,6 +198,7 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     if preset not in PRESETS:
         raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
+    unused = [flag for flag, value in (("--budget", budget), ("--window", window)) if value is not None]
     d = DEFAULTS.get(preset, DEFAULTS["tiny"])
     prompt_len = d["prompt_len"] if prompt_len is None else prompt_len
     steps = d["steps"] if steps is None else steps
@@ -207,6 +208,8 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     names, batch_size, device, dtype = check_profile_flags(cfg, preset, policies, batch_size, prompt_len, steps, budget,
                                                            ratio, device, dtype, cuda_graphs, every, tput_window, seed,
                                                            json_path, plot_path)
+    if unused and names == ["full"]:  # said, not silently dropped (as generate.py says it)
+        print(f"profile.py: note: full never evicts; {' and '.join(unused)} ignored", file=sys.stderr)
     elt = getattr(torch, dtype).itemsize
     capacities = {n: prompt_len + steps if n == "full" else budget for n in names}  # each policy's cache
     free = check_fits(cfg, preset, batch_size, capacities, prompt_len, steps, budget, dtype, device, memory_gib)

@@ -332,3 +332,8 @@ def test_progress_lines_while_decoding(monkeypatch):
     lines = [line for line in out.getvalue().splitlines() if line.startswith("  ... dynts:")]
     assert len(lines) == 10 and lines[-1].startswith("  ... dynts: 10 of 10 steps decoded,")  # (the mark's window)
     assert "tokens/s so far, ~0 s left" in lines[-1]
+
+
+def test_full_alone_says_it_ignores_the_budget_and_window(capsys):
+    P.main(**dict(TINY, policies="full", steps=10), out=io.StringIO())
+    assert "note: full never evicts; --budget and --window ignored" in capsys.readouterr().err
