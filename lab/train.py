@@ -738,6 +738,14 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
                         **{k: v for k, v in hf_flags.items() if v is not None})
     if given(HF_ONLY):
         raise UsageError(f"{given(HF_ONLY)[0]} is for --hf DIR (a real model); the tiny reasoner does not use it")
+    for flag, value in [("--steps", steps), ("--lr", lr)]:  # set, they would be silently dropped
+        if base is not None and value is not None:
+            raise UsageError(f"{flag} is the base model's training; with --base there is none "
+                             "(--finetune-steps and --finetune-lr fine-tune it)")
+    if finetune_lr is not None and not finetune_steps:
+        raise UsageError("--finetune-lr is the fine-tuning's learning rate: it needs --finetune-steps")
+    if base is not None and batch_size is not None and not finetune_steps:
+        raise UsageError("--batch-size is per base-model step; with --base only --finetune-steps takes any")
     lr = 2e-3 if lr is None else lr
     finetune_lr = 3e-4 if finetune_lr is None else finetune_lr
     blocks = "gpt2" if blocks is None else blocks

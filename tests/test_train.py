@@ -213,7 +213,9 @@ def test_blind_replay_is_the_policy_rule_with_scripted_scores():
 @pytest.mark.parametrize("argv,message", [
     (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--predictor-lr", "inf"], "--predictor-lr"),
     (["--finetune-lr", "-1"], "--finetune-lr"), (["--seed", str(2**70)], "--seed"),
-    (["--max-minutes", "0"], "--max-minutes"), (["--max-minutes", "5", "--base", "x.pt"], "--max-minutes")])
+    (["--max-minutes", "0"], "--max-minutes"), (["--max-minutes", "5", "--base", "x.pt"], "--max-minutes"),
+    (["--steps", "9", "--base", "x.pt"], "--steps is the base model's"), (["--lr", "1e-3", "--base", "x.pt"], "--lr is"),
+    (["--finetune-lr", "1e-4"], "it needs --finetune-steps"), (["--batch-size", "8", "--base", "x.pt"], "--batch-size")])
 def test_train_bad_numbers_fail_before_training(argv, message, tmp_path):
     with pytest.raises(SystemExit) as e:
         train.cli(argv + ["--out", str(tmp_path / "x.pt"), "--device", "cpu"])
