@@ -79,7 +79,7 @@ def targets(result, level=0.3):
         print(f"- `lexical` at least 20 points below Full on {family}: Full {100 * f:.1f}%, lexical {100 * lex:.1f}% "
               f"({100 * (lex - f):+.1f}): {verdict(f - lex >= 0.20)}")
     for t in result["paired_tests"]:
-        if t["rival"] == "lexical" and t["families"] != "all" and t["level"] == level:
+        if t["rival"] == "lexical" and t["families"] == "decoy,mixed" and t["level"] == level:
             seeds = ", ".join(f"seed {u['model_seed']}: {100 * u['a']:.0f} vs {100 * u['b']:.0f}, p = {u['p_value']:.2g}"
                               for u in t["per_seed"])
             ok = all(u["a"] > u["b"] and u["p_value"] < 0.01 for u in t["per_seed"])

@@ -211,8 +211,9 @@ DECOY_FAMILIES = ("decoy", "mixed")  # where statements in the template are not 
 
 def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
     """At each budget level, DynTS against its rivals on the (model seed, problem) pairs both
-    decoded: the baseline with the highest Pass@1 there, and the lexical control (on every
-    problem, and on the decoy families alone). McNemar's exact test, pooled and per seed."""
+    decoded: the baseline with the highest Pass@1 there, the lexical control (on every problem,
+    then on the decoy families and on the ordinary ones apart), and Full. McNemar's exact test,
+    pooled and per seed."""
     cells, family = outcomes(records), {(r.get("model_seed", 0), r["problem"]): r["family"] for r in records}
     tests = []
     for level in sorted({r["level"] for r in rows if r["policy"] == "dynts"}):
@@ -220,10 +221,17 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
                      [c.name for c in BASELINES]]
         rivals = [(max(baselines, key=lambda r: r["pass_at_1"])["policy"], None)] if baselines else []
         if ("lexical", level) in cells:
-            rivals += [("lexical", None)] + [("lexical", DECOY_FAMILIES)] * any(f in DECOY_FAMILIES for f in family.values())
+            rivals += [("lexical", None)]
+            present = set(family.values())
+            if present & set(DECOY_FAMILIES):
+                ordinary = tuple(f for f in task.FAMILIES if f in present and f not in DECOY_FAMILIES)
+                rivals += [("lexical", DECOY_FAMILIES), ("lexical", ordinary)]
+        rivals += [("full", None)] * (("full", None) in cells)
         for rival, families in rivals:
-            a, b = cells[("dynts", level)], cells[(rival, level)]
+            a, b = cells[("dynts", level)], cells[(rival, None if rival == "full" else level)]
             keys = sorted(k for k in a.keys() & b.keys() if families is None or family[k] in families)
+            if not keys:  # (a rival run on other seeds or problems)
+                continue
             tests.append(dict(level=level, rival=rival, families="all" if families is None else ",".join(families),
                               n_pairs=len(keys), dynts=sum(a[k] for k in keys) / len(keys),
                               rival_pass=sum(b[k] for k in keys) / len(keys),
@@ -278,7 +286,7 @@ def plot(rows: list[dict], path: str):
             if name == "full":
                 x = rs[0]["peak_kv"]
                 y = rs[0]["pass_at_1"] if panel in ("pooled", "mean") else rs[0]["families"][panel]
-                ax.axhline(100 * y, color="black", ls="--", lw=1, label=f"full ({x:.0f} KV)")
+                ax.axhline(100 * y, color="black", ls="--", lw=1, label=f"full (mean peak {x:.0f} tokens)")
                 continue
             shared = [sum(abs(r["peak_kv"] - q) < nudge for q in peaks) > 1 for r in rs]
             x = [r[cache] + (i - len(names) / 2) * nudge * (panel != "mean" and s) for r, s in zip(rs, shared)]

@@ -119,7 +119,7 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     assert len(result["records"]) == 5 * 5 and {r["problem"] for r in result["records"]} == set(range(5))
     merged = evaluate.main(merge=[str(tmp_path / "e.json")] * 2)  # a second run of the same seed: pairs collapse
     assert [r["n"] for r in merged["rows"]] == [10] * 5
-    assert [t["n_pairs"] for t in merged["paired_tests"]] == [5, 5]
+    assert [(t["rival"], t["n_pairs"]) for t in merged["paired_tests"]] == [("window", 5), ("full", 5)] * 2
     only = evaluate.main(merge=[str(tmp_path / "e.json")], policies="full,window")  # --policies keeps theirs
     assert [(r["policy"], r["level"]) for r in only["rows"]] == [("full", None), ("window", 200), ("window", 260)]
     with pytest.raises(UsageError, match="no records of 'h2o'"):
