@@ -145,7 +145,7 @@ def run_policy(name, model, predictor, cases: list[Case], budget, window, ratio,
             correct, items = cases[i].grade(enc.decode(row[:n]))
             records[i] = dict(policy=name, budget=budget, family=cases[i].family, correct=correct, items=items,
                               peak_kv=max(lengths[:n]), mean_kv=sum(lengths[:n]) / n,
-                              seconds=stats["seconds"] / len(batch))
+                              seconds=stats["seconds"] / len(batch))  # the batch's time, shared among its rows
     return records
 
 
