@@ -276,11 +276,11 @@ def plot(rows: list[dict], path: str):
     cols = min(3, len(panels))
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5 * cols, 4.25 * -(-len(panels) // cols)),
                              sharey=True, squeeze=False)
+    peaks = [r["peak_kv"] for r in rows if r["policy"] != "full"]
+    span = max(max(peaks) - min(peaks), 0.2 * max(peaks))  # at least +-10%: one budget is not zoomed to a token
+    nudge = 0.006 * span  # policies at one peak drawn side by side
     for ax, panel in zip(axes.flat, panels):
         cache = "mean_kv" if panel == "mean" else "peak_kv"
-        peaks = [r["peak_kv"] for r in rows if r["policy"] != "full"]
-        span = max(max(peaks) - min(peaks), 0.2 * max(peaks))  # at least +-10%: one budget is not zoomed to a token
-        nudge = 0.006 * span  # policies at one peak drawn side by side
         for i, name in enumerate(names):
             rs = sorted((r for r in rows if r["policy"] == name), key=lambda r: r[cache])
             if name == "full":
@@ -288,8 +288,9 @@ def plot(rows: list[dict], path: str):
                 y = rs[0]["pass_at_1"] if panel in ("pooled", "mean") else rs[0]["families"][panel]
                 ax.axhline(100 * y, color="black", ls="--", lw=1, label=f"full (mean peak {x:.0f} tokens)")
                 continue
-            shared = [sum(abs(r["peak_kv"] - q) < nudge for q in peaks) > 1 for r in rs]
-            x = [r[cache] + (i - len(names) / 2) * nudge * (panel != "mean" and s) for r, s in zip(rs, shared)]
+            offset = (i - len(names) / 2) * nudge
+            shared = lambda r: sum(abs(r["peak_kv"] - q) < nudge for q in peaks) > 1  # another policy at this peak
+            x = [r[cache] + (offset if panel != "mean" and shared(r) else 0) for r in rs]
             if panel in ("pooled", "mean"):
                 y = [100 * r["pass_at_1"] for r in rs]
                 lo, hi = zip(*[(100 * r["ci_crossed"][0], 100 * r["ci_crossed"][1]) for r in rs])
