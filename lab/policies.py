@@ -294,6 +294,18 @@ class RKVNative(PerHead, SnapKV):
         self.observed = 0
 
 
+
+class RKVNativeCut(RKVNative):
+    """An ablation of R-KV, not its paper's method: R-KV's per-head scores (importance and
+    redundancy, as `rkv-native`) on DynTS's schedule: nothing leaves until the cache holds the
+    budget, then it is cut to the window and `ratio` of the older slots (dynts.Policy.n_keep).
+    Beside `rkv-native` it measures R-KV's schedule; beside DynTS, at the same cache, its scores."""
+
+    name = "rkv-native-cut"
+
+    def n_keep(self, L, protected):
+        return Policy.n_keep(self, L, protected)
+
 # -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
 
@@ -406,7 +418,8 @@ class Lexical(DynTS):
 
 
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
-NATIVE = (H2ONative, SnapKVNative, RKVNative)  # the baselines as their papers run them, each also as name + "+p"
+NATIVE = (H2ONative, SnapKVNative, RKVNative, RKVNativeCut)  # the baselines as their papers run them (and R-KV on
+# DynTS's schedule), each also as name + "+p"
 ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
 YOURS = ()  # your own policies: run by name (each also as name + "+p"), in none of eval.py's sets
 CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *ABLATIONS, *YOURS)}

@@ -175,10 +175,33 @@ def test_rkv_native_drops_the_older_duplicates_first():
     assert kept.tolist() == [[1, 3, 4]]
 
 
+def test_rkv_native_cut_keeps_rkvs_choice_on_dynts_schedule():
+    """The same cache and attention: each eviction keeps as many slots as DynTS's rule does
+    (the window and ratio of the older ones, not the budget less R-KV's buffer), and those are
+    R-KV's best-scored slots."""
+    torch.manual_seed(0)
+    cache = KVCache(CONFIG, 2, 40)
+    cache.kv.normal_()
+    cache.advance(40)
+    attention = torch.rand(CONFIG.n_layer, 2, CONFIG.n_kv_head, 40)
+    native, cut = policies.RKVNative(40, 8, 0.3), policies.RKVNativeCut(40, 8, 0.3)
+    for policy in (native, cut):
+        policy.reset(2, 40)
+        policy.observe(torch.zeros(2, 40, dtype=torch.long), None, torch.arange(40), attention)
+    assert native.should_evict(40) and cut.should_evict(40)
+    want = Policy(40, 8, 0.3).n_keep(40, 0)  # 8 + floor(0.3 x 32) = 17
+    scores = native.eviction_scores(cache)
+    idx = cut.select(scores)
+    assert idx.shape[-1] == want and native.n_keep(40, 0) == 40 - native.buffer != want
+    assert (idx[..., -8:] == torch.arange(32, 40)).all()  # the window
+    older = scores[..., :32].topk(want - 8, dim=-1).indices.sort(dim=-1).values
+    assert torch.equal(idx[..., :-8], older)
+
+
 def test_the_native_policies_decode_within_their_budget():
     torch.manual_seed(0)
     model = GPT(CONFIG).eval()
-    for name in ("h2o-native", "snapkv-native+p", "rkv-native"):
+    for name in ("h2o-native", "snapkv-native+p", "rkv-native", "rkv-native-cut+p"):
         policy = policies.make_policy(name, 40, 8, 0.3, 8)
         _, stats = generate.generate(model, list(range(1, 9)), policy, 120, num_samples=2, temperature=1.0,
                                      generator=torch.Generator().manual_seed(0))
