@@ -260,6 +260,16 @@ PLOT_COLORS = {"oracle": "C1", "dynts": "C2", "dynts-random": "C7", "lexical": "
                "sepllm": "C9", "streaming": "C8", "window": "C3"}  # plot(): a colour per rule, +p or not
 
 
+def plot_order(rows: list[dict]) -> list[str]:
+    """The policies plot() draws, in its legend's order: the main ones, then any other (an ablation,
+    your own) in the order of the rows."""
+    main = ["full", "oracle", "dynts", "lexical", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
+            "rkv-native+p", "snapkv-native+p", "h2o-native+p", "rkv-native", "snapkv-native", "h2o-native",
+            "sepllm+p", "sepllm", "window+p", "streaming", "window"]
+    present = list(dict.fromkeys(r["policy"] for r in rows))
+    return [n for n in main if n in present] + [n for n in present if n not in main]
+
+
 def plot(rows: list[dict], path: str):
     """Pass@1 against the mean peak KV cache, a line per policy with its 95% interval: pooled, and
     one panel per family; and pooled against the mean cache over the decode, where the policies that
@@ -268,10 +278,7 @@ def plot(rows: list[dict], path: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    main = ["full", "oracle", "dynts", "lexical", "dynts-random", "rkv+p", "snapkv+p", "h2o+p", "h2o", "rkv", "snapkv",
-            "rkv-native+p", "snapkv-native+p", "h2o-native+p", "rkv-native", "snapkv-native", "h2o-native",
-            "sepllm+p", "sepllm", "window+p", "streaming", "window"]
-    names = [n for n in main if any(r["policy"] == n for r in rows)]
+    names = plot_order(rows)
     panels = ["pooled", "mean"] + [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]  # (--hf: pooled only)
     cols = min(3, len(panels))
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5 * cols, 4.25 * -(-len(panels) // cols)),
@@ -298,15 +305,16 @@ def plot(rows: list[dict], path: str):
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
                 lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
-            # one colour per rule (squares: as its own paper runs it, per head); the references dotted,
-            # solid with the prompt protected (+p, and DynTS), dashed without
+            # one colour per rule (squares: as its own paper runs it, per head; diamonds: on DynTS's
+            # schedule); the references dotted, solid with the prompt protected (+p, and DynTS), dashed without
             base = name.removesuffix("+p")
-            color = PLOT_COLORS[base.removesuffix("-native")]
+            color = PLOT_COLORS.get(base.removesuffix("-cut").removesuffix("-native"), "C7")  # (ablations: grey)
             if base in ("oracle", "dynts-random", "lexical"):
                 ls = ":"
             else:
                 ls = "-" if base == "dynts" or name != base else "--"
-            ax.plot(x, y, label=name, marker="s" if base.endswith("-native") else "o", ms=4,
+            marker = "D" if base.endswith("-cut") else "s" if base.endswith("-native") else "o"
+            ax.plot(x, y, label=name, marker=marker, ms=4,
                     lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls, color=color)
             ax.fill_between(x, lo, hi, alpha=0.12, color=color)
             ax.errorbar(x, y, yerr=[[max(a - b, 0) for a, b in zip(y, lo)], [max(b - a, 0) for a, b in zip(y, hi)]], fmt="none",
