@@ -41,13 +41,14 @@ from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, ch
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, load_predictor
 from lab.checkpoint import open_hf as generate_open_hf
-from lab.policies import ABLATIONS, BASELINES, NAMES, NATIVE, make_policy, needs_attention, needs_predictor
+from lab.policies import ABLATIONS, BASELINES, NAMES, NATIVE, SCHEDULES, make_policy, needs_attention, needs_predictor
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "lexical", "dynts-random"]  # true labels; the task's template; random thinking tokens
 POLICY_SETS = {
     "all": ["full", "dynts"] + REFERENCES + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES]
            + [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE]
+           + [c.name for c in SCHEDULES] + [c.name + "+p" for c in SCHEDULES]
            + [c.name for c in ABLATIONS if c.name not in REFERENCES],
     "default": ["full", "dynts"],  # the CPU default, about a minute
 }
@@ -305,15 +306,15 @@ def plot(rows: list[dict], path: str):
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
                 lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
-            # one colour per rule (squares: as its own paper runs it, per head; diamonds: on DynTS's
-            # schedule); the references dotted, solid with the prompt protected (+p, and DynTS), dashed without
+            # one colour per rule (squares: as its own paper runs it, per head; diamonds: R-KV's scores
+            # and schedule swapped); the references dotted, solid with the prompt protected (+p, and DynTS), dashed without
             base = name.removesuffix("+p")
-            color = PLOT_COLORS.get(base.removesuffix("-cut").removesuffix("-native"), "C7")  # (ablations: grey)
+            color = PLOT_COLORS.get(base.removesuffix("-cut").removesuffix("-buffer").removesuffix("-native"), "C7")  # (ablations: grey)
             if base in ("oracle", "dynts-random", "lexical"):
                 ls = ":"
             else:
                 ls = "-" if base == "dynts" or name != base else "--"
-            marker = "D" if base.endswith("-cut") else "s" if base.endswith("-native") else "o"
+            marker = "D" if base.endswith(("-cut", "-buffer")) else "s" if base.endswith("-native") else "o"
             ax.plot(x, y, label=name, marker=marker, ms=4,
                     lw=2.4 if base in ("dynts", "oracle") else 1.2, ls=ls, color=color)
             ax.fill_between(x, lo, hi, alpha=0.12, color=color)

@@ -306,6 +306,21 @@ class RKVNativeCut(RKVNative):
     def n_keep(self, L, protected):
         return Policy.n_keep(self, L, protected)
 
+
+class RKVBuffer(RKV):
+    """An ablation of R-KV, not its paper's method: the official form's scores (`rkv`, one set
+    for every layer and head) on R-KV's own schedule (`rkv-native`'s buffer). With `rkv`,
+    `rkv-native-cut` and `rkv-native` it makes the two-by-two: scores (official, per head) by
+    schedule (DynTS's cut, R-KV's buffer)."""
+
+    name = "rkv-buffer"
+
+    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, buffer=128):
+        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
+        self.buffer = min(buffer, (budget - window) // 2)  # as rkv-native's
+
+    n_keep = RKVNative.n_keep
+
 # -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
 
@@ -418,13 +433,14 @@ class Lexical(DynTS):
 
 
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
-NATIVE = (H2ONative, SnapKVNative, RKVNative, RKVNativeCut)  # the baselines as their papers run them (and R-KV on
-# DynTS's schedule), each also as name + "+p"
+NATIVE = (H2ONative, SnapKVNative, RKVNative)  # the baselines as their papers run them, each also as name + "+p"
+SCHEDULES = (RKVNativeCut, RKVBuffer)  # R-KV's scores and schedule swapped (ablations), each also as name + "+p"
 ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
 YOURS = ()  # your own policies: run by name (each also as name + "+p"), in none of eval.py's sets
-CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *ABLATIONS, *YOURS)}
+CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *SCHEDULES, *ABLATIONS, *YOURS)}
 NAMES = ["full", "dynts", "lexical"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \
-        [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE] + [c.name for c in ABLATIONS] + \
+        [c.name for c in NATIVE] + [c.name + "+p" for c in NATIVE] + \
+        [c.name for c in SCHEDULES] + [c.name + "+p" for c in SCHEDULES] + [c.name for c in ABLATIONS] + \
         [c.name for c in YOURS] + [c.name + "+p" for c in YOURS]
 
 

@@ -304,7 +304,7 @@ def test_only_attention_based_policies_make_the_model_compute_attention(name, mo
     tokens, stats, _ = run(name, None if name == "full" else 48, 8, n=60)
     policy = policies.make_policy(name, 48, 8, 0.3, 12, dynts.ImportancePredictor(CFG.n_embd), ENC)
     assert any(asked) == policy.needs_attention == (name.removesuffix("+p") in ("h2o", "h2o-last", "snapkv", "rkv", "h2o-native", "snapkv-native", "rkv-native",
-                                                                                      "rkv-native-cut"))
+                                                                                      "rkv-native-cut", "rkv-buffer"))
     assert stats["peak_kv_tokens"] <= (48 if name != "full" else 72)
 
 

@@ -198,10 +198,30 @@ def test_rkv_native_cut_keeps_rkvs_choice_on_dynts_schedule():
     assert torch.equal(idx[..., :-8], older)
 
 
+def test_rkv_buffer_keeps_the_official_choice_on_rkvs_schedule():
+    """The same cache and attention: `rkv-buffer` keeps as many slots as `rkv-native` (the budget
+    less R-KV's buffer), and those are the official `rkv`'s best-scored ones."""
+    torch.manual_seed(0)
+    cache = KVCache(CONFIG, 2, 40)
+    cache.kv.normal_()
+    cache.advance(40)
+    official, buffered = policies.RKV(40, 8, 0.3), policies.RKVBuffer(40, 8, 0.3)
+    for policy in (official, buffered):
+        policy.reset(2, 40)
+        policy.observe(torch.zeros(2, 40, dtype=torch.long), None, torch.arange(40),
+                       torch.rand(CONFIG.n_layer, 2, CONFIG.n_kv_head, 40))
+    scores = official.eviction_scores(cache)  # (B, L)
+    idx = buffered.select(scores)
+    want = policies.RKVNative(40, 8, 0.3).n_keep(40, 0)  # 40 less a buffer of min(128, 32 // 2)
+    assert idx.shape == (2, want) and want == 24 != official.n_keep(40, 0)
+    assert (idx[:, -8:] == torch.arange(32, 40)).all()  # the window
+    assert torch.equal(idx[:, :-8], scores[:, :32].topk(want - 8, dim=-1).indices.sort(dim=-1).values)
+
+
 def test_the_native_policies_decode_within_their_budget():
     torch.manual_seed(0)
     model = GPT(CONFIG).eval()
-    for name in ("h2o-native", "snapkv-native+p", "rkv-native", "rkv-native-cut+p"):
+    for name in ("h2o-native", "snapkv-native+p", "rkv-native", "rkv-native-cut+p", "rkv-buffer+p"):
         policy = policies.make_policy(name, 40, 8, 0.3, 8)
         _, stats = generate.generate(model, list(range(1, 9)), policy, 120, num_samples=2, temperature=1.0,
                                      generator=torch.Generator().manual_seed(0))
