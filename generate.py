@@ -20,7 +20,7 @@ from lab import task
 from lab.checkpoint import load_hf_weights, open_model
 from lab.cli import UsageError, cache_bytes, check_memory, resolve_device, run_cli
 from lab.flags import check_flags, check_lengths, policy_names, warn_prompt_fills_older
-from lab.policies import NAMES, make_policy
+from lab.policies import NAMES, make_policy, uses_ratio
 from model import GPT, PRESETS, KVCache
 
 
@@ -239,7 +239,7 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
                              eot_id=None if ignore_eot else meta["eos_id"], vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_step=on_step, cuda_graphs=cuda_graphs)
-    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio, device=device,
+    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio if uses_ratio(pol.name) else None, device=device,
                  dtype=str(dtype).removeprefix("torch."), older_thinking_kept=kept_thinking)
     out.write("\n\n")
     rows = [row[:row.index(meta["eos_id"]) + 1] if meta["eos_id"] in row else row for row in tokens.tolist()]
@@ -254,7 +254,8 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
 
 def summary(s: dict) -> str:
     kept = s.get("older_thinking_kept")
-    return (f"policy {s['policy']} (budget {s['budget']}, window {s['window']}, ratio {s['ratio']}) | "
+    ratio = "" if s["ratio"] is None else f", ratio {s['ratio']}"  # (H2O's and R-KV's own schedules have none)
+    return (f"policy {s['policy']} (budget {s['budget']}, window {s['window']}{ratio}) | "
             f"{s['batch']} x {s['new_tokens']} tokens generated | evictions {s['evictions']}"
             + (f" (each kept {min(kept)}" + (f"-{max(kept)}" if max(kept) > min(kept) else "")
                + " older thinking tokens)" if kept else "") + " | "

@@ -50,7 +50,7 @@ from lab.cli import UsageError, run_cli
 from lab.flags import check_profile_flags
 from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, check_fits, equal_memory_batches, flops_per_token
 from lab.fastpath import capture, keep_in_place
-from lab.policies import NAMES, make_policy
+from lab.policies import NAMES, make_policy, uses_ratio
 from generate import step
 from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
 from lab.timing import Clock, eviction_cycle, jump, read_bandwidth, timed_spans, warm_up_eviction
@@ -258,8 +258,9 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
     try:
         for name in names:
             policy = make_policy(name, budget, window, ratio, prompt_len, predictor, enc)
-            print(f"\n{name}, batch {batches[name]}" + (f" (budget {budget}, window {window}, ratio {ratio})"
-                  if name != "full" else "") + "\n" + view.PROFILE_ROW_HEAD, file=out, flush=True)
+            print(f"\n{name}, batch {batches[name]}" + (f" (budget {budget}, window {window}"
+                  + (f", ratio {ratio})" if uses_ratio(name) else ")") if name != "full" else "")
+                  + "\n" + view.PROFILE_ROW_HEAD, file=out, flush=True)
             rows = result["marks"][name] = []
 
             def on_mark(step, lo, hi, jumped_to, rec):

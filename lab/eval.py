@@ -41,7 +41,8 @@ from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, ch
 from generate import generate
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint, load_hf_weights, load_predictor
 from lab.checkpoint import open_hf as generate_open_hf
-from lab.policies import ABLATIONS, BASELINES, NAMES, NATIVE, SCHEDULES, make_policy, needs_attention, needs_predictor
+from lab.policies import (ABLATIONS, BASELINES, NAMES, NATIVE, SCHEDULES, make_policy, needs_attention, needs_predictor,
+                          uses_ratio)
 from model import END_THINK, KVCache, get_encoding
 
 REFERENCES = ["oracle", "lexical", "dynts-random"]  # true labels; the task's template; random thinking tokens
@@ -435,6 +436,10 @@ def main(ckpt=None, n=None, seed=None, policies=None, budget=None, window=None, 
             raise UsageError(f"--policies: unknown policy {name!r}; choose from {', '.join(NAMES + ['oracle'])}, "
                              f"or a set: {', '.join(POLICY_SETS)}")
     check_graphs(cuda_graphs, device, names)
+    fixed = [name for name in names if name != "full" and name not in REFERENCES and not uses_ratio(name)]
+    if ratio is not None and fixed:  # a set of policies: the others use it
+        print(f"eval.py: note: --ratio {ratio} does not change {', '.join(fixed)} (their own schedules decide)",
+              file=sys.stderr)
     model, predictor, meta = load_checkpoint(ckpt)
     model.to(device=device, dtype=getattr(torch, dtype)).eval()
     predictor.to(device=device, dtype=getattr(torch, dtype)).eval()

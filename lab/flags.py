@@ -6,7 +6,7 @@ import sys
 
 from lab.checkpoint import check_hf_settings
 from lab.cli import UsageError, check_matplotlib, check_output_path, check_positive, check_seed, resolve_device
-from lab.policies import NAMES, needs_attention
+from lab.policies import NAMES, needs_attention, uses_ratio
 
 
 def policy_names(text: str, flag: str) -> list[str]:
@@ -49,6 +49,8 @@ def check_flags(policy, budget, window, ratio, prompt, problem, temperature, see
         raise UsageError("--predictor is for --hf models (a --ckpt checkpoint holds its own predictor)")
     if cuda_graphs and needs_attention(policy):
         raise UsageError(f"--cuda-graphs: --policy {policy} scores by attention weights; run it without graphs")
+    if ratio is not None and policy != "full" and not uses_ratio(policy):
+        raise UsageError(f"--ratio: --policy {policy} keeps what its own schedule keeps, not a ratio of the older tokens")
     if policy == "full" and any(v is not None for v in (budget, window, ratio)):
         print("generate.py: note: --policy full never evicts; --budget, --window and --ratio are ignored",
               file=sys.stderr)

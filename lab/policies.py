@@ -452,6 +452,12 @@ def policy_class(name: str) -> type[Policy]:
     return cls
 
 
+def uses_ratio(name: str) -> bool:
+    """Whether `ratio` changes what the policy keeps: H2O's and R-KV's own schedules ignore it."""
+    cls = policy_class(name)
+    return cls is RKVNativeCut or not issubclass(cls, (Full, H2ONative, RKVNative, RKVBuffer))
+
+
 def needs_attention(name: str) -> bool:
     return policy_class(name).needs_attention
 

@@ -535,3 +535,12 @@ def test_ctrl_c_in_eval_keeps_the_policies_decoded_and_merge_pools_the_rest(smal
     merged = evaluate.main(merge=[part, rest])
     seen = [(r["policy"], r["problem"]) for r in merged["records"]]
     assert sorted(seen) == sorted((p, i) for p in ["full", "window", "h2o"] for i in range(5))
+
+
+def test_eval_notes_a_ratio_that_some_policies_do_not_use(tmp_path, capsys):
+    """--ratio with a set of policies: the note names those whose own schedule ignores it (the
+    missing checkpoint then stops the run, after the note)."""
+    with pytest.raises(UsageError):
+        evaluate.main(ckpt=str(tmp_path / "nope.pt"), policies="full,dynts,h2o-native,rkv-native-cut+p,rkv-buffer",
+                      ratio=0.5, device="cpu")
+    assert "note: --ratio 0.5 does not change h2o-native, rkv-buffer (their own schedules decide)" in capsys.readouterr().err
