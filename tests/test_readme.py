@@ -44,3 +44,12 @@ def test_requirements_pin_the_cpu_torch_and_need_nothing_else():
     reqs = [line.split("==")[0].split(">=")[0] for line in lines if line]
     # safetensors: only for --hf (real checkpoints) and the tests of its loader; matplotlib: the figures
     assert sorted(reqs) == ["hypothesis", "matplotlib", "numpy", "pytest", "safetensors", "tiktoken", "torch"]
+
+
+def test_the_reading_order_gives_each_files_length():
+    """The README's "Read it in this order" table: each core file's line count as it is now."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    rows = re.findall(r"^\| \[(\w+\.py)\]\(\w+\.py\) \| (\d+) \|", readme, re.M)
+    assert [name for name, _ in rows] == ["model.py", "dynts.py", "generate.py", "profile.py"]
+    for name, lines in rows:
+        assert int(lines) == sum(1 for _ in open(os.path.join(ROOT, name))), f"README: {name} has another length"
