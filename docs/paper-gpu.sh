@@ -33,9 +33,9 @@ phase() {  # name, out dir, margin (s), levels, seeds, then eval-gpu.sh's enviro
   env N=72 ABLATIONS="" "$@" bash docs/eval-gpu.sh "$ck" "$dir" $(( $(left) - margin )) "${PROCS:-10}" "$levels" "$seeds"
 }
 core="dynts lexical oracle dynts-random"
-baselines="h2o+p h2o-native+p snapkv+p snapkv-native+p rkv+p rkv-native+p
+baselines="h2o+p h2o-native+p snapkv+p snapkv-native+p rkv+p rkv-native+p rkv-native-cut+p rkv-buffer+p
            h2o h2o-native snapkv snapkv-native rkv rkv-native
-           window+p sepllm+p streaming+p window sepllm streaming"  # each native row beside its official form
+           window+p sepllm+p streaming+p window sepllm streaming"  # each native row beside its official form (and R-KV's two-by-two)
 phase "30%, the core" "$out/ev" 240 0.3 "0 1 2" MAIN="full $core"
 phase "confirmatory (EVAL_SEED=1)" "$out/ev-confirm" 200 0.3 "0 1 2" MAIN="full dynts lexical" EVAL_SEED=1
 phase "45%, the core" "$out/ev45" 150 0.45 "0 1 2" MAIN="$core"
