@@ -246,7 +246,8 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
     if the_problem is not None:
         correct = [task.check_answer(the_problem, enc.decode(row)) for row in rows]
         stats.update(expected_answer=the_problem.answer, correct=sum(correct) / len(correct))
-        out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG'}"
+        cut = "" if meta["eos_id"] in rows[0] else f" (cut off by --max-new-tokens {max_new_tokens} before its end)"
+        out.write(f"expected answer: {the_problem.answer} | sample 0 is {'correct' if correct[0] else 'WRONG' + cut}"
                   + (f" | {sum(correct)}/{len(correct)} samples correct" if len(correct) > 1 else "") + "\n")
     out.write(summary(stats) + "\n")
     return stats, rows, log

@@ -40,7 +40,9 @@ def main(path, family_level=0.3):
         if got:
             print(f"| {name} | " + " | ".join(cell(got[lv]) if lv in got else "" for lv in levels) + " |")
     fams = list(rows[0]["families"])
-    print(f"\nPer family at {family_level:.0%} (Pass@1 %, pooled over seeds), and the cache each policy held: its peak "
+    seeds = sorted({r.get("model_seed", 0) for r in result.get("records", [])})
+    over = f"seed {seeds[0]} only" if len(seeds) == 1 else "pooled over seeds"
+    print(f"\nPer family at {family_level:.0%} (Pass@1 %, {over}), and the cache each policy held: its peak "
           "and its mean over the decode (tokens; the native baselines evict on their own schedules):\n")
     print("| policy | " + " | ".join(fams) + " | peak cache | mean cache |")
     print("|---" * (len(fams) + 3) + "|")

@@ -319,7 +319,7 @@ class RKVBuffer(RKV):
         super().__init__(budget, window, ratio, prompt_len, protect_prompt)
         self.buffer = min(buffer, (budget - window) // 2)  # as rkv-native's
 
-    n_keep = RKVNative.n_keep
+    n_keep = RKVNative.n_keep  # R-KV's schedule: all but the buffer
 
 # -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
@@ -452,10 +452,12 @@ def policy_class(name: str) -> type[Policy]:
     return cls
 
 
+OWN_SCHEDULES = (Full, H2ONative, RKVNative, RKVBuffer)  # what they keep is not a ratio of the older tokens
+
+
 def uses_ratio(name: str) -> bool:
-    """Whether `ratio` changes what the policy keeps: H2O's and R-KV's own schedules ignore it."""
-    cls = policy_class(name)
-    return cls is RKVNativeCut or not issubclass(cls, (Full, H2ONative, RKVNative, RKVBuffer))
+    """Whether `ratio` changes what the policy keeps (not for Full, one token a step, or R-KV's buffer)."""
+    return policy_class(name) not in OWN_SCHEDULES
 
 
 def needs_attention(name: str) -> bool:

@@ -405,3 +405,11 @@ def test_ignore_eot_decodes_every_requested_token():
         runs[ignore] = generate.main(init="random", preset="tiny", max_new_tokens=400, temperature=1.0, seed=2,
                                      ignore_eot=ignore, device="cpu", out=io.StringIO())
     assert runs[False]["new_tokens"] < 100 and runs[True]["new_tokens"] == 400
+
+
+def test_a_trace_cut_off_before_its_end_is_called_so():
+    """A sample stopped by --max-new-tokens is wrong for that reason, and the verdict says it."""
+    import io
+    out = io.StringIO()
+    generate.main(policy="full", problem=0, max_new_tokens=20, device="cpu", out=out)
+    assert "sample 0 is WRONG (cut off by --max-new-tokens 20 before its end)" in out.getvalue()
