@@ -7,13 +7,17 @@
 #     checkpoints were lost with a checkout on 2026-12-05). Compare each new train-seed<S>.log with
 #     docs/next/paper-v2-train-seed<S>-h200.log: the same losses and validation budgets mean the same
 #     models as the tables'; otherwise the core rows must run again on the new ones.
-# Everything lands in OUT_DIR/results.tgz, refreshed each minute ($OUT refuses names with "+").
+# Everything but the checkpoints lands in OUT_DIR/results.tgz, refreshed each minute ($OUT refuses
+# names with "+"); the checkpoints (9.5 MiB each; $OUT returns files of at most 16 MiB) come back
+# one file each: cp OUT_DIR/ck/seed*.pt OUT_DIR/ck/train-seed*.log $OUT/.
 # usage: bash docs/next/gpu-next.sh OUT_DIR   (started detached: setsid nohup ... &; poll results.tgz)
 set -u
 out=$1
 mkdir -p "$out" out/paper-v2
 [ -f out/paper-v2/seed0.pt ] || cp ckpt/tiny-reasoner.pt out/paper-v2/seed0.pt  # the shipped model is paper-v2's seed 0
-pack() { (cd "$out" && tar czf results.tmp.tgz --exclude='*.tgz' --exclude='*.state' . && mv results.tmp.tgz results.tgz); }
+pack() {  # written beside, then moved in: tar fails on a folder that changes as it reads
+  tar czf "$out.tmp.tgz" -C "$out" --exclude='*.tgz' --exclude='*.state' --exclude='*.pt' . && mv "$out.tmp.tgz" "$out/results.tgz"
+}
 (while sleep 60; do pack; done) &
 packer=$!
 MEMORY_GIB=78.7 RUNS=equal bash docs/profile-gpu.sh "$out/prof"
