@@ -27,7 +27,7 @@ N=72 ABLATIONS="" MAIN="rkv-native+p h2o-native+p rkv-native h2o-native snapkv-n
 N=72 ABLATIONS="" MAIN="rkv-native+p" OMP_NUM_THREADS=1 bash docs/eval-gpu.sh out/paper-v2 "$out/ev-equal-mean" 900 1 0.252 0 &
 N=72 ABLATIONS="" MAIN="dynts" OMP_NUM_THREADS=1 bash docs/eval-gpu.sh out/paper-v2 "$out/ev-equal-mean" 900 1 0.355 0 &
 N=72 ABLATIONS="" MAIN="rkv-buffer+p" OMP_NUM_THREADS=1 bash docs/eval-gpu.sh out/paper-v2 "$out/ev" 900 1 0.3 0 &
-BATCH=16 OMP_NUM_THREADS=4 bash docs/train-gpu.sh "$out/ck" "1 2" 4500
+BATCH=16 bash docs/train-gpu.sh "$out/ck" "1 2" 4500  # as docs/paper-gpu.sh trained out/paper-v2
 wait
 kill $packer
 pack
