@@ -6,7 +6,8 @@
 #     equal-mean runs and rkv-buffer+p (issue 22), and seeds 1 and 2 trained again as out/paper-v2's were (their
 #     checkpoints were lost with a checkout on 2026-12-05). Compare each new train-seed<S>.log with
 #     docs/next/paper-v2-train-seed<S>-h200.log: the same losses and validation budgets mean the same
-#     models as the tables'; otherwise the core rows must run again on the new ones.
+#     models as the tables'; otherwise the core rows must run again on the new ones (likely: the
+#     eviction rule that builds training's masks changed after those runs, commit 0a7425d).
 # Everything but the checkpoints lands in OUT_DIR/results.tgz, refreshed each minute ($OUT refuses
 # names with "+"); the checkpoints (9.5 MiB each; $OUT returns files of at most 16 MiB) come back
 # one file each: cp OUT_DIR/ck/seed*.pt OUT_DIR/ck/train-seed*.log $OUT/.
