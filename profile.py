@@ -19,6 +19,8 @@ Its name, the one this project's users asked for, shadows the standard library's
 module: see the shim just below.
 """
 
+from __future__ import annotations  # (type hints stay text: the shim below may import no torch)
+
 import os
 import sys
 
@@ -42,18 +44,22 @@ import functools
 import json
 import time
 
-import torch
+try:
+    import torch
 
-import dynts
-from lab import view
-from lab.cli import UsageError, run_cli
-from lab.flags import check_profile_flags
-from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, check_fits, equal_memory_batches, flops_per_token
-from lab.fastpath import capture, keep_in_place
-from lab.policies import NAMES, make_policy, uses_ratio
-from generate import step
-from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
-from lab.timing import Clock, eviction_cycle, jump, read_bandwidth, timed_spans, warm_up_eviction
+    import dynts
+    from lab import view
+    from lab.cli import UsageError, run_cli
+    from lab.flags import check_profile_flags
+    from lab.costs import MEMORY_MARGIN, analytic, bytes_per_step, check_fits, equal_memory_batches, flops_per_token
+    from lab.fastpath import capture, keep_in_place
+    from lab.policies import NAMES, make_policy, uses_ratio
+    from generate import step
+    from model import END_THINK, EOT, GPT, PRESETS, THINK, KVCache, get_encoding, rope_frequencies
+    from lab.timing import Clock, eviction_cycle, jump, read_bandwidth, timed_spans, warm_up_eviction
+except ModuleNotFoundError:
+    if __name__ != "profile":  # (imported as the standard library's profile where torch is missing: that one is enough)
+        raise
 
 PAPER_MARKS = [2000, 5000, 7000, 10000, 12000, 15000]
 PAPER_MULTIPLIERS = {  # DynTS / Transformers in the paper's efficiency figure, at PAPER_MARKS
@@ -74,7 +80,6 @@ PROGRESS_S = 30  # while decoding, a progress line every this many seconds
 # The decode loop, timed step by step
 
 
-@torch.no_grad()
 def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len: int, steps: int,
                    special_ids: torch.Tensor, marks: list[int], tput_window: int, on_mark=None,
                    cuda_graphs: bool = False, jumps: bool = False, out=None) -> dict:
@@ -85,7 +90,7 @@ def profile_policy(model: GPT, policy: dynts.Policy, batch_size: int, prompt_len
     cache is full, the sampling. Returns per-step arrays (None where jumped over) and the peak
     memory allocated while decoding as each mark's window (lo, hi] ends (the cache, activations,
     each compaction's copy in flight); then calls `on_mark(step, lo, hi, jumped_to, record)`.
-    Progress lines go to `out`."""
+    Progress lines go to `out`. Call it under torch.no_grad(), as main does."""
     device, cfg, B, P = model.wte.weight.device, model.config, batch_size, prompt_len
     capacity = policy.budget if policy.budget is not None else P + steps
     warm_up_eviction(policy, model, B, cuda_graphs)
@@ -267,8 +272,9 @@ def main(preset="r1-llama-8b", policies="full,dynts", batch_size=8, prompt_len=N
                 rows.append(view.profile_row(rec, a, step, lo, hi, jumped_to, bandwidth, flops_per_token, bytes_per_step))
                 print(view.format_profile_row(rows[-1]), file=out, flush=True)
 
-            rec = profile_policy(model, policy, batches[name], prompt_len, steps, special_ids, marks, tput_window, on_mark,
-                                 cuda_graphs, jump, out)
+            with torch.no_grad():
+                rec = profile_policy(model, policy, batches[name], prompt_len, steps, special_ids, marks, tput_window,
+                                     on_mark, cuda_graphs, jump, out)
             timed = [t for t in rec["step_s"] if t is not None]
             rec["policy_share"] = sum(t for t in rec["policy_s"] if t is not None) / sum(timed)
             print(view.format_profile_summary(rec, rows), file=out, flush=True)

@@ -52,6 +52,19 @@ def test_cprofile_profile_and_torch_compile_work_from_the_repo_root():
     assert r.stdout.strip().splitlines()[-1] == os.path.join(ROOT, "profile.py")  # ours, standing in for the stdlib's
 
 
+def test_cprofile_works_from_the_repo_root_without_torch():
+    """A Python without this project's packages (torch missing) still gets the standard library's
+    profile, through ours, and so cProfile."""
+    code = ("import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
+            "import cProfile, profile\n"
+            "cProfile.run('sum(range(10))')\n"
+            "profile.run('sum(range(10))')\n"
+            "print(profile.__file__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == os.path.join(ROOT, "profile.py")
+
+
 def test_analytic_counts_match_the_formula():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=64, n_layer=3, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48)
