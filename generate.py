@@ -239,8 +239,8 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
     tokens, stats = generate(model, ids, pol, max_new_tokens, num_samples, temperature, top_k,
                              eot_id=None if ignore_eot else meta["eos_id"], vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_step=on_step, cuda_graphs=cuda_graphs)
-    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio if uses_ratio(pol.name) else None, device=device,
-                 dtype=str(dtype).removeprefix("torch."), older_thinking_kept=kept_thinking)
+    stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio if uses_ratio(pol.name) else None,
+                 device=device, dtype=str(dtype).removeprefix("torch."), older_thinking_kept=kept_thinking)
     out.write("\n\n")
     rows = [row[:row.index(meta["eos_id"]) + 1] if meta["eos_id"] in row else row for row in tokens.tolist()]
     if the_problem is not None:

@@ -11,8 +11,10 @@ import gzip
 import json
 import sys
 
-ORDER = ["oracle", "dynts", "lexical", "dynts-random", "rkv+p", "rkv-native+p", "rkv-native-cut+p", "rkv-buffer+p", "snapkv+p", "snapkv-native+p", "h2o+p",
-         "h2o-native+p", "h2o-last+p", "sepllm+p", "streaming+p", "window+p", "rkv", "rkv-native", "rkv-native-cut", "rkv-buffer", "snapkv", "snapkv-native",
+ORDER = ["oracle", "dynts", "lexical", "dynts-random",
+         "rkv+p", "rkv-native+p", "rkv-native-cut+p", "rkv-buffer+p", "snapkv+p", "snapkv-native+p", "h2o+p",
+         "h2o-native+p", "h2o-last+p", "sepllm+p", "streaming+p", "window+p",
+         "rkv", "rkv-native", "rkv-native-cut", "rkv-buffer", "snapkv", "snapkv-native",
          "h2o", "h2o-native", "h2o-last", "sepllm", "streaming", "window",
          "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 

@@ -307,10 +307,11 @@ def plot(rows: list[dict], path: str):
                 y = [100 * r["families"][panel] for r in rs]
                 cis = [wilson(round(r["families"][panel] * r["family_n"][panel]), r["family_n"][panel]) for r in rs]
                 lo, hi = zip(*[(100 * a, 100 * b) for a, b in cis])
-            # one colour per rule (squares: as its own paper runs it, per head; diamonds: R-KV's scores
-            # and schedule swapped); the references dotted, solid with the prompt protected (+p, and DynTS), dashed without
+            # one colour per rule, a variant its rule's (squares: as its own paper runs it, per head;
+            # diamonds: R-KV's scores and schedule swapped); the references dotted, solid with the
+            # prompt protected (+p, and DynTS), dashed without
             base = name.removesuffix("+p")
-            color = PLOT_COLORS.get(base.removesuffix("-cut").removesuffix("-buffer").removesuffix("-native"), "C7")  # (ablations: grey)
+            color = PLOT_COLORS.get(base) or PLOT_COLORS.get(base.split("-")[0], "C7")
             if base in ("oracle", "dynts-random", "lexical"):
                 ls = ":"
             else:

@@ -50,7 +50,8 @@ def check_flags(policy, budget, window, ratio, prompt, problem, temperature, see
     if cuda_graphs and needs_attention(policy):
         raise UsageError(f"--cuda-graphs: --policy {policy} scores by attention weights; run it without graphs")
     if ratio is not None and policy != "full" and not uses_ratio(policy):
-        raise UsageError(f"--ratio: --policy {policy} keeps what its own schedule keeps, not a ratio of the older tokens")
+        raise UsageError(f"--ratio: --policy {policy} keeps what its own schedule keeps, "
+                         "not a ratio of the older tokens")
     if policy == "full" and any(v is not None for v in (budget, window, ratio)):
         print("generate.py: note: --policy full never evicts; --budget, --window and --ratio are ignored",
               file=sys.stderr)

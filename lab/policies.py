@@ -294,12 +294,11 @@ class RKVNative(PerHead, SnapKV):
         self.observed = 0
 
 
-
 class RKVNativeCut(RKVNative):
     """An ablation of R-KV, not its paper's method: R-KV's per-head scores (importance and
     redundancy, as `rkv-native`) on DynTS's schedule: nothing leaves until the cache holds the
     budget, then it is cut to the window and `ratio` of the older slots (dynts.Policy.n_keep).
-    Beside `rkv-native` it measures R-KV's schedule; beside DynTS, at the same cache, its scores."""
+    Beside `rkv-native` only the schedule differs; beside DynTS, at the same cache, only the scores."""
 
     name = "rkv-native-cut"
 
@@ -320,6 +319,7 @@ class RKVBuffer(RKV):
         self.buffer = min(buffer, (budget - window) // 2)  # as rkv-native's
 
     n_keep = RKVNative.n_keep  # R-KV's schedule: all but the buffer
+
 
 # -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores

@@ -305,8 +305,9 @@ def test_only_attention_based_policies_make_the_model_compute_attention(name, mo
                         asked.append(need_attention) or real(self, idx, cache, need_attention, mask))
     tokens, stats, _ = run(name, None if name == "full" else 48, 8, n=60)
     policy = policies.make_policy(name, 48, 8, 0.3, 12, dynts.ImportancePredictor(CFG.n_embd), ENC)
-    assert any(asked) == policy.needs_attention == (name.removesuffix("+p") in ("h2o", "h2o-last", "snapkv", "rkv", "h2o-native", "snapkv-native", "rkv-native",
-                                                                                      "rkv-native-cut", "rkv-buffer"))
+    by_attention = ("h2o", "h2o-last", "snapkv", "rkv", "h2o-native", "snapkv-native", "rkv-native", "rkv-native-cut",
+                    "rkv-buffer")
+    assert any(asked) == policy.needs_attention == (name.removesuffix("+p") in by_attention)
     assert stats["peak_kv_tokens"] <= (48 if name != "full" else 72)
 
 

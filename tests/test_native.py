@@ -175,19 +175,25 @@ def test_rkv_native_drops_the_older_duplicates_first():
     assert kept.tolist() == [[1, 3, 4]]
 
 
-def test_rkv_native_cut_keeps_rkvs_choice_on_dynts_schedule():
-    """The same cache and attention: each eviction keeps as many slots as DynTS's rule does
-    (the window and ratio of the older ones, not the budget less R-KV's buffer), and those are
-    R-KV's best-scored slots."""
+def full_cache_seen_by(*policies_):
+    """A cache of 2 rows holding 40 random slots, and the same random attention observed by each policy."""
     torch.manual_seed(0)
     cache = KVCache(CONFIG, 2, 40)
     cache.kv.normal_()
     cache.advance(40)
     attention = torch.rand(CONFIG.n_layer, 2, CONFIG.n_kv_head, 40)
-    native, cut = policies.RKVNative(40, 8, 0.3), policies.RKVNativeCut(40, 8, 0.3)
-    for policy in (native, cut):
+    for policy in policies_:
         policy.reset(2, 40)
         policy.observe(torch.zeros(2, 40, dtype=torch.long), None, torch.arange(40), attention)
+    return cache
+
+
+def test_rkv_native_cut_keeps_rkvs_choice_on_dynts_schedule():
+    """The same cache and attention: each eviction keeps as many slots as DynTS's rule does
+    (the window and ratio of the older ones, not the budget less R-KV's buffer), and those are
+    R-KV's best-scored slots."""
+    native, cut = policies.RKVNative(40, 8, 0.3), policies.RKVNativeCut(40, 8, 0.3)
+    cache = full_cache_seen_by(native, cut)
     assert native.should_evict(40) and cut.should_evict(40)
     want = Policy(40, 8, 0.3).n_keep(40, 0)  # 8 + floor(0.3 x 32) = 17
     scores = native.eviction_scores(cache)
@@ -201,15 +207,8 @@ def test_rkv_native_cut_keeps_rkvs_choice_on_dynts_schedule():
 def test_rkv_buffer_keeps_the_official_choice_on_rkvs_schedule():
     """The same cache and attention: `rkv-buffer` keeps as many slots as `rkv-native` (the budget
     less R-KV's buffer), and those are the official `rkv`'s best-scored ones."""
-    torch.manual_seed(0)
-    cache = KVCache(CONFIG, 2, 40)
-    cache.kv.normal_()
-    cache.advance(40)
     official, buffered = policies.RKV(40, 8, 0.3), policies.RKVBuffer(40, 8, 0.3)
-    for policy in (official, buffered):
-        policy.reset(2, 40)
-        policy.observe(torch.zeros(2, 40, dtype=torch.long), None, torch.arange(40),
-                       torch.rand(CONFIG.n_layer, 2, CONFIG.n_kv_head, 40))
+    cache = full_cache_seen_by(official, buffered)
     scores = official.eviction_scores(cache)  # (B, L)
     idx = buffered.select(scores)
     want = policies.RKVNative(40, 8, 0.3).n_keep(40, 0)  # 40 less a buffer of min(128, 32 // 2)

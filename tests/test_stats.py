@@ -103,7 +103,8 @@ def test_the_targets_say_met_only_when_they_hold(dynts_wrong, within, capsys, tm
     assert full_gap.endswith(": met" if within else ": NOT met")  # 4 of 120 a seed is 3.3 points
     assert all(line.endswith(": met") for line in lines if "20 points below Full" in line)
     assert next(line for line in lines if "p < 0.01 on every seed" in line).endswith(": met")
-    native = [dict(r, policy=name) for r in records if r["policy"] == "lexical" for name in ("h2o-native+p", "rkv-native-cut+p")]
+    native = [dict(r, policy=name) for r in records if r["policy"] == "lexical"
+              for name in ("h2o-native+p", "rkv-native-cut+p")]
     rows = evaluate.summarize(records + native)
     assert set(evaluate.plot_order(rows)) == {r["policy"] for r in rows}  # no policy left out of the figure
     evaluate.plot(rows, str(tmp_path / "eval.png"))

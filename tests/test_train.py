@@ -543,4 +543,5 @@ def test_eval_notes_a_ratio_that_some_policies_do_not_use(tmp_path, capsys):
     with pytest.raises(UsageError):
         evaluate.main(ckpt=str(tmp_path / "nope.pt"), policies="full,dynts,h2o-native,rkv-native-cut+p,rkv-buffer",
                       ratio=0.5, device="cpu")
-    assert "note: --ratio 0.5 does not change h2o-native, rkv-buffer (their own schedules decide)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: --ratio 0.5 does not change h2o-native, rkv-buffer (their own schedules decide)" in err
