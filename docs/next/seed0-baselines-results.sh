@@ -3,10 +3,12 @@
 # 504 test problems at 30% (and 45%, where RUN_DIR/ev45 has them), pooled with seed 0's Full, DynTS
 # and lexical records from
 # docs/eval-paper-h200.json.gz (the same checkpoint, problems and budget), then the tables and pairs.
-# Writes docs/next/baselines-seed0-h200.{txt,json.gz,png}, -tables.md, -pairs.txt.
+# Writes docs/next/baselines-seed0-gpu.{txt,json.gz,png}, -tables.md, -pairs.txt.
+# RUN_DIR/ev-equal-mean, where present, holds the equal-mean pair (rkv-native+p at 25.2% and DynTS at
+# 35.5%: each at the other's mean cache at 30%), paired in -pairs.txt.
 # usage: bash docs/next/seed0-baselines-results.sh RUN_DIR   (RUN_DIR/ev/s0-*.json, RUN_DIR/ev45/s0-*.json)
 set -eu
-run=$1 to=docs/next/baselines-seed0-h200
+run=$1 to=docs/next/baselines-seed0-gpu
 tmp=$(mktemp --suffix .json)
 trap 'rm -f "$tmp"' EXIT
 python - "$tmp" <<'PY'
@@ -17,8 +19,11 @@ keep = [r for r in records if r["model_seed"] == 0 and r["policy"] in ("full", "
 json.dump({"records": keep}, open(sys.argv[1], "w"))
 PY
 plot=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $to.png" || true)
-python -m lab.eval --merge "$tmp" "$run"/ev/s0-*.json $(ls "$run"/ev45/s0-*.json 2>/dev/null) --json "$to.json.gz" $plot > "$to.txt"
+python -m lab.eval --merge "$tmp" "$run"/ev/s0-*.json $(ls "$run"/ev45/s0-*.json "$run"/ev-equal-mean/s0-*.json 2>/dev/null) --json "$to.json.gz" $plot > "$to.txt"
 python docs/results_table.py "$to.json.gz" > "$to-tables.md"
 python docs/next/native_pairs.py "$to.json.gz" 0.3 rkv-native-cut+p@0.3:rkv-native+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
+  $(ls "$run"/ev/s0-rkv-buffer+p-0.3.json > /dev/null 2>&1 && echo rkv-buffer+p@0.3:rkv+p@0.3 rkv-buffer+p@0.3:rkv-native+p@0.3) \
+  $(ls "$run"/ev-equal-mean/s0-*.json > /dev/null 2>&1 && echo rkv-native+p@0.252:dynts@0.3 rkv-native+p@0.3:dynts@0.355) \
   $(ls "$run"/ev45/s0-rkv-native-cut+p-0.45.json "$run"/ev45/s0-rkv+p-0.45.json > /dev/null 2>&1 && echo rkv-native-cut+p@0.45:rkv+p@0.45) > "$to-pairs.txt"
+python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
