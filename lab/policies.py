@@ -482,6 +482,8 @@ def make_policy(name, budget, window, ratio, prompt_len, predictor=None, enc=Non
         return cls(budget, window, ratio, prompt_len, predictor, end_think_id, enc.eot_token if eot_id is None else eot_id,
                    **extra)
     extra = dict(separator_ids=[enc.encode_single_token(c) for c in SepLLM.SEPARATORS]) if cls is SepLLM else {}
-    policy = cls(budget, window, ratio, prompt_len, protect_prompt=name.endswith("+p"), **extra)
+    if uses_ratio(name):
+        extra["ratio"] = ratio  # a schedule of its own reads none, so none is checked (flags.py refuses it)
+    policy = cls(budget, window, prompt_len=prompt_len, protect_prompt=name.endswith("+p"), **extra)
     policy.name = name  # "h2o+p" in summaries and pictures, not the class's "h2o"
     return policy

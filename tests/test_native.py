@@ -3,14 +3,15 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import generate
-from dynts import Policy
+from dynts import ImportancePredictor, Policy
 from lab import policies
-from model import GPT, GPTConfig, KVCache
+from model import GPT, GPTConfig, KVCache, get_encoding
 
 INF = float("inf")
 CONFIG = GPTConfig(block_size=256, vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=16, mlp_hidden=32)
@@ -116,6 +117,16 @@ def test_h2o_native_evicts_one_token_per_step_as_a_from_scratch_reference_does()
         for key, (positions, scores) in want.items():
             assert got[key].tolist() == positions
             torch.testing.assert_close(got_scores[key], torch.tensor(scores))
+
+
+def test_a_ratio_is_checked_only_where_the_policy_uses_it():
+    """A ratio that keeps every older token is refused for a policy cutting by it, and not checked
+    for one on its own schedule, which never reads it."""
+    for name in ("dynts", "rkv-native-cut+p", "h2o+p"):
+        with pytest.raises(ValueError, match="--ratio 1.0 keeps all"):
+            policies.make_policy(name, 40, 8, 1.0, 4, ImportancePredictor(CONFIG.n_embd), get_encoding())
+    for name in ("h2o-native", "rkv-native+p", "rkv-buffer+p"):
+        assert policies.make_policy(name, 40, 8, 1.0, 4).budget == 40
 
 
 def test_h2o_native_heads_keep_what_each_attended_to_and_the_prompt_when_protected():
