@@ -20,7 +20,7 @@ from lab import task
 from lab.checkpoint import load_hf_weights, open_model
 from lab.cli import UsageError, cache_bytes, check_memory, resolve_device, run_cli
 from lab.flags import check_flags, check_lengths, policy_names, warn_prompt_fills_older
-from lab.policies import NAMES, make_policy, uses_ratio
+from lab.policies import NAMES, PerHead, make_policy, uses_ratio
 from model import GPT, PRESETS, KVCache
 
 
@@ -240,7 +240,8 @@ def decode(model, enc, meta, ids, pol, max_new_tokens, num_samples, temperature,
                              eot_id=None if ignore_eot else meta["eos_id"], vocab_limit=enc.n_vocab, generator=gen,
                              on_token=on_token, on_step=on_step, cuda_graphs=cuda_graphs)
     stats.update(budget=pol.budget, window=pol.window, ratio=pol.ratio if uses_ratio(pol.name) else None,
-                 device=device, dtype=str(dtype).removeprefix("torch."), older_thinking_kept=kept_thinking)
+                 device=device, dtype=str(dtype).removeprefix("torch."), older_thinking_kept=kept_thinking,
+                 per_head=isinstance(pol, PerHead))  # each head keeps its own tokens: the summary counts one
     out.write("\n\n")
     rows = [row[:row.index(meta["eos_id"]) + 1] if meta["eos_id"] in row else row for row in tokens.tolist()]
     if the_problem is not None:
@@ -259,7 +260,8 @@ def summary(s: dict) -> str:
     return (f"policy {s['policy']} (budget {s['budget']}, window {s['window']}{ratio}) | "
             f"{s['batch']} x {s['new_tokens']} tokens generated | evictions {s['evictions']}"
             + (f" (each kept {min(kept)}" + (f"-{max(kept)}" if max(kept) > min(kept) else "")
-               + " older thinking tokens)" if kept else "") + " | "
+               + " older thinking tokens" + (" in layer 0's kv head 0)" if s.get("per_head") else ")") if kept else "")
+            + " | "
             f"peak KV {s['peak_kv_tokens']} tokens, {s['peak_kv_live_bytes'] / 2**20:.2f} MiB live, "
             f"{s['kv_allocated_bytes'] / 2**20:.2f} MiB allocated | {s['tokens_per_s']:.1f} tokens/s "
             f"on {s['device']} ({s['dtype']})")

@@ -245,3 +245,4 @@ def test_a_policy_that_evicts_every_step_marks_the_stream_once():
                           max_new_tokens=150, prompt="Question: which tokens stay? <think>", out=out)
     assert stats["evictions"] > 50 and out.getvalue().count("[evict") == 1
     assert "[evict 60->59, one a step from here]" in out.getvalue()
+    assert " older thinking tokens in layer 0's kv head 0) | " in out.getvalue()  # each head keeps its own
