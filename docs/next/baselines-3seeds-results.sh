@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 22's GPU table over three model seeds: seed 0's records (docs/next/baselines-seed0-gpu.json.gz,
+# plus any seed-0 run in RUN_DIR/ev45) and seeds 1 and 2's runs from docs/next/gpu-next.sh
+# (RUN_DIR/ev12 and RUN_DIR/ev-equal-mean: s<seed>-<policy>-<level>.json), keeping each (policy,
+# level) that all three seeds have, so that every row pools the same seeds. Writes
+# docs/next/baselines-3seeds-gpu.{txt,json.gz,png}, -tables.md (intervals resampling seeds and
+# problems) and -pairs.txt (each native form against its official one and against DynTS, at 30%
+# then 45%, pooled and per seed, and the equal-mean pairs where they ran).
+# usage: bash docs/next/baselines-3seeds-results.sh RUN_DIR
+set -eu
+run=$1 to=docs/next/baselines-3seeds-gpu
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python - "$tmp" "$run" <<'PY'
+import glob, gzip, json, os, sys
+tmp, run = sys.argv[1:]
+records = json.load(gzip.open("docs/next/baselines-seed0-gpu.json.gz", "rt"))["records"]
+for f in sorted(glob.glob(f"{run}/ev*/s[012]-*.json")):
+    records += json.load(open(f))["records"]
+cell = lambda r: (r["policy"], r.get("fraction"))
+seeds = {}
+for r in records:
+    seeds.setdefault(cell(r), set()).add(r["model_seed"])
+kept = {c for c, s in seeds.items() if s == {0, 1, 2}}
+dropped = sorted(f"{p}@{f}" for (p, f) in seeds if (p, f) not in kept)
+print(f"cells on all three seeds: {len(kept)}; left out (fewer seeds): {', '.join(dropped) or 'none'}", file=sys.stderr)
+seen = set()  # one record per (seed, policy, level, problem): a run repeated on a device keeps the first
+unique = []
+for r in records:
+    key = (r["model_seed"], *cell(r), r["problem"])
+    if cell(r) in kept and key not in seen:
+        seen.add(key)
+        unique.append(r)
+json.dump({"records": unique}, open(os.path.join(tmp, "pooled.json"), "w"))
+PY
+plot=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $to.png" || true)
+python -m lab.eval --merge "$tmp/pooled.json" --json "$to.json.gz" $plot > "$to.txt"
+python docs/results_table.py "$to.json.gz" > "$to-tables.md"
+pairs=$(python - "$to.json.gz" <<'PY'
+import gzip, json, sys
+cells = {(r["policy"], r.get("fraction")) for r in json.load(gzip.open(sys.argv[1], "rt"))["records"]}
+want = [("rkv-native+p", 0.252, "dynts", 0.3), ("rkv-native+p", 0.3, "dynts", 0.355),
+        ("rkv-buffer+p", 0.3, "rkv+p", 0.3), ("rkv-native-cut+p", 0.3, "rkv+p", 0.3)]
+print(" ".join(f"{a}@{x}:{b}@{y}" for a, x, b, y in want if (a, x) in cells and (b, y) in cells))
+PY
+)
+python docs/next/native_pairs.py "$to.json.gz" 0.3 $pairs > "$to-pairs.txt"
+python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
+echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
