@@ -7,6 +7,9 @@
 #     policy by policy, and seed 0's two runs left at 45% (they ran out of memory beside training),
 #     then the equal-mean pair on seeds 1 and 2, until the machine goes: eval-gpu.sh skips a run whose JSON exists, so a later call with the
 #     same OUT_DIR/ev* carried back finishes the rest.
+# Afterwards, here: OUT_DIR/prof/profile-r1-llama-8b-equal-memory.{txt,json,png} replace
+# docs/profile-r1-llama-8b-equal-memory*.{txt,json.gz} and .png (README's efficiency figure, EFFICIENCY.md
+# "At equal memory"); `bash docs/next/baselines-3seeds-results.sh OUT_DIR` pools the three seeds.
 # Everything lands in OUT_DIR/results.tgz, refreshed each minute ($OUT refuses names with "+").
 # usage: bash docs/next/gpu-next.sh OUT_DIR   (started detached: setsid nohup ... &; poll results.tgz)
 set -u
