@@ -31,7 +31,7 @@ export N=72 ABLATIONS="" OMP_NUM_THREADS=1
 MAIN="rkv-native+p rkv-buffer+p" bash docs/eval-gpu.sh "$ck" "$out/ev45" 3000 2 0.45 0 &
 MAIN="full dynts lexical rkv-native+p h2o-native+p snapkv-native+p rkv+p h2o+p snapkv+p rkv-native-cut+p
   rkv-buffer+p rkv-native h2o-native snapkv-native rkv h2o snapkv" \
-  bash docs/eval-gpu.sh "$ck" "$out/ev12" 3000 6 "0.3 0.45" "1 2"  # 8 at once in all: ~6 GB each at 45% (504 rows)
+  bash docs/eval-gpu.sh "$ck" "$out/ev12" 3000 6 "0.3 0.45" "1 2"  # 8 at once in all: ~6 GB of KV each at 45% (504 rows)
 MAIN=rkv-native+p bash docs/eval-gpu.sh "$ck" "$out/ev-equal-mean" 3000 2 0.252 "1 2" &  # each at the other's
 MAIN=dynts bash docs/eval-gpu.sh "$ck" "$out/ev-equal-mean" 3000 2 0.355 "1 2"           # mean cache at 30%
 wait
