@@ -239,14 +239,15 @@ class SnapKVNative(PerHead, SnapKV):
     name = "snapkv-native"
 
 
-def key_redundancy(keys: torch.Tensor, threshold: float, chunk: int = 64) -> torch.Tensor:
+def key_redundancy(keys: torch.Tensor, threshold: float, max_elements: int = 2**27) -> torch.Tensor:
     """R-KV's redundancy of each key among the keys of its head, keys (N, L, D) -> (N, L): the
     mean cosine similarity to the other keys, softmax-normalized over the head's keys, where
     each key's similarity to its newest duplicate (the last key more similar than `threshold`)
     does not count, so that of a run of duplicates the newest looks least redundant. (A key
     with no duplicate drops its similarity to key 0, as R-KV's code has it.) In chunks of
-    heads: the similarities are (chunk, L, L)."""
+    heads, each (chunk, L, L) of at most `max_elements` similarities (512 MiB), whatever the batch."""
     out = []
+    chunk = max(1, max_elements // keys.shape[1] ** 2)
     for a in range(0, keys.shape[0], chunk):
         k = F.normalize(keys[a:a + chunk].float(), dim=-1)
         sim = k @ k.transpose(1, 2)  # (n, L, L)

@@ -169,7 +169,8 @@ def test_key_redundancy_matches_a_key_by_key_reference():
     keys = torch.randn(5, 12, 4)
     keys[:, 7] = keys[:, 2] + 0.01  # near duplicates
     want = torch.stack([redundancy_reference(k, 0.5) for k in keys])
-    torch.testing.assert_close(policies.key_redundancy(keys, 0.5, chunk=2), want)
+    for max_elements in (12 * 12, 2 * 12 * 12, 2**27):  # one head a chunk, two, all five
+        torch.testing.assert_close(policies.key_redundancy(keys, 0.5, max_elements), want)
 
 
 def test_rkv_native_drops_the_older_duplicates_first():
