@@ -4,7 +4,7 @@ properties."""
 import math
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 
 import dynts
 from lab import fastpath

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 
 import dynts
 import generate

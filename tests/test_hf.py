@@ -13,7 +13,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 
 from lab import hf
 from model import KVCache

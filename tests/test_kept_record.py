@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-import generate
+pytest.importorskip("torch")
+import generate  # noqa: E402
 from lab import task
 from lab.checkpoint import DEFAULT_CKPT, load_checkpoint
 from lab.policies import make_policy

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 
 from lab import cli
 from lab import costs

@@ -3,7 +3,9 @@
 import os
 import re
 
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 
 from dynts import INF, Policy, select_keep
 

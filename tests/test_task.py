@@ -350,6 +350,7 @@ SHIPPED_EVAL_SHA256 = "2208e600e28e25be6abe7d9bfaa45da9b754b5d557a2fe04a035c9793
 
 def test_the_shipped_checkpoints_problems_do_not_change():
     """The problems the shipped checkpoint was evaluated on, drawn with the knobs it stores."""
+    pytest.importorskip("torch")
     import hashlib
 
     from lab.checkpoint import DEFAULT_CKPT, load_checkpoint
@@ -367,6 +368,7 @@ def test_the_shipped_checkpoints_problems_do_not_change():
 
 @functools.cache
 def paper(family: str, n: int = 30) -> tuple:
+    pytest.importorskip("torch")  # lab.train's knobs come with its torch imports
     from lab.train import TASK
     return tuple(problems("valid", n, family=family, **TASK))
 
@@ -376,6 +378,7 @@ def test_the_paper_regime_keeps_several_times_the_prompt_of_older_tokens():
     budget and ratio 0.3 keep floor(0.3 (budget - window)) older tokens: 3.5x the 96-token
     prompt (the paper: 600-900 against short questions; the short-trace task: 1.2x). Every
     problem fits the model's positions."""
+    pytest.importorskip("torch")
     from lab.train import CONFIGS
     lengths = [n_tokens(p.text()) for f in task.FAMILIES for p in paper(f)]
     prompt = {n_tokens(p.prompt) for f in task.FAMILIES for p in paper(f)}
@@ -403,6 +406,7 @@ def test_in_the_paper_regime_the_prompt_fixes_every_count_of_the_trace(family):
     """A model decoding greedily writes the most likely next token: it cannot draw a length it
     was not told (a random review length makes it review up to the longest). So two problems of
     one family with the same announced review have the same structure, line by line."""
+    pytest.importorskip("torch")
     from lab.train import TASK
     by_review = {}
     for p in problems("train", 60, family=family, **TASK):
@@ -453,6 +457,7 @@ def test_the_lexical_control_keeps_the_results_unless_decoys_crowd_them_out():
     keeps every asked result's value to the answer where the template marks only what the answer
     needs (far, reused, redundant), and loses one where decoy statements follow: on almost every
     decoy problem, and on most mixed ones (two side walks there, three in decoy: fewer decoys)."""
+    pytest.importorskip("torch")
     from model import get_encoding
     from lab.policies import make_policy
     from lab.train import values_kept_at_the_answer

@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict, replace
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

@@ -10,7 +10,7 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
-import torch
+torch = pytest.importorskip("torch")
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
