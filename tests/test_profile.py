@@ -39,6 +39,14 @@ TINY = dict(preset="tiny", batch_size=2, prompt_len=16, steps=40, budget=40, win
             device="cpu")
 
 
+def python_in_root(code: str) -> str:
+    """Run `code` in a fresh Python from the repository root (where profile.py shadows the
+    standard library's), returning its stdout; it must exit cleanly."""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def test_cprofile_profile_and_torch_compile_work_from_the_repo_root():
     code = ("import cProfile, profile, torch\n"
             "assert profile.__file__.endswith('profile.py')\n"
@@ -46,10 +54,9 @@ def test_cprofile_profile_and_torch_compile_work_from_the_repo_root():
             "profile.run('sum(range(10))')\n"
             "print(torch.compile(lambda x: x + 1, backend='eager')(torch.ones(2)).tolist())\n"
             "print(profile.__file__)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "[2.0, 2.0]" in r.stdout
-    assert r.stdout.strip().splitlines()[-1] == os.path.join(ROOT, "profile.py")  # ours, standing in for the stdlib's
+    out = python_in_root(code)
+    assert "[2.0, 2.0]" in out
+    assert out.strip().splitlines()[-1] == os.path.join(ROOT, "profile.py")  # ours, standing in for the stdlib's
 
 
 def test_cprofile_works_from_the_repo_root_without_torch():
@@ -60,9 +67,7 @@ def test_cprofile_works_from_the_repo_root_without_torch():
             "cProfile.run('sum(range(10))')\n"
             "profile.run('sum(range(10))')\n"
             "print(profile.__file__)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == os.path.join(ROOT, "profile.py")
+    assert python_in_root(code).strip().splitlines()[-1] == os.path.join(ROOT, "profile.py")
 
 
 def test_analytic_counts_match_the_formula():
