@@ -521,32 +521,53 @@ class DynTSMasks:
 
 
 @torch.no_grad()
-def budgets_on_validation(model: GPT, n: int, device) -> dict:
+def budgets_on_validation(model: GPT, predictor: dynts.ImportancePredictor, n: int, device) -> dict:
     """The decoding defaults, chosen on n validation problems (never on evaluation ones): Full's
     mean peak cache there (prompt + the model's own trace, sampled at TEMPERATURE), budgets
     at BUDGET_FRACTIONS of it, and the paper's proportions: window 0.4 x budget, ratio 0.3.
-    The default budget is the second fraction's (0.3: a third of Full's cache or less)."""
+    The default budget is the second fraction's (0.3: a third of Full's cache or less).
+    Then DynTS decodes the same problems at the default budget: a seed that Full serves well
+    but DynTS does not (one that reads a cut cache badly) shows here, before any test."""
     enc = get_encoding()
     problems = task.problems("valid", n, **TASK)
     prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
     P = len(prompts[0])
-    tokens, _ = generate(model, prompts, dynts.Full(), model.config.block_size - P, eot_id=enc.eot_token,
+    rows, new = decode_for_validation(model, prompts, dynts.Full(), device)
+    peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
+    budgets = [round(f * peak) for f in BUDGET_FRACTIONS]
+    # Accuracy per family: a seed's health is judged on validation, never on the test problems.
+    full_valid, full_solved = solved_by_family(problems, rows, new, enc)
+    budget, window = budgets[1], round(0.4 * budgets[1])
+    print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}; Full solves "
+          f"{full_solved}: " + ", ".join(f"{f} {v:.0%}" for f, v in full_valid.items()), flush=True)
+    dynts_valid = None
+    if budget > P + window:  # (a model that stops early can leave too small a budget: nothing to check)
+        policy = dynts.DynTS(budget, window, 0.3, P, predictor, enc.encode_single_token(END_THINK), enc.eot_token)
+        dynts_valid, dynts_solved = solved_by_family(problems, *decode_for_validation(model, prompts, policy, device), enc)
+        print(f"validation: DynTS at {budget} tokens solves {dynts_solved}: "
+              + ", ".join(f"{f} {v:.0%}" for f, v in dynts_valid.items()), flush=True)
+    return dict(budget=budget, window=window, ratio=0.3, budgets=budgets, window_fraction=0.4, full_peak_valid=peak,
+                n_valid=n, full_valid=full_valid, dynts_valid=dynts_valid, temperature=TEMPERATURE)
+
+
+def decode_for_validation(model: GPT, prompts: list[list[int]], policy: dynts.Policy, device):
+    """Each prompt's trace, sampled at TEMPERATURE under `policy` (the same draws for every
+    policy): the rows of new tokens, and how many of each row's count (through end-of-text)."""
+    enc = get_encoding()
+    tokens, _ = generate(model, prompts, policy, model.config.block_size - len(prompts[0]), eot_id=enc.eot_token,
                          vocab_limit=enc.n_vocab, temperature=TEMPERATURE,
                          generator=torch.Generator(device=device).manual_seed(0))
     rows = tokens.tolist()
-    new = [row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row) for row in rows]
-    peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
-    budgets = [round(f * peak) for f in BUDGET_FRACTIONS]
-    # Full's accuracy here, per family: a seed's health is judged on validation, never on the test problems.
+    return rows, [row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row) for row in rows]
+
+
+def solved_by_family(problems: list[task.Problem], rows, new, enc) -> tuple[dict, int]:
+    """{family: fraction of its problems whose trace ends in the right answer}, and how many in all."""
     solved = {f: [0, 0] for f in task.families_of(TASK)}
     for p, row, k in zip(problems, rows, new):
         solved[p.family][0] += task.check_answer(p, enc.decode(row[:k]))
         solved[p.family][1] += 1
-    full_valid = {f: round(k / m, 4) for f, (k, m) in solved.items() if m}
-    print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}; Full solves "
-          + ", ".join(f"{f} {k}/{m}" for f, (k, m) in solved.items() if m), flush=True)
-    return dict(budget=budgets[1], window=round(0.4 * budgets[1]), ratio=0.3, budgets=budgets,
-                window_fraction=0.4, full_peak_valid=peak, n_valid=n, full_valid=full_valid, temperature=TEMPERATURE)
+    return {f: round(k / m, 4) for f, (k, m) in solved.items() if m}, sum(k for k, _ in solved.values())
 
 
 # -----------------------------------------------------------------------------
@@ -837,7 +858,7 @@ def main(out=DEFAULT_CKPT, force=False, base=None, device=None, steps=None, batc
         print(f"ranking quality on validation traces: Spearman {metrics['spearman']:.3f}, decisive tokens in the top 10%: "
               f"{metrics['decisive_recall_top10']:.1%} ({eval_traces} traces)")
         model.eval()
-        decoding = budgets_on_validation(model, valid_problems, device)
+        decoding = budgets_on_validation(model, predictor, valid_problems, device)
         save_checkpoint(out, model, predictor, metrics, decoding)
         if os.path.exists(out + ".state"):
             os.remove(out + ".state")

@@ -84,6 +84,19 @@ def test_spearman():
     assert math.isclose(train.spearman(a, -a), -1.0, abs_tol=1e-6)
 
 
+def test_validation_checks_dynts_at_the_default_budget(small_setup, monkeypatch):
+    torch.manual_seed(0)
+    model, predictor = GPT(SMALL).eval(), dynts.ImportancePredictor(SMALL.n_embd)
+    monkeypatch.setattr(train, "BUDGET_FRACTIONS", (0.2, 0.9, 1.0, 1.0))  # a default budget above the prompt
+    d = train.budgets_on_validation(model, predictor, 4, "cpu")
+    assert d["dynts_valid"].keys() == d["full_valid"].keys() and all(0 <= v <= 1 for v in d["dynts_valid"].values())
+    # The same draws for every policy: DynTS with room for every token decodes exactly as Full.
+    prompts = [get_encoding().encode(p.prompt, allowed_special="all") for p in task.problems("valid", 4, **SMALL_TASK)]
+    roomy = dynts.DynTS(SMALL.block_size + 1, 200, 0.3, len(prompts[0]), predictor, 0, 1)
+    full_rows, roomy_rows = (train.decode_for_validation(model, prompts, policy, "cpu") for policy in (dynts.Full(), roomy))
+    assert roomy_rows == full_rows
+
+
 def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_path):
     path = str(tmp_path / "ckpt.pt")
     metrics = train.main(out=path, device="cpu", steps=3, batch_size=2, predictor_traces=2, predictor_steps=2,
@@ -95,7 +108,8 @@ def test_pipeline_trains_saves_loads_generates_and_evaluates(small_setup, tmp_pa
     assert d["budgets"] == [round(f * d["full_peak_valid"]) for f in train.BUDGET_FRACTIONS]
     assert d["budget"] == d["budgets"][1] and d["window"] == round(0.4 * d["budget"]) and d["ratio"] == 0.3
     assert d["n_valid"] == 4 and d["full_peak_valid"] <= SMALL.block_size
-    assert d["full_valid"] and set(d["full_valid"]) <= set(task.FAMILIES) and all(0 <= v <= 1 for v in d["full_valid"].values())
+    assert d["full_valid"].keys() <= set(task.FAMILIES) and all(0 <= v <= 1 for v in d["full_valid"].values())
+    assert d["dynts_valid"] is None  # this 3-step model stops early: its default budget is below the prompt
     ckpt = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in ckpt["model"].values())
 
