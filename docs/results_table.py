@@ -19,6 +19,10 @@ ORDER = ["oracle", "dynts", "lexical", "dynts-random",
          "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
 
 
+def percent(level):  # as lab/eval.py writes a budget level: 30%, 35.5%
+    return f"{100 * level:.1f}".removesuffix(".0") + "%"
+
+
 def cell(r):
     lo, hi = r.get("ci_crossed", r["ci"])
     seeds = " (" + " / ".join(f"{100 * s['pass_at_1']:.0f}" for s in r["per_seed"].values()) + ")" \
@@ -35,7 +39,7 @@ def main(path, family_level=0.3):
     if full:
         print(f"Full: {cell(full)}, items {100 * full['items']:.1f}%, mean peak cache {full['peak_kv']:.0f} tokens\n")
     peak = {lv: next(r["peak_kv"] for r in rows if r["level"] == lv) for lv in levels}
-    print("| policy | " + " | ".join(f"{lv:.0%} ({peak[lv]:.0f})" for lv in levels) + " |")
+    print("| policy | " + " | ".join(f"{percent(lv)} ({peak[lv]:.0f})" for lv in levels) + " |")
     print("|---" * (len(levels) + 1) + "|")
     for name in ORDER:
         got = {r["level"]: r for r in rows if r["policy"] == name}
@@ -44,7 +48,7 @@ def main(path, family_level=0.3):
     fams = list(rows[0]["families"])
     seeds = sorted({r.get("model_seed", 0) for r in result.get("records", [])})
     over = f"seed {seeds[0]} only" if len(seeds) == 1 else "pooled over seeds"
-    print(f"\nPer family at {family_level:.0%} (Pass@1 %, {over}), and the cache each policy held: its peak "
+    print(f"\nPer family at {percent(family_level)} (Pass@1 %, {over}), and the cache each policy held: its peak "
           "and its mean over the decode (tokens; the native baselines evict on their own schedules):\n")
     print("| policy | " + " | ".join(fams) + " | peak cache | mean cache |")
     print("|---" * (len(fams) + 3) + "|")
@@ -58,7 +62,7 @@ def main(path, family_level=0.3):
         on = "" if t["families"] == "all" else f" ({t['families']} only)"
         seeds = "; per seed: " + ", ".join(f"{100 * u['a']:.0f} vs {100 * u['b']:.0f}, p = {u['p_value']:.2g}"
                                            for u in t["per_seed"]) if len(t["per_seed"]) > 1 else ""
-        print(f"- at {t['level']:.0%}{on}: DynTS {100 * t['dynts']:.1f}% vs {t['rival']} {100 * t['rival_pass']:.1f}% "
+        print(f"- at {percent(t['level'])}{on}: DynTS {100 * t['dynts']:.1f}% vs {t['rival']} {100 * t['rival_pass']:.1f}% "
               f"on {t['n_pairs']} pairs, McNemar p = {t['p_value']:.2g}{seeds}")
     if full and "decoy" in fams and any(r["policy"] == "lexical" for r in rows):  # the paper's regime
         targets(result, family_level)
@@ -76,7 +80,7 @@ def targets(result, level=0.3):
     seeds_of = lambda policy: {r["model_seed"] for r in result["records"] if r["policy"] == policy and r["fraction"] == level}
     verdict = lambda ok: "met" if ok else "NOT met"
     full, dynts = rate("full", None, seeds=seeds_of("dynts")), rate("dynts", level)
-    print(f"\nTargets at {level:.0%}:\n")
+    print(f"\nTargets at {percent(level)}:\n")
     print(f"- DynTS within 2 points of Full, pooled: Full {100 * full:.1f}%, DynTS {100 * dynts:.1f}% "
           f"({100 * (dynts - full):+.1f}): {verdict(full - dynts <= 0.02)}")
     for family in ("decoy", "mixed"):  # the families where statements in the template are not all needed

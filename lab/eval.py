@@ -242,6 +242,11 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
     return tests
 
 
+def percent(level: float) -> str:
+    """A budget level as a percentage, with its decimal where it has one: 30%, 35.5%."""
+    return f"{100 * level:.1f}".removesuffix(".0") + "%"
+
+
 def table(rows: list[dict]) -> str:
     full = next((r for r in rows if r["policy"] == "full"), None)
     families = [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]
@@ -249,7 +254,7 @@ def table(rows: list[dict]) -> str:
            " ".join(f"{f:>9}" for f in families)
     lines = [head]
     for r in rows:
-        level = "-" if r["level"] is None else (f"{r['level']:.0%}" if isinstance(r["level"], float) else str(r["level"]))
+        level = "-" if r["level"] is None else (percent(r["level"]) if isinstance(r["level"], float) else str(r["level"]))
         comp = f"{full['peak_kv'] / r['peak_kv']:.2f}x" if full else "-"
         ci = f"{r['pass_at_1']:.1%} [{r['ci_crossed'][0]:.1%}, {r['ci_crossed'][1]:.1%}]"  # seeds and problems
         fams = " ".join(f"{r['families'][f]:>9.1%}" if f in r["families"] else f"{'':>9}" for f in families)
@@ -344,7 +349,7 @@ def report(records: list[dict]) -> dict:
     tests = paired_tests(records, rows)
     print("\n" + table(rows))
     for t in tests:
-        level = f"{t['level']:.0%} of Full's cache" if isinstance(t["level"], float) else f"budget {t['level']}"
+        level = f"{percent(t['level'])} of Full's cache" if isinstance(t["level"], float) else f"budget {t['level']}"
         on = "" if t["families"] == "all" else f" on {t['families']}"
         seeds = "; per seed p = " + ", ".join(f"{u['p_value']:.2g}" for u in t["per_seed"]) if len(t["per_seed"]) > 1 else ""
         print(f"at {level}{on}: dynts {t['dynts']:.1%} vs {t['rival']} {t['rival_pass']:.1%} on {t['n_pairs']} pairs: "

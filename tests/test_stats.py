@@ -125,3 +125,11 @@ def test_the_targets_count_full_on_the_seeds_dynts_ran_on(capsys):
     results_table.targets(dict(evaluate.report(records), records=records))
     full_gap = next(line for line in capsys.readouterr().out.splitlines() if "within 2 points" in line)
     assert "Full 100.0%" in full_gap and full_gap.endswith(": NOT met")
+
+
+def test_budget_levels_print_with_their_decimal():
+    """35.5% of Full's cache is not "36%": the equal-mean runs sit at 25.2% and 35.5%."""
+    pytest.importorskip("torch")  # lab.eval decodes with the model
+    from lab import eval as evaluate
+    for percent in (evaluate.percent, load_results_table().percent):
+        assert [percent(lv) for lv in (0.3, 0.45, 0.355, 0.252, 0.2)] == ["30%", "45%", "35.5%", "25.2%", "20%"]
