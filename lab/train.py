@@ -536,18 +536,19 @@ def budgets_on_validation(model: GPT, predictor: dynts.ImportancePredictor, n: i
     peak = P + sum(new) / n - 1  # the cache after the last forward: the final token is never written
     budgets = [round(f * peak) for f in BUDGET_FRACTIONS]
     # Accuracy per family: a seed's health is judged on validation, never on the test problems.
-    full_valid, full_solved = solved_by_family(problems, rows, new, enc)
+    full_solved = solved_by_family(problems, rows, new, enc)
     budget, window = budgets[1], round(0.4 * budgets[1])
     print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}; Full solves "
-          f"{full_solved}: " + ", ".join(f"{f} {v:.0%}" for f, v in full_valid.items()), flush=True)
-    dynts_valid = None
+          + said(full_solved), flush=True)
+    dynts_solved = None
     if budget > P + window:  # (a model that stops early can leave too small a budget: nothing to check)
         policy = dynts.DynTS(budget, window, 0.3, P, predictor, enc.encode_single_token(END_THINK), enc.eot_token)
-        dynts_valid, dynts_solved = solved_by_family(problems, *decode_for_validation(model, prompts, policy, device), enc)
-        print(f"validation: DynTS at {budget} tokens solves {dynts_solved}: "
-              + ", ".join(f"{f} {v:.0%}" for f, v in dynts_valid.items()), flush=True)
+        dynts_solved = solved_by_family(problems, *decode_for_validation(model, prompts, policy, device), enc)
+        print(f"validation: DynTS at {budget} tokens solves " + said(dynts_solved), flush=True)
+    fractions = lambda solved: {f: round(k / m, 4) for f, (k, m) in solved.items()}
     return dict(budget=budget, window=window, ratio=0.3, budgets=budgets, window_fraction=0.4, full_peak_valid=peak,
-                n_valid=n, full_valid=full_valid, dynts_valid=dynts_valid, temperature=TEMPERATURE)
+                n_valid=n, full_valid=fractions(full_solved), temperature=TEMPERATURE,
+                dynts_valid=None if dynts_solved is None else fractions(dynts_solved))
 
 
 def decode_for_validation(model: GPT, prompts: list[list[int]], policy: dynts.Policy, device):
@@ -561,13 +562,19 @@ def decode_for_validation(model: GPT, prompts: list[list[int]], policy: dynts.Po
     return rows, [row.index(enc.eot_token) + 1 if enc.eot_token in row else len(row) for row in rows]
 
 
-def solved_by_family(problems: list[task.Problem], rows, new, enc) -> tuple[dict, int]:
-    """{family: fraction of its problems whose trace ends in the right answer}, and how many in all."""
+def solved_by_family(problems: list[task.Problem], rows, new, enc) -> dict:
+    """{family: [problems whose trace ends in the right answer, problems]}, families that have some."""
     solved = {f: [0, 0] for f in task.families_of(TASK)}
     for p, row, k in zip(problems, rows, new):
         solved[p.family][0] += task.check_answer(p, enc.decode(row[:k]))
         solved[p.family][1] += 1
-    return {f: round(k / m, 4) for f, (k, m) in solved.items() if m}, sum(k for k, _ in solved.values())
+    return {f: km for f, km in solved.items() if km[1]}
+
+
+def said(solved: dict) -> str:
+    """"13 of 16 (far 13/16, ...)": solved problems in all, then per family."""
+    total = [sum(km[i] for km in solved.values()) for i in (0, 1)]
+    return f"{total[0]} of {total[1]} (" + ", ".join(f"{f} {k}/{m}" for f, (k, m) in solved.items()) + ")"
 
 
 # -----------------------------------------------------------------------------
