@@ -122,7 +122,7 @@ class Policy:
     - `add_attention`, with `needs_attention = True`: fold the attention each live slot received
       at this step into its score (H2O, SnapKV);
     - `eviction_scores`: rank by something read at the eviction (SnapKV pools, R-KV reads keys);
-    - `n_keep`: how many slots an eviction keeps;
+    - `n_keep`: how many slots an eviction keeps (`reads_ratio = False` where `ratio` plays no part);
     - `should_evict`: when to evict. The cache holds `budget` slots at most, so by then.
     A plain Policy ranks the answer (after `</think>`) like any thinking token; to keep DynTS's
     rule for it, subclass `DynTS` and override `predict`.
@@ -131,6 +131,7 @@ class Policy:
     name = "?"
     needs_attention = False  # the model must return the attention each slot received (the slow path)
     needs_predictor = False  # scores come from an ImportancePredictor
+    reads_ratio = True  # `ratio` sets how many older slots an eviction keeps (n_keep)
     graph_safe = True  # `score` may be replayed as a CUDA graph (lab/fastpath.py): no generator of its own
 
     def __init__(self, budget: int, window: int, ratio: float = 0.3, prompt_len: int = 0,
@@ -231,6 +232,7 @@ class Full(Policy):
     """The full cache: never evicts (the paper's "Transformers" baseline)."""
 
     name = "full"
+    reads_ratio = False
 
     def __init__(self):
         self.budget, self.window, self.ratio, self.prompt_len, self.protect_prompt = None, 0, 1.0, 0, False

@@ -116,7 +116,7 @@ def check_profile_flags(cfg, preset, policies, batch_size, prompt_len, steps, bu
 def warn_prompt_fills_older(pol, prompt_len: int):
     """A note when the rule's older share is no more than the protected prompt (it keeps the prompt)."""
     older = math.floor(pol.ratio * (pol.budget - pol.window)) if pol.budget is not None else None
-    if pol.protect_prompt and older <= prompt_len:  # the rule keeps max(protected, older): the prompt wins
+    if pol.protect_prompt and pol.reads_ratio and older <= prompt_len:  # it keeps max(protected, older)
         print(f"generate.py: note: --budget {pol.budget} --window {pol.window} --ratio {pol.ratio} keeps "
               f"floor({pol.ratio} x {pol.budget - pol.window}) = {older} older tokens, no more than the "
               f"{prompt_len}-token protected prompt: every eviction keeps the prompt and the window, no older "

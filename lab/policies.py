@@ -198,6 +198,7 @@ class H2ONative(PerHead, H2O):
     the positions. `ratio` is not used: the budget decides."""
 
     name = "h2o-native"
+    reads_ratio = False
 
     def evict(self, cache):
         L = self.length
@@ -269,6 +270,7 @@ class RKVNative(PerHead, SnapKV):
     own recent window of 8 tokens; the recent `window` is kept here, as by every policy."""
 
     name = "rkv-native"
+    reads_ratio = False
 
     def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=8, kernel=7,
                  lam=0.1, threshold=0.5, buffer=128):
@@ -302,6 +304,7 @@ class RKVNativeCut(RKVNative):
     Beside `rkv-native` only the schedule differs; beside DynTS, at the same cache, only the scores."""
 
     name = "rkv-native-cut"
+    reads_ratio = True
 
     def n_keep(self, L, protected):
         return Policy.n_keep(self, L, protected)
@@ -314,6 +317,7 @@ class RKVBuffer(RKV):
     schedule (DynTS's cut, R-KV's buffer)."""
 
     name = "rkv-buffer"
+    reads_ratio = False
 
     def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, buffer=128):
         super().__init__(budget, window, ratio, prompt_len, protect_prompt)
@@ -453,12 +457,9 @@ def policy_class(name: str) -> type[Policy]:
     return cls
 
 
-OWN_SCHEDULES = (Full, H2ONative, RKVNative, RKVBuffer)  # what they keep is not a ratio of the older tokens
-
-
 def uses_ratio(name: str) -> bool:
     """Whether `ratio` changes what the policy keeps (not for Full, one token a step, or R-KV's buffer)."""
-    return policy_class(name) not in OWN_SCHEDULES
+    return policy_class(name).reads_ratio
 
 
 def needs_attention(name: str) -> bool:
