@@ -326,6 +326,23 @@ class RKVBuffer(RKV):
     n_keep = RKVNative.n_keep  # R-KV's schedule: all but the buffer
 
 
+class DynTSBuffer(DynTS):
+    """An ablation of DynTS's schedule, not the paper's method: DynTS's predicted scores on R-KV's
+    schedule (`rkv-native`'s buffer): once the cache holds the budget, an eviction frees `buffer`
+    slots (128, or half the older ones for a small budget), not the cut to the window and `ratio` of
+    the older slots. Beside `dynts` only the schedule differs; beside `rkv-native`, only the scores
+    (and R-KV's per-head sets)."""
+
+    name = "dynts-buffer"
+    reads_ratio = False
+
+    def __init__(self, *args, buffer=128, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.buffer = min(buffer, (self.budget - self.window) // 2)  # as rkv-native's
+
+    n_keep = RKVNative.n_keep  # R-KV's schedule: all but the buffer
+
+
 # -----------------------------------------------------------------------------
 # DynTS's ablations (Sec. 5 of the paper): the same protection, other thinking-token scores
 
@@ -440,7 +457,7 @@ class Lexical(DynTS):
 BASELINES = (Window, StreamingLLM, SepLLM, H2O, H2OLast, SnapKV, RKV)  # each also as name + "+p"
 NATIVE = (H2ONative, SnapKVNative, RKVNative)  # the baselines as their papers run them, each also as name + "+p"
 SCHEDULES = (RKVNativeCut, RKVBuffer)  # R-KV's scores and schedule swapped (ablations), each also as name + "+p"
-ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion)
+ABLATIONS = (RandomThinking, BottomK, NoProtectedPrompt, RandomAll, BottomAll, NoQuestion, DynTSBuffer)
 YOURS = ()  # your own policies: run by name (each also as name + "+p"), in none of eval.py's sets
 CLASSES = {cls.name: cls for cls in (Full, DynTS, Lexical, *BASELINES, *NATIVE, *SCHEDULES, *ABLATIONS, *YOURS)}
 NAMES = ["full", "dynts", "lexical"] + [c.name for c in BASELINES] + [c.name + "+p" for c in BASELINES] + \

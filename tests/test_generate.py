@@ -188,6 +188,7 @@ BAD = [
     (["--top-k", "5"], "--top-k 5 samples; at temperature 0"),  # a random model decodes greedily by default
     (["--ckpt", "x.pt"], "--ckpt and --init random"),
     (["--policy", "rkv-native", "--ratio", "0.5"], "--ratio: --policy rkv-native keeps what its own schedule"),
+    (["--policy", "dynts-buffer", "--ratio", "0.5"], "--ratio: --policy dynts-buffer keeps what its own schedule"),
     (["--policy", "dynts,h2o-native", "--ratio", "0.5"], "--ratio: --policy h2o-native"),
 ]
 

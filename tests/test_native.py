@@ -229,11 +229,24 @@ def test_rkv_buffer_keeps_the_official_choice_on_rkvs_schedule():
     assert torch.equal(idx[:, :-8], scores[:, :32].topk(want - 8, dim=-1).indices.sort(dim=-1).values)
 
 
+def test_dynts_buffer_keeps_dynts_choice_on_rkvs_schedule():
+    """The same scores: `dynts-buffer` keeps as many slots as `rkv-native` (the budget less R-KV's
+    buffer), and those are DynTS's best-predicted ones, the prompt first."""
+    enc, predictor = get_encoding(), ImportancePredictor(CONFIG.n_embd)
+    cut, buffered = (policies.make_policy(name, 40, 8, 0.3, 4, predictor, enc) for name in ("dynts", "dynts-buffer"))
+    ranking = torch.rand(2, 40)
+    ranking[:, :4] = INF  # the protected prompt, as DynTS's `ranking` sets it
+    idx = buffered.select(ranking)
+    want = policies.RKVNative(40, 8, 0.3).n_keep(40, 4)  # 40 less a buffer of min(128, 32 // 2)
+    assert idx.shape == (2, want) and want == 24 != cut.n_keep(40, 4) == 17
+    assert (idx[:, :4] == torch.arange(4)).all() and (idx[:, -8:] == torch.arange(32, 40)).all()
+    assert torch.equal(idx[:, :-8], ranking[:, :32].topk(want - 8, dim=-1).indices.sort(dim=-1).values)
+
 def test_the_native_policies_decode_within_their_budget():
     torch.manual_seed(0)
     model = GPT(CONFIG).eval()
-    for name in ("h2o-native", "snapkv-native+p", "rkv-native", "rkv-native-cut+p", "rkv-buffer+p"):
-        policy = policies.make_policy(name, 40, 8, 0.3, 8)
+    for name in ("h2o-native", "snapkv-native+p", "rkv-native", "rkv-native-cut+p", "rkv-buffer+p", "dynts-buffer"):
+        policy = policies.make_policy(name, 40, 8, 0.3, 8, ImportancePredictor(CONFIG.n_embd), get_encoding())
         _, stats = generate.generate(model, list(range(1, 9)), policy, 120, num_samples=2, temperature=1.0,
                                      generator=torch.Generator().manual_seed(0))
         assert stats["peak_kv_tokens"] <= 40 and stats["evictions"] > 0
