@@ -5,7 +5,7 @@
 #  2. then issue 22's rows on the retrained seeds 1 and 2 (ckpt/tiny-reasoner-seed1.pt and -seed2.pt,
 #     trained 2026-12-05 on an H100; seed 0 is the shipped ckpt/tiny-reasoner.pt) at 30% then 45%,
 #     policy by policy, and seed 0's two runs left at 45% (they ran out of memory beside training),
-#     then the equal-mean pair on seeds 1 and 2, until the machine goes: eval-gpu.sh skips a run whose JSON exists, so a later call with the
+#     then the equal-mean pair on seeds 1 and 2, and dynts-buffer (DynTS on R-KV's schedule) on all three, until the machine goes: eval-gpu.sh skips a run whose JSON exists, so a later call with the
 #     same OUT_DIR/ev* carried back finishes the rest.
 # Afterwards, here: OUT_DIR/prof/profile-r1-llama-8b-equal-memory.{txt,json,png} replace
 # docs/profile-r1-llama-8b-equal-memory*.{txt,json.gz} and .png (README's efficiency figure, EFFICIENCY.md
@@ -29,7 +29,8 @@ pack
 echo "profiled: $(date -u +%T)"
 export N=72 ABLATIONS="" OMP_NUM_THREADS=1
 MAIN="rkv-native+p rkv-buffer+p" bash docs/eval-gpu.sh "$ck" "$out/ev45" 3000 2 0.45 0 &
-MAIN="full dynts lexical rkv-native+p h2o-native+p snapkv-native+p rkv+p h2o+p snapkv+p rkv-native-cut+p
+MAIN=dynts-buffer bash docs/eval-gpu.sh "$ck" "$out/ev-buffer" 3000 1 "0.3 0.45" 0 &  # seed 0's (1 and 2: below)
+MAIN="full dynts lexical dynts-buffer rkv-native+p h2o-native+p snapkv-native+p rkv+p h2o+p snapkv+p rkv-native-cut+p
   rkv-buffer+p rkv-native h2o-native snapkv-native rkv h2o snapkv" \
   bash docs/eval-gpu.sh "$ck" "$out/ev12" 3000 6 "0.3 0.45" "1 2"  # 8 at once in all: ~6 GB of KV each at 45% (504 rows)
 MAIN=rkv-native+p bash docs/eval-gpu.sh "$ck" "$out/ev-equal-mean" 3000 2 0.252 "1 2" &  # each at the other's
