@@ -9,7 +9,11 @@ or not. Nothing is computed here that eval.py's records do not hold: this only l
 """
 import gzip
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lab.stats import percent  # noqa: E402 (a budget level as eval.py's tables write it)
 
 ORDER = ["oracle", "dynts", "lexical", "dynts-random",
          "rkv+p", "rkv-native+p", "rkv-native-cut+p", "rkv-buffer+p", "snapkv+p", "snapkv-native+p", "h2o+p",
@@ -17,10 +21,6 @@ ORDER = ["oracle", "dynts", "lexical", "dynts-random",
          "rkv", "rkv-native", "rkv-native-cut", "rkv-buffer", "snapkv", "snapkv-native",
          "h2o", "h2o-native", "h2o-last", "sepllm", "streaming", "window",
          "dynts-bottom", "dynts-noprompt", "random-all", "bottom-all", "noquestion"]
-
-
-def percent(level):  # as lab/eval.py writes a budget level: 30%, 35.5%
-    return f"{100 * level:.1f}".removesuffix(".0") + "%"
 
 
 def cell(r):

@@ -35,7 +35,7 @@ import dynts
 from lab import hf
 from lab import task
 from lab import train
-from lab.stats import crossed_bootstrap, mcnemar, paired_by_seed, wilson
+from lab.stats import crossed_bootstrap, mcnemar, paired_by_seed, percent, wilson
 from lab.cli import (UsageError, cache_bytes, check_matplotlib, check_memory, check_output_path, check_seed,
                      exit_interrupted, resolve_device, run_cli)
 from generate import generate
@@ -240,11 +240,6 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
                               p_value=mcnemar([a[k] for k in keys], [b[k] for k in keys]),
                               per_seed=paired_by_seed({k: a[k] for k in keys}, {k: b[k] for k in keys})))
     return tests
-
-
-def percent(level: float) -> str:
-    """A budget level as a percentage, with its decimal where it has one: 30%, 35.5%."""
-    return f"{100 * level:.1f}".removesuffix(".0") + "%"
 
 
 def table(rows: list[dict]) -> str:

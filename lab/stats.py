@@ -64,3 +64,9 @@ def paired_by_seed(a: dict[tuple, bool], b: dict[tuple, bool]) -> list[dict]:
         tests.append(dict(model_seed=s, n_pairs=len(keys), a=sum(x) / len(keys), b=sum(y) / len(keys),
                           p_value=mcnemar(x, y)))
     return tests
+
+
+def percent(level: float) -> str:
+    """A budget level (a fraction of Full's cache) as the tables write it, with its decimal where
+    it has one: 30%, 35.5%."""
+    return f"{100 * level:.1f}".removesuffix(".0") + "%"
