@@ -260,31 +260,40 @@ def key_redundancy(keys: torch.Tensor, threshold: float, max_elements: int = 2**
     return torch.cat(out)
 
 
-class RKVNative(PerHead, SnapKV):
+class BufferSchedule:
+    """R-KV's schedule, whatever the scores: decoding fills a `buffer` of slots beyond what an
+    eviction keeps, then compresses back, so the cache holds at most `budget` = kept + buffer and
+    each eviction keeps budget - buffer: the cache stays near its budget. `ratio` is not used."""
+
+    reads_ratio = False
+
+    @property
+    def buffer(self) -> int:
+        return min(128, (self.budget - self.window) // 2)  # R-KV's 128; a small budget: half its older slots
+
+    def n_keep(self, L, protected):
+        return max(L - self.buffer, self.window + protected)
+
+
+class RKVNative(BufferSchedule, PerHead, SnapKV):
     """R-KV as its paper runs it (Cai et al., 2025, arXiv 2505.24133), per layer and kv head:
     score = lam * importance - (1 - lam) * redundancy, importance SnapKV's pooled attention of
     the last `obs_window` queries as a mean over them; redundancy `key_redundancy` with its
-    similarity threshold and its newest-duplicate rule. R-KV's schedule: decoding fills a
-    `buffer` beyond its kept budget, then compresses back, so the cache holds at most `budget` =
-    kept + buffer and each eviction keeps budget - buffer (`ratio` is not used). Left out: R-KV's
-    own recent window of 8 tokens; the recent `window` is kept here, as by every policy."""
+    similarity threshold and its newest-duplicate rule; on R-KV's schedule (`BufferSchedule`).
+    Left out: R-KV's own recent window of 8 tokens; the recent `window` is kept here, as by
+    every policy."""
 
     name = "rkv-native"
-    reads_ratio = False
 
     def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, obs_window=8, kernel=7,
-                 lam=0.1, threshold=0.5, buffer=128):
+                 lam=0.1, threshold=0.5):
         super().__init__(budget, window, ratio, prompt_len, protect_prompt, obs_window, kernel)
-        self.buffer = min(buffer, (budget - window) // 2)  # a small budget: half its older slots
         self.lam, self.threshold = lam, threshold
         self.observed = 0  # queries summed into the scores since the last eviction
 
     def add_attention(self, attention):
         self.observed += self.length > self.budget - self.obs_window  # SnapKV's test, before it adds
         super().add_attention(attention)
-
-    def n_keep(self, L, protected):
-        return max(L - self.buffer, self.window + protected)
 
     def eviction_scores(self, cache):
         importance = super().eviction_scores(cache) / max(self.observed, 1)  # (n_layer, B, Hkv, L)
@@ -310,23 +319,16 @@ class RKVNativeCut(RKVNative):
         return Policy.n_keep(self, L, protected)
 
 
-class RKVBuffer(RKV):
+class RKVBuffer(BufferSchedule, RKV):
     """An ablation of R-KV, not its paper's method: the official form's scores (`rkv`, one set
     for every layer and head) on R-KV's own schedule (`rkv-native`'s buffer). With `rkv`,
     `rkv-native-cut` and `rkv-native` it makes the two-by-two: scores (official, per head) by
     schedule (DynTS's cut, R-KV's buffer)."""
 
     name = "rkv-buffer"
-    reads_ratio = False
-
-    def __init__(self, budget, window, ratio=0.3, prompt_len=0, protect_prompt=False, buffer=128):
-        super().__init__(budget, window, ratio, prompt_len, protect_prompt)
-        self.buffer = min(buffer, (budget - window) // 2)  # as rkv-native's
-
-    n_keep = RKVNative.n_keep  # R-KV's schedule: all but the buffer
 
 
-class DynTSBuffer(DynTS):
+class DynTSBuffer(BufferSchedule, DynTS):
     """An ablation of DynTS's schedule, not the paper's method: DynTS's predicted scores on R-KV's
     schedule (`rkv-native`'s buffer): once the cache holds the budget, an eviction frees `buffer`
     slots (128, or half the older ones for a small budget), not the cut to the window and `ratio` of
@@ -334,13 +336,6 @@ class DynTSBuffer(DynTS):
     (and R-KV's per-head sets)."""
 
     name = "dynts-buffer"
-    reads_ratio = False
-
-    def __init__(self, *args, buffer=128, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.buffer = min(buffer, (self.budget - self.window) // 2)  # as rkv-native's
-
-    n_keep = RKVNative.n_keep  # R-KV's schedule: all but the buffer
 
 
 # -----------------------------------------------------------------------------
