@@ -539,12 +539,12 @@ def budgets_on_validation(model: GPT, predictor: dynts.ImportancePredictor, n: i
     full_solved = solved_by_family(problems, rows, new, enc)
     budget, window = budgets[1], round(0.4 * budgets[1])
     print(f"validation: Full's mean peak cache {peak:.0f} tokens ({n} problems); budgets {budgets}; Full solves "
-          + said(full_solved), flush=True)
+          + solved_line(full_solved), flush=True)
     dynts_solved = None
     if budget > P + window:  # (a model that stops early can leave too small a budget: nothing to check)
         policy = dynts.DynTS(budget, window, 0.3, P, predictor, enc.encode_single_token(END_THINK), enc.eot_token)
         dynts_solved = solved_by_family(problems, *decode_for_validation(model, prompts, policy, device), enc)
-        print(f"validation: DynTS at {budget} tokens solves " + said(dynts_solved), flush=True)
+        print(f"validation: DynTS at {budget} tokens solves " + solved_line(dynts_solved), flush=True)
     fractions = lambda solved: {f: round(k / m, 4) for f, (k, m) in solved.items()}
     return dict(budget=budget, window=window, ratio=0.3, budgets=budgets, window_fraction=0.4, full_peak_valid=peak,
                 n_valid=n, full_valid=fractions(full_solved), temperature=TEMPERATURE,
@@ -552,8 +552,8 @@ def budgets_on_validation(model: GPT, predictor: dynts.ImportancePredictor, n: i
 
 
 def decode_for_validation(model: GPT, prompts: list[list[int]], policy: dynts.Policy, device):
-    """Each prompt's trace, sampled at TEMPERATURE under `policy` (the same draws for every
-    policy): the rows of new tokens, and how many of each row's count (through end-of-text)."""
+    """Each prompt's trace, sampled at TEMPERATURE under `policy` (the same random draws for
+    every policy): the rows of new tokens, and each row's length through its end-of-text."""
     enc = get_encoding()
     tokens, _ = generate(model, prompts, policy, model.config.block_size - len(prompts[0]), eot_id=enc.eot_token,
                          vocab_limit=enc.n_vocab, temperature=TEMPERATURE,
@@ -571,8 +571,8 @@ def solved_by_family(problems: list[task.Problem], rows, new, enc) -> dict:
     return {f: km for f, km in solved.items() if km[1]}
 
 
-def said(solved: dict) -> str:
-    """"13 of 16 (far 13/16, ...)": solved problems in all, then per family."""
+def solved_line(solved: dict) -> str:
+    """"84 of 100 (far 13/16, ...)": the problems solved in all, then per family."""
     total = [sum(km[i] for km in solved.values()) for i in (0, 1)]
     return f"{total[0]} of {total[1]} (" + ", ".join(f"{f} {k}/{m}" for f, (k, m) in solved.items()) + ")"
 

@@ -153,7 +153,6 @@ def test_cli_runs_on_cpu_and_writes_stats(tmp_path):
     assert saved["evictions"] == stats["evictions"] >= 1 and saved["peak_kv_tokens"] == 80
 
 
-
 @pytest.mark.parametrize("name,noted", [("h2o+p", True), ("rkv-native+p", False), ("h2o-native+p", False)])
 def test_the_prompt_fills_older_note_only_where_ratio_decides(name, noted, capsys):
     """Budget 120, window 60: floor(0.3 x 60) = 18 older slots, fewer than the protected prompt.
@@ -162,6 +161,7 @@ def test_the_prompt_fills_older_note_only_where_ratio_decides(name, noted, capsy
     generate.main(policy=name, init="random", preset="tiny", budget=120, window=60, max_new_tokens=4,
                   device="cpu", out=io.StringIO())
     assert ("every eviction keeps the prompt and the window" in capsys.readouterr().err) == noted
+
 
 BAD = [
     (["--dynts", "--budget", "100", "--window", "100"], "--window"),

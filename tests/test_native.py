@@ -242,6 +242,7 @@ def test_dynts_buffer_keeps_dynts_choice_on_rkvs_schedule():
     assert (idx[:, :4] == torch.arange(4)).all() and (idx[:, -8:] == torch.arange(32, 40)).all()
     assert torch.equal(idx[:, :-8], ranking[:, :32].topk(want - 8, dim=-1).indices.sort(dim=-1).values)
 
+
 def test_the_native_policies_decode_within_their_budget():
     torch.manual_seed(0)
     model = GPT(CONFIG).eval()

@@ -5,8 +5,9 @@
 #  2. then issue 22's rows on the retrained seeds 1 and 2 (ckpt/tiny-reasoner-seed1.pt and -seed2.pt,
 #     trained 2026-12-05 on an H100; seed 0 is the shipped ckpt/tiny-reasoner.pt) at 30% then 45%,
 #     policy by policy, and seed 0's two runs left at 45% (they ran out of memory beside training),
-#     then the equal-mean pair on seeds 1 and 2, and dynts-buffer (DynTS on R-KV's schedule) on all three, until the machine goes: eval-gpu.sh skips a run whose JSON exists, so a later call with the
-#     same OUT_DIR/ev* carried back finishes the rest.
+#     then the equal-mean pair on seeds 1 and 2, and dynts-buffer (DynTS on R-KV's schedule) on all
+#     three, until the machine goes: eval-gpu.sh skips a run whose JSON exists, so a later call with
+#     the same OUT_DIR/ev* carried back finishes the rest.
 # Afterwards, here: OUT_DIR/prof/profile-r1-llama-8b-equal-memory.{txt,json,png} replace
 # docs/profile-r1-llama-8b-equal-memory*.{txt,json.gz} and .png (README's efficiency figure, EFFICIENCY.md
 # "At equal memory"); `bash docs/next/baselines-3seeds-results.sh OUT_DIR` pools the three seeds.
