@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The efficiency figures as the paper draws them, from continuous runs (no --jump): every step
 # from 0 to 15,000 decoded and timed, three stacked panels (profile.py --plot), at batch 8
-# (done: docs/profile-r1-llama-8b-h200.txt) and at equal memory (--batch-size max); then the
-# native baselines' cost beside DynTS at batch 8.
+# (docs/profile-r1-llama-8b-h200.txt) and at equal memory (--batch-size max;
+# docs/profile-r1-llama-8b-equal-memory-h200.txt); then the native baselines' cost beside DynTS at
+# batch 8.
 # The native baselines score by attention weights, which the CUDA-graph step does not return, so
 # they decode on the plain path, DynTS too there for a like-for-like share: that path is slow at
 # this shape (160-250 tokens/s on an H200, 2026-12-04), so that run jumps to its marks (2k, and the
@@ -11,8 +12,8 @@
 # usage: [RUNS="batch8 equal native"] [MEMORY_GIB=G] bash docs/profile-gpu.sh OUT_DIR [STEPS]
 # MEMORY_GIB: the equal-memory run fills G GiB instead of all that is free (78.7: what the H100
 # 80GB run of 2026-11-27 had free, so about its 30 and 94 rows again).
-# Minutes on one H200, estimated: batch8 4 (measured: 3.4), equal 11 with MEMORY_GIB=78.7 and about
-# 20 without, native 5 (measured, before model.py's decode step left SDPA).
+# Minutes on one H200, measured: batch8 3.4, equal 7.1 with MEMORY_GIB=78.7 (about 13 without,
+# estimated), native 5 (before model.py's decode step left SDPA).
 set -eu
 out=$1 steps=${2:-15000}
 mkdir -p "$out"
