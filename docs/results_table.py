@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lab.stats import percent  # noqa: E402 (a budget level as eval.py's tables write it)
 
-ORDER = ["oracle", "dynts", "lexical", "dynts-random",
+ORDER = ["oracle", "dynts", "lexical", "dynts-random", "dynts-buffer",
          "rkv+p", "rkv-native+p", "rkv-native-cut+p", "rkv-buffer+p", "snapkv+p", "snapkv-native+p", "h2o+p",
          "h2o-native+p", "h2o-last+p", "sepllm+p", "streaming+p", "window+p",
          "rkv", "rkv-native", "rkv-native-cut", "rkv-buffer", "snapkv", "snapkv-native",

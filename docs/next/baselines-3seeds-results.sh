@@ -5,7 +5,8 @@
 # level) that all three seeds have, so that every row pools the same seeds. Writes
 # docs/next/baselines-3seeds-gpu.{txt,json.gz,png}, -tables.md (intervals resampling seeds and
 # problems) and -pairs.txt (each native form against its official one and against DynTS, at 30%
-# then 45%, pooled and per seed, the equal-mean pairs and dynts-buffer against DynTS where they ran).
+# then 45%, pooled and per seed, the equal-mean pairs and dynts-buffer against DynTS and rkv-native+p
+# where they ran).
 # usage: bash docs/next/baselines-3seeds-results.sh RUN_DIR
 set -eu
 run=$1 to=docs/next/baselines-3seeds-gpu
@@ -41,7 +42,9 @@ import gzip, json, sys
 cells = {(r["policy"], r.get("fraction")) for r in json.load(gzip.open(sys.argv[1], "rt"))["records"]}
 want = [("rkv-native+p", 0.252, "dynts", 0.3), ("rkv-native+p", 0.3, "dynts", 0.355),
         ("rkv-buffer+p", 0.3, "rkv+p", 0.3), ("rkv-native-cut+p", 0.3, "rkv+p", 0.3),
-        ("dynts-buffer", 0.3, "dynts", 0.3), ("dynts-buffer", 0.45, "dynts", 0.45)]
+        ("dynts-buffer", 0.3, "dynts", 0.3), ("dynts-buffer", 0.45, "dynts", 0.45),
+        ("dynts-buffer", 0.3, "rkv-native+p", 0.3), ("dynts-buffer", 0.45, "rkv-native+p", 0.45),
+        ("dynts", 0.355, "dynts-buffer", 0.3)]
 print(" ".join(f"{a}@{x}:{b}@{y}" for a, x, b, y in want if (a, x) in cells and (b, y) in cells))
 PY
 )

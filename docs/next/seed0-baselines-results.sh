@@ -5,7 +5,8 @@
 # docs/eval-paper-h200.json.gz (the same checkpoint, problems and budget), then the tables and pairs.
 # Writes docs/next/baselines-seed0-gpu.{txt,json.gz,png}, -tables.md, -pairs.txt.
 # RUN_DIR/ev-equal-mean, where present, holds the equal-mean pair (rkv-native+p at 25.2% and DynTS at
-# 35.5%: each at the other's mean cache at 30%), paired in -pairs.txt.
+# 35.5%: each at the other's mean cache at 30%), paired in -pairs.txt; RUN_DIR/ev45 may also hold
+# dynts-buffer at 30% and 45% (DynTS's scores on R-KV's buffer schedule), paired with DynTS and rkv-native+p.
 # usage: bash docs/next/seed0-baselines-results.sh RUN_DIR   (RUN_DIR/ev/s0-*.json, RUN_DIR/ev45/s0-*.json)
 set -eu
 run=$1 to=docs/next/baselines-seed0-gpu
@@ -24,6 +25,9 @@ python docs/results_table.py "$to.json.gz" > "$to-tables.md"
 python docs/next/native_pairs.py "$to.json.gz" 0.3 rkv-native-cut+p@0.3:rkv-native+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
   $(ls "$run"/ev/s0-rkv-buffer+p-0.3.json > /dev/null 2>&1 && echo rkv-buffer+p@0.3:rkv+p@0.3 rkv-buffer+p@0.3:rkv-native+p@0.3) \
   $(ls "$run"/ev-equal-mean/s0-*.json > /dev/null 2>&1 && echo rkv-native+p@0.252:dynts@0.3 rkv-native+p@0.3:dynts@0.355) \
-  $(ls "$run"/ev45/s0-rkv-native-cut+p-0.45.json "$run"/ev45/s0-rkv+p-0.45.json > /dev/null 2>&1 && echo rkv-native-cut+p@0.45:rkv+p@0.45) > "$to-pairs.txt"
+  $(ls "$run"/ev45/s0-rkv-native-cut+p-0.45.json "$run"/ev45/s0-rkv+p-0.45.json > /dev/null 2>&1 && echo rkv-native-cut+p@0.45:rkv+p@0.45) \
+  $(ls "$run"/ev45/s0-rkv-buffer+p-0.45.json > /dev/null 2>&1 && echo rkv-buffer+p@0.45:rkv+p@0.45 rkv-buffer+p@0.45:rkv-native+p@0.45) \
+  $(ls "$run"/ev45/s0-dynts-buffer-0.3.json > /dev/null 2>&1 && echo dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.3:rkv-native+p@0.3 dynts@0.355:dynts-buffer@0.3) \
+  $(ls "$run"/ev45/s0-dynts-buffer-0.45.json > /dev/null 2>&1 && echo dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.45:rkv-native+p@0.45) > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
