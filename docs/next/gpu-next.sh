@@ -3,12 +3,12 @@
 # H200, estimated from the 30% rows' 17; poll until done): the rows at 45% that seeds 1 and 2 lack
 # (seed 0 has them all), then the equal-mean pair on seeds 1 and 2 (rkv-native+p at 25.2% and
 # DynTS at 35.5% of Full's validation peak: each near the other's mean cache at 30%).
-# DONE_DIR holds runs already made (here: out/gpu1205b/ev12, the 30% rows and DynTS at 45%, carried
-# with the call), copied in so that eval-gpu.sh skips them; without it they run again.
+# Seeds 1 and 2's runs so far are in docs/next/baselines-seeds12-gpu.json.gz; seed 1's lexical at 45%
+# runs again here, and the pooling keeps the first record of each problem.
 # Afterwards, here: `bash docs/next/baselines-3seeds-results.sh OUT_DIR` pools the three seeds
 # (OUT_DIR/ev12, OUT_DIR/ev-equal-mean). Everything lands in OUT_DIR/results.tgz, refreshed each minute
 # ($OUT refuses names with "+").
-# usage: bash docs/next/gpu-next.sh OUT_DIR [DONE_DIR]   (started detached: setsid nohup ... &)
+# usage: bash docs/next/gpu-next.sh OUT_DIR   (started detached: setsid nohup ... &)
 # The earlier sitting (2026-12-05, one H200) profiled at equal memory and ran the 30% rows; this
 # file as of commit 73d6487 shows it.
 set -u
@@ -16,7 +16,6 @@ out=$1 ck=out/paper-v3
 mkdir -p "$out/ev12" "$ck"
 cp ckpt/tiny-reasoner-seed1.pt "$ck/seed1.pt"
 cp ckpt/tiny-reasoner-seed2.pt "$ck/seed2.pt"
-if [ -n "${2:-}" ]; then cp "$2"/s[12]-*.json "$out/ev12/"; fi
 pack() {  # written beside, then moved in: tar fails on a folder that changes as it reads
   tar czf "$out.tmp.tgz" -C "$out" --exclude='*.tgz' --exclude='*.state' --exclude='*.pt' . && mv "$out.tmp.tgz" "$out/results.tgz"
 }
