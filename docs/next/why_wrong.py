@@ -42,7 +42,7 @@ for name in names:
     generator = torch.Generator().manual_seed(1234)
     tokens, stats = generate(model, prompts, policy, model.config.block_size - P, eot_id=eot, vocab_limit=enc.n_vocab,
                              temperature=d.get("temperature", 0.0), generator=generator, check_every=32)
-    kinds, wrong = Counter(), 0
+    kinds, letters, wrong = Counter(), Counter(), 0
     for p, row in zip(problems, tokens.tolist()):
         text = enc.decode(row[:row.index(eot) + 1] if eot in row else row)
         if task.check_answer(p, text):
@@ -55,10 +55,12 @@ for name in names:
             said = re.findall(rf"\b{letter}=([a-z>]+)[. ]", thinking)  # its result statements, then restatements
             if got.get(letter) == truth:
                 continue
+            letters[letter] += 1
             kinds["no answer" if task.answer_of(text) is None else "never stated" if not said else
                   "walk (first statement wrong)" if said[0] != truth else
                   "recall (first right, a later one wrong)" if said[-1] != truth else
                   "copy (every statement right)"] += 1
         print(f"  {name} {p.family}: answer {task.answer_of(text)!r}, truth {p.answer!r}", flush=True)
     print(f"{name} at {budget if name != 'full' else 'no'} budget: {len(problems) - wrong} of {len(problems)} right; "
-          f"wrong items: {dict(kinds)}; {stats['new_tokens']} steps, {stats['seconds']:.0f} s", flush=True)
+          f"wrong items: {dict(kinds)}, by statement {dict(sorted(letters.items()))}; {stats['new_tokens']} steps, "
+          f"{stats['seconds']:.0f} s", flush=True)
