@@ -3,8 +3,11 @@ policy answers wrong, classify each wrong item by what the trace wrote for it be
 "walk" if its first result statement ("so A=kl.") was already wrong; "recall" if that was right
 but a later restatement ("so far A=kl", a correction) was wrong; "copy" if every statement was
 right and only the answer was wrong. (In `mixed`, C's first statement is a step short by
-design, so a wrong C there counts as "walk" whatever went wrong.) Sampled at the checkpoint's
-temperature, one batch per policy, the same generator seed.
+design, so a wrong C there counts as "walk" whatever went wrong.) Then, over every trace, right
+or wrong: the walks that start at another node than the reference trace's ("C: mu>..." where C
+starts at ql), and the trace's restatements of a start ("check 60: B starts at dr") that name
+another node. Sampled at the checkpoint's temperature, one batch per policy, the same generator
+seed.
 usage: python docs/next/why_wrong.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]"""
 
 import os
@@ -43,8 +46,16 @@ for name in names:
     tokens, stats = generate(model, prompts, policy, model.config.block_size - P, eot_id=eot, vocab_limit=enc.n_vocab,
                              temperature=d.get("temperature", 0.0), generator=generator, check_every=32)
     kinds, letters, wrong = Counter(), Counter(), 0
+    starts = Counter()  # walks starting at a wrong node, by letter; restatements, and those wrong
     for p, row in zip(problems, tokens.tolist()):
         text = enc.decode(row[:row.index(eot) + 1] if eot in row else row)
+        truth = dict(re.findall(r"(?m)^([ABC]): (\w+)>", p.thinking))
+        written = text.split(END_THINK, 1)[0]
+        walks = re.findall(r"(?m)(?:^|<think>)([ABC]): (\w+)>", written)
+        starts.update(letter for letter, node in walks if truth.get(letter) != node)
+        restated = re.findall(r"([ABC]) starts at (\w+)", written)
+        starts["restated"] += len(restated)
+        starts["restated wrong"] += sum(truth.get(letter) != node for letter, node in restated)
         if task.check_answer(p, text):
             continue
         wrong += 1
@@ -64,3 +75,5 @@ for name in names:
     print(f"{name} at {budget if name != 'full' else 'no'} budget: {len(problems) - wrong} of {len(problems)} right; "
           f"wrong items: {dict(kinds)}, by statement {dict(sorted(letters.items()))}; {stats['new_tokens']} steps, "
           f"{stats['seconds']:.0f} s", flush=True)
+    print(f"  walks starting at a wrong node: {' '.join(f'{k} {starts[k]}' for k in 'ABC')}; restatements of a start "
+          f"naming a wrong node: {starts['restated wrong']} of {starts['restated']}", flush=True)
