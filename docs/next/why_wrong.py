@@ -28,6 +28,7 @@ from lab.policies import make_policy  # noqa: E402
 from lab.task import END_THINK  # noqa: E402
 from model import get_encoding  # noqa: E402
 from probe_setup import setup  # noqa: E402
+from starts import RESTATED, WALK  # noqa: E402
 
 args = sys.argv[1:] + ["4", "full,dynts", "0.3"][len(sys.argv) - 2:]
 names = args[2].split(",")
@@ -49,13 +50,12 @@ for name in names:
     starts = Counter()  # walks starting at a wrong node, by letter; restatements, and those wrong
     for p, row in zip(problems, tokens.tolist()):
         text = enc.decode(row[:row.index(eot) + 1] if eot in row else row)
-        truth = dict(re.findall(r"(?m)^([ABC]): (\w+)>", p.thinking))
+        start_of = dict(WALK.findall(p.thinking))  # where the reference trace starts each walk
         written = text.split(END_THINK, 1)[0]
-        walks = re.findall(r"(?m)(?:^|<think>)([ABC]): (\w+)>", written)
-        starts.update(letter for letter, node in walks if truth.get(letter) != node)
-        restated = re.findall(r"([ABC]) starts at (\w+)", written)
+        starts.update(letter for letter, node in WALK.findall(written) if start_of.get(letter) != node)
+        restated = RESTATED.findall(written)
         starts["restated"] += len(restated)
-        starts["restated wrong"] += sum(truth.get(letter) != node for letter, node in restated)
+        starts["restated wrong"] += sum(start_of.get(letter) != node for letter, node in restated)
         if task.check_answer(p, text):
             continue
         wrong += 1
