@@ -39,17 +39,9 @@ PY
 plot=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $to.png" || true)
 python -m lab.eval --merge "$tmp/pooled.json" --json "$to.json.gz" $plot > "$to.txt"
 python docs/results_table.py "$to.json.gz" > "$to-tables.md"
-pairs=$(python - "$to.json.gz" <<'PY'
-import gzip, json, sys
-cells = {(r["policy"], r.get("fraction")) for r in json.load(gzip.open(sys.argv[1], "rt"))["records"]}
-want = [("rkv-native+p", 0.252, "dynts", 0.3), ("rkv-native+p", 0.3, "dynts", 0.355),
-        ("rkv-buffer+p", 0.3, "rkv+p", 0.3), ("rkv-native-cut+p", 0.3, "rkv+p", 0.3),
-        ("dynts-buffer", 0.3, "dynts", 0.3), ("dynts-buffer", 0.45, "dynts", 0.45),
-        ("dynts-buffer", 0.3, "rkv-native+p", 0.3), ("dynts-buffer", 0.45, "rkv-native+p", 0.45),
-        ("dynts", 0.355, "dynts-buffer", 0.3)]
-print(" ".join(f"{a}@{x}:{b}@{y}" for a, x, b, y in want if (a, x) in cells and (b, y) in cells))
-PY
-)
-python docs/next/native_pairs.py "$to.json.gz" 0.3 $pairs > "$to-pairs.txt"
+python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native+p@0.252:dynts@0.3 \
+  rkv-native+p@0.3:dynts@0.355 rkv-buffer+p@0.3:rkv+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
+  dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.3:rkv-native+p@0.3 \
+  dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"

@@ -2,7 +2,8 @@
 both decoded: Pass@1 of each, the pairs where only one was right, McNemar's exact p (pooled over
 the model seeds in the records, then per seed: a Pass@1 % each and p), and each policy's mean cache. Reads eval.py --json or --merge output.
 PAIRS such as rkv-native+p@0.252:dynts@0.3 pair two cells at levels of their own (equal mean cache).
-usage: python docs/next/native_pairs.py RESULTS.json[.gz] [LEVEL] [POLICY@LEVEL:POLICY@LEVEL ...]   (LEVEL default 0.3)"""
+A pair whose records are missing is an error, or, with --present-only, left out. LEVEL: 0.3 unless given.
+usage: python docs/next/native_pairs.py RESULTS.json[.gz] [LEVEL] [--present-only] [POLICY@LEVEL:POLICY@LEVEL ...]"""
 
 import gzip
 import json
@@ -15,7 +16,8 @@ from lab.stats import mcnemar, paired_by_seed  # noqa: E402
 args = sys.argv[1:]
 if not args:
     sys.exit(__doc__.splitlines()[-1])
-path, rest = args[0], args[1:]
+path, rest = args[0], [a for a in args[1:] if a != "--present-only"]
+present_only = "--present-only" in args
 try:
     level = float(rest.pop(0)) if rest and "@" not in rest[0] else 0.3
     pairs = [tuple((p, float(lv)) for p, lv in (cell.split("@") for cell in arg.split(":"))) for arg in rest]
@@ -28,10 +30,10 @@ for r in records:
     key = (r["policy"], level if r["policy"] == "full" else r.get("fraction"))
     cells.setdefault(key, {})[(r.get("model_seed", 0), r["problem"])] = r["correct"]
     cache.setdefault(key, []).append(r["mean_kv"])
-for a, b in pairs:
-    for name, lv in (a, b):
-        if (name, lv) not in cells:
-            sys.exit(f"native_pairs.py: error: no records of {name} at {lv} in {path}")
+for name, lv in {cell for pair_ in pairs for cell in pair_} - cells.keys():
+    if not present_only:
+        sys.exit(f"native_pairs.py: error: no records of {name} at {lv} in {path}")
+pairs = [(a, b) for a, b in pairs if a in cells and b in cells]
 
 
 def pair(a, b):

@@ -22,12 +22,11 @@ PY
 plot=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $to.png" || true)
 python -m lab.eval --merge "$tmp" "$run"/ev/s0-*.json $(ls "$run"/ev45/s0-*.json "$run"/ev-equal-mean/s0-*.json 2>/dev/null) --json "$to.json.gz" $plot > "$to.txt"
 python docs/results_table.py "$to.json.gz" > "$to-tables.md"
-python docs/next/native_pairs.py "$to.json.gz" 0.3 rkv-native-cut+p@0.3:rkv-native+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
-  $(ls "$run"/ev/s0-rkv-buffer+p-0.3.json > /dev/null 2>&1 && echo rkv-buffer+p@0.3:rkv+p@0.3 rkv-buffer+p@0.3:rkv-native+p@0.3) \
-  $(ls "$run"/ev-equal-mean/s0-*.json > /dev/null 2>&1 && echo rkv-native+p@0.252:dynts@0.3 rkv-native+p@0.3:dynts@0.355) \
-  $(ls "$run"/ev45/s0-rkv-native-cut+p-0.45.json "$run"/ev45/s0-rkv+p-0.45.json > /dev/null 2>&1 && echo rkv-native-cut+p@0.45:rkv+p@0.45) \
-  $(ls "$run"/ev45/s0-rkv-buffer+p-0.45.json > /dev/null 2>&1 && echo rkv-buffer+p@0.45:rkv+p@0.45 rkv-buffer+p@0.45:rkv-native+p@0.45) \
-  $(ls "$run"/ev45/s0-dynts-buffer-0.3.json > /dev/null 2>&1 && echo dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.3:rkv-native+p@0.3 dynts@0.355:dynts-buffer@0.3) \
-  $(ls "$run"/ev45/s0-dynts-buffer-0.45.json > /dev/null 2>&1 && echo dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.45:rkv-native+p@0.45) > "$to-pairs.txt"
+python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native-cut+p@0.3:rkv-native+p@0.3 \
+  rkv-native-cut+p@0.3:rkv+p@0.3 rkv-buffer+p@0.3:rkv+p@0.3 rkv-buffer+p@0.3:rkv-native+p@0.3 \
+  rkv-native+p@0.252:dynts@0.3 rkv-native+p@0.3:dynts@0.355 rkv-native-cut+p@0.45:rkv+p@0.45 \
+  rkv-buffer+p@0.45:rkv+p@0.45 rkv-buffer+p@0.45:rkv-native+p@0.45 \
+  dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.3:rkv-native+p@0.3 dynts@0.355:dynts-buffer@0.3 \
+  dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.45:rkv-native+p@0.45 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
