@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Issue 22's GPU table over three model seeds: seed 0's records (docs/next/baselines-seed0-gpu.json.gz),
 # seeds 1 and 2's runs so far (docs/next/baselines-seeds12-gpu.json.gz: the 30% rows and DynTS and
-# lexical at 45%, one H200, 2026-12-05), and any runs in RUN_DIR/ev*/ (s<seed>-<policy>-<level>.json,
-# from docs/next/gpu-next.sh), keeping each (policy, level) that all three seeds have, so that every
+# lexical at 45%, one H200, 2026-12-05; docs/next/baselines-seeds12-h100.json.gz: most rows at 45%
+# and the equal-mean pair, one H100, 2026-12-05), and any runs in RUN_DIR/ev*/
+# (s<seed>-<policy>-<level>.json, from docs/next/gpu-next.sh; without RUN_DIR, the committed records
+# alone), keeping each (policy, level) that all three seeds have, so that every
 # row pools the same seeds. Writes docs/next/baselines-3seeds-gpu.{txt,json.gz,png}, -tables.md
 # (intervals resampling seeds and problems) and -pairs.txt (each native form against its official
 # one and against DynTS, at 30% then 45%, pooled and per seed, the equal-mean pairs and dynts-buffer
 # against DynTS and rkv-native+p where they ran).
-# usage: bash docs/next/baselines-3seeds-results.sh RUN_DIR
+# usage: bash docs/next/baselines-3seeds-results.sh [RUN_DIR]
 set -eu
-run=$1 to=docs/next/baselines-3seeds-gpu
+run=${1:-/nonexistent} to=docs/next/baselines-3seeds-gpu
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python - "$tmp" "$run" <<'PY'
 import glob, gzip, json, os, sys
 tmp, run = sys.argv[1:]
 records = []
-for done in ["docs/next/baselines-seed0-gpu.json.gz", "docs/next/baselines-seeds12-gpu.json.gz"]:
+for done in ["docs/next/baselines-seed0-gpu.json.gz", "docs/next/baselines-seeds12-gpu.json.gz",
+             "docs/next/baselines-seeds12-h100.json.gz"]:
     records += json.load(gzip.open(done, "rt"))["records"]
 for f in sorted(glob.glob(f"{run}/ev*/s[012]-*.json")):
     records += json.load(open(f))["records"]
