@@ -8,7 +8,8 @@
 # row pools the same seeds. Writes docs/next/baselines-3seeds-gpu.{txt,json.gz,png}, -tables.md
 # (intervals resampling seeds and problems) and -pairs.txt (each native form against its official
 # one and against DynTS, at 30% then 45%, pooled and per seed, the equal-mean pairs and dynts-buffer
-# against DynTS and rkv-native+p where they ran).
+# against DynTS and rkv-native+p where they ran, and the diagnostic dynts-keep-restated against DynTS
+# and rkv-native+p where it ran).
 # usage: bash docs/next/baselines-3seeds-results.sh [RUN_DIR]
 set -eu
 run=${1:-/nonexistent} to=docs/next/baselines-3seeds-gpu
@@ -45,6 +46,7 @@ python docs/results_table.py "$to.json.gz" > "$to-tables.md"
 python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native+p@0.252:dynts@0.3 \
   rkv-native+p@0.3:dynts@0.355 rkv-buffer+p@0.3:rkv+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
   dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.3:rkv-native+p@0.3 \
-  dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 > "$to-pairs.txt"
+  dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 dynts-keep-restated@0.3:dynts@0.3 \
+  dynts-keep-restated@0.3:rkv-native+p@0.3 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"

@@ -3,7 +3,9 @@ diagnostic, not a method (it reads the task's text): `dynts-keep-restated` is Dy
 node bytes of every restatement ("check 60: C starts at ql") ranked above every other thinking
 token, below the answer and the prompt. Registered here for this run only, then run through
 why_wrong.py beside DynTS, with the same problems and random numbers.
-usage: python docs/next/keep_restated.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]
+With --eval first, the rest are lab/eval.py's flags, and the policy is known to it by name (for
+docs/next/gpu-next.sh's runs on 504 problems).
+usage: python docs/next/keep_restated.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION] | --eval EVAL_FLAGS
 (POLICIES default: dynts,dynts-keep-restated)"""
 
 import os
@@ -45,6 +47,10 @@ policies.NAMES.append(KeepRestated.name)
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__.splitlines()[-2])
-    args = sys.argv[1:] + ["6", "dynts,dynts-keep-restated", "0.3"][len(sys.argv) - 2:]
-    sys.argv = [os.path.join(here, "why_wrong.py"), *args]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    if sys.argv[1] == "--eval":
+        sys.argv = ["python -m lab.eval", *sys.argv[2:]]
+        runpy.run_module("lab.eval", run_name="__main__")
+    else:
+        args = sys.argv[1:] + ["6", "dynts,dynts-keep-restated", "0.3"][len(sys.argv) - 2:]
+        sys.argv = [os.path.join(here, "why_wrong.py"), *args]
+        runpy.run_path(sys.argv[0], run_name="__main__")
