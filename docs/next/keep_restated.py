@@ -30,12 +30,13 @@ class KeepRestated(DynTS):
     def reset(self, batch_size, capacity, device=None):
         super().reset(batch_size, capacity, device)
         self.before = torch.full((batch_size, len(PATTERN) + 1), -1, dtype=torch.long, device=device)
+        self.pattern = PATTERN.to(device)
 
     def score(self, tokens, hidden, positions):
         K, T = self.before.shape[1], tokens.shape[1]
         seen = torch.cat([self.before, tokens], dim=1)  # token t is seen[:, K + t]
-        self.before = seen[:, -K:]
-        at = (seen.unfold(1, len(PATTERN), 1) == PATTERN.to(seen.device)).all(-1)  # at[:, j]: the pattern starts at j
+        self.before.copy_(seen[:, -K:])  # in place, as Lexical's, so that a replayed CUDA graph carries it on
+        at = (seen.unfold(1, len(PATTERN), 1) == self.pattern).all(-1)  # at[:, j]: the pattern starts at j
         i = torch.arange(K, K + T, device=seen.device)
         node = at[:, i - len(PATTERN)] | at[:, i - len(PATTERN) - 1]  # the node's first or second byte
         return self.mark_answer(self.predict(hidden).float().masked_fill(node, KEPT), tokens, positions)

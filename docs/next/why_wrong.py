@@ -7,7 +7,8 @@ design, so a wrong C there counts as "walk" whatever went wrong.) Then, over eve
 or wrong: the walks that start at another node than the reference trace's ("C: mu>..." where C
 starts at ql), and the trace's restatements of a start ("check 60: B starts at dr") that name
 another node. Sampled at the checkpoint's temperature, one batch per policy, the same generator
-seed.
+seed; each policy after the first is then paired with it on the same problems (McNemar), with
+Wilson intervals.
 usage: python docs/next/why_wrong.py CKPT [N_PER_FAMILY] [POLICIES] [FRACTION]"""
 
 import os
@@ -24,6 +25,7 @@ if len(sys.argv) < 2:
 
 from generate import generate  # noqa: E402
 from lab import task  # noqa: E402
+from lab.stats import mcnemar, wilson  # noqa: E402
 from lab.policies import make_policy  # noqa: E402
 from lab.task import END_THINK  # noqa: E402
 from model import get_encoding  # noqa: E402
@@ -40,13 +42,14 @@ prompts = [enc.encode(p.prompt, allowed_special="all") for p in problems]
 assert len({len(p) for p in prompts}) == 1, "one batch needs prompts of one length"
 P = len(prompts[0])
 end_think, eot = enc.encode_single_token(END_THINK), enc.eot_token
+solved = {}  # policy -> [right?] per problem, for the pairs at the end
 for name in names:
     policy = make_policy(name, None if name == "full" else budget, 0 if name == "full" else window, d["ratio"], P,
                          predictor, enc)
     generator = torch.Generator().manual_seed(1234)
     tokens, stats = generate(model, prompts, policy, model.config.block_size - P, eot_id=eot, vocab_limit=enc.n_vocab,
                              temperature=d.get("temperature", 0.0), generator=generator, check_every=32)
-    kinds, letters, wrong = Counter(), Counter(), 0
+    kinds, letters, wrong, solved[name] = Counter(), Counter(), 0, []
     starts = Counter()  # walks starting at a wrong node, by letter; restatements, and those wrong
     for p, row in zip(problems, tokens.tolist()):
         text = enc.decode(row[:row.index(eot) + 1] if eot in row else row)
@@ -56,7 +59,8 @@ for name in names:
         restated = RESTATED.findall(written)
         starts["restated"] += len(restated)
         starts["restated wrong"] += sum(start_of.get(letter) != node for letter, node in restated)
-        if task.check_answer(p, text):
+        solved[name].append(task.check_answer(p, text))
+        if solved[name][-1]:
             continue
         wrong += 1
         thinking = text.split(END_THINK, 1)[0]
@@ -77,3 +81,10 @@ for name in names:
           f"{stats['seconds']:.0f} s", flush=True)
     print(f"  walks starting at a wrong node: {' '.join(f'{k} {starts[k]}' for k in 'ABC')}; restatements of a start "
           f"naming a wrong node: {starts['restated wrong']} of {starts['restated']}", flush=True)
+
+interval = lambda right: "{:.0%} [{:.0%}, {:.0%}]".format(sum(right) / len(right), *wilson(sum(right), len(right)))
+for name in names[1:]:
+    a, b = solved[names[0]], solved[name]
+    print(f"{name} against {names[0]}: {sum(b)} against {sum(a)} of {len(a)} right ({interval(b)} against "
+          f"{interval(a)}, Wilson 95%); only {name} right on {sum(y and not x for x, y in zip(a, b))}, only "
+          f"{names[0]} on {sum(x and not y for x, y in zip(a, b))}; McNemar p = {mcnemar(a, b):.2g}", flush=True)
