@@ -13,6 +13,9 @@
 # usage: bash docs/next/baselines-3seeds-results.sh [RUN_DIR]
 set -eu
 run=${1:-/nonexistent} to=docs/next/baselines-3seeds-gpu
+if [ $# -gt 0 ] && [ ! -d "$run" ]; then  # a mistyped RUN_DIR would otherwise pool the committed records alone
+  echo "baselines-3seeds-results.sh: RUN_DIR $run: no such directory" >&2; exit 1
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python - "$tmp" "$run" <<'PY'
@@ -46,7 +49,7 @@ python docs/results_table.py "$to.json.gz" > "$to-tables.md"
 python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native+p@0.252:dynts@0.3 \
   rkv-native+p@0.3:dynts@0.355 rkv-buffer+p@0.3:rkv+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
   dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.3:rkv-native+p@0.3 \
-  dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 dynts-keep-restated@0.3:dynts@0.3 \
+  dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 dynts@0.355:dynts@0.45 dynts-keep-restated@0.3:dynts@0.3 \
   dynts-keep-restated@0.3:rkv-native+p@0.3 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
