@@ -2,7 +2,10 @@
 # Issue 22's GPU table over three model seeds: seed 0's records (docs/next/baselines-seed0-gpu.json.gz),
 # seeds 1 and 2's runs so far (docs/next/baselines-seeds12-gpu.json.gz: the 30% rows and DynTS and
 # lexical at 45%, one H200, 2026-12-05; docs/next/baselines-seeds12-h100.json.gz: most rows at 45%
-# and the equal-mean pair, one H100, 2026-12-05), and any runs in RUN_DIR/ev*/
+# and the equal-mean pair, one H100, 2026-12-05; docs/next/baselines-h100b.json.gz: the last nine runs
+# at 45% and dynts-keep-restated at 30% on all three seeds, one H100, 2026-12-05;
+# docs/next/baselines-h100c.json.gz: seed 0's rkv, h2o and snapkv at 45% and the equal-mean pair at
+# 45% on all three seeds, one H100, 2026-12-05), and any runs in RUN_DIR/ev*/
 # (s<seed>-<policy>-<level>.json, from docs/next/gpu-next.sh; without RUN_DIR, the committed records
 # alone), keeping each (policy, level) that all three seeds have, so that every
 # row pools the same seeds. Writes docs/next/baselines-3seeds-gpu.{txt,json.gz,png}, -tables.md
@@ -23,7 +26,8 @@ import glob, gzip, json, os, sys
 tmp, run = sys.argv[1:]
 records = []
 for done in ["docs/next/baselines-seed0-gpu.json.gz", "docs/next/baselines-seeds12-gpu.json.gz",
-             "docs/next/baselines-seeds12-h100.json.gz"]:
+             "docs/next/baselines-seeds12-h100.json.gz", "docs/next/baselines-h100b.json.gz",
+             "docs/next/baselines-h100c.json.gz"]:
     records += json.load(gzip.open(done, "rt"))["records"]
 for f in sorted(glob.glob(f"{run}/ev*/s[012]-*.json")):
     records += json.load(open(f))["records"]
@@ -50,6 +54,7 @@ python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native+p@0
   rkv-native+p@0.3:dynts@0.355 rkv-buffer+p@0.3:rkv+p@0.3 rkv-native-cut+p@0.3:rkv+p@0.3 \
   dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.3:rkv-native+p@0.3 \
   dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 dynts@0.355:dynts@0.45 dynts-keep-restated@0.3:dynts@0.3 \
+  rkv-native+p@0.372:dynts@0.45 dynts@0.539:rkv-native+p@0.45 dynts@0.539:dynts-buffer@0.45 dynts@0.539:dynts@0.45 \
   dynts-keep-restated@0.3:rkv-native+p@0.3 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
