@@ -55,6 +55,7 @@ python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native+p@0
   dynts-buffer@0.3:dynts@0.3 dynts-buffer@0.45:dynts@0.45 dynts-buffer@0.3:rkv-native+p@0.3 \
   dynts-buffer@0.45:rkv-native+p@0.45 dynts@0.355:dynts-buffer@0.3 dynts@0.355:dynts@0.45 dynts-keep-restated@0.3:dynts@0.3 \
   rkv-native+p@0.372:dynts@0.45 dynts@0.539:rkv-native+p@0.45 dynts@0.539:dynts-buffer@0.45 dynts@0.539:dynts@0.45 \
+  rkv-buffer+p@0.45:rkv+p@0.45 rkv-native-cut+p@0.45:rkv+p@0.45 dynts-keep-restated@0.3:dynts-buffer@0.3 \
   dynts-keep-restated@0.3:rkv-native+p@0.3 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
