@@ -9,7 +9,8 @@
 # (s<seed>-<policy>-<level>.json, from docs/next/gpu-next.sh; without RUN_DIR, the committed records
 # alone), keeping each (policy, level) that all three seeds have, so that every
 # row pools the same seeds. Writes docs/next/baselines-3seeds-gpu.{txt,json.gz,png}, -tables.md
-# (intervals resampling seeds and problems) and -pairs.txt (each native form against its official
+# (intervals resampling seeds and problems), docs/next/equal-mean-3seeds-gpu.png (Pass@1 against the mean
+# cache) and -pairs.txt (each native form against its official
 # one and against DynTS, at 30% then 45%, pooled and per seed, the equal-mean pairs and dynts-buffer
 # against DynTS and rkv-native+p where they ran, and the diagnostic dynts-keep-restated against DynTS
 # and rkv-native+p where it ran).
@@ -58,4 +59,5 @@ python docs/next/native_pairs.py "$to.json.gz" 0.3 --present-only rkv-native+p@0
   rkv-buffer+p@0.45:rkv+p@0.45 rkv-native-cut+p@0.45:rkv+p@0.45 dynts-keep-restated@0.3:dynts-buffer@0.3 \
   dynts-keep-restated@0.3:rkv-native+p@0.3 > "$to-pairs.txt"
 python docs/next/native_pairs.py "$to.json.gz" 0.45 >> "$to-pairs.txt"
+[ -z "$plot" ] || python docs/next/equal_mean_plot.py "$to.json.gz" docs/next/equal-mean-3seeds-gpu.png
 echo "wrote $to.txt, .json.gz, -tables.md, -pairs.txt"
