@@ -6,14 +6,14 @@
 # batch 8.
 # The native baselines score by attention weights, which the CUDA-graph step does not return, so
 # they decode on the plain path, DynTS too there for a like-for-like share: that path is slow at
-# this shape (160-250 tokens/s on an H200, 2026-12-04), so that run jumps to its marks (2k, and the
+# this shape (171-205 tokens/s on an H100, 2026-12-05), so that run jumps to its marks (2k, and the
 # eviction cycle that holds 5k: 2,100 steps for DynTS and SnapKV).
 # Each run writes OUT_DIR/<name>.json and .txt (and .png where matplotlib is installed).
 # usage: [RUNS="batch8 equal native"] [MEMORY_GIB=G] bash docs/profile-gpu.sh OUT_DIR [STEPS]
 # MEMORY_GIB: the equal-memory run fills G GiB instead of all that is free (78.7: what the H100
 # 80GB run of 2026-11-27 had free, so about its 30 and 94 rows again).
 # Minutes on one H200, measured: batch8 3.4, equal 7.1 with MEMORY_GIB=78.7 (about 13 without,
-# estimated), native 5 (before model.py's decode step left SDPA).
+# estimated), native 5 (before model.py's decode step left SDPA); native 3.5 on one H100 (after).
 set -eu
 out=$1 steps=${2:-15000}
 mkdir -p "$out"
