@@ -245,7 +245,8 @@ def paired_tests(records: list[dict], rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     full = next((r for r in rows if r["policy"] == "full"), None)
     families = [f for f in task.FAMILIES if any(f in r["families"] for r in rows)]
-    head = f"{'policy':<16} {'budget':>10} {'Pass@1 [95% CI]':>22} {'seeds sd':>8} {'items':>6} {'peak KV':>8} {'comp.':>6}  " + \
+    width = max([16] + [len(r["policy"]) for r in rows])  # the name column fits the longest name
+    head = f"{'policy':<{width}} {'budget':>10} {'Pass@1 [95% CI]':>22} {'seeds sd':>8} {'items':>6} {'peak KV':>8} {'comp.':>6}  " + \
            " ".join(f"{f:>9}" for f in families)
     lines = [head]
     for r in rows:
@@ -253,7 +254,7 @@ def table(rows: list[dict]) -> str:
         comp = f"{full['peak_kv'] / r['peak_kv']:.2f}x" if full else "-"
         ci = f"{r['pass_at_1']:.1%} [{r['ci_crossed'][0]:.1%}, {r['ci_crossed'][1]:.1%}]"  # seeds and problems
         fams = " ".join(f"{r['families'][f]:>9.1%}" if f in r["families"] else f"{'':>9}" for f in families)
-        lines.append(f"{r['policy']:<16} {level:>10} {ci:>22} {r['seed_sd']:>8.1%} {r['items']:>6.1%} "
+        lines.append(f"{r['policy']:<{width}} {level:>10} {ci:>22} {r['seed_sd']:>8.1%} {r['items']:>6.1%} "
                      f"{r['peak_kv']:>8.0f} {comp:>6}  {fams}")
     return "\n".join(lines)
 

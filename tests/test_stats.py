@@ -1,4 +1,4 @@
-"""Tests for lab/stats.py: the intervals and paired tests of the comparison."""
+"""Tests for lab/stats.py: the intervals and paired tests of the comparison, and the table lab/eval.py prints."""
 import math
 import random
 
@@ -131,3 +131,12 @@ def test_budget_levels_print_with_their_decimal():
     """35.5% of Full's cache is not "36%": the equal-mean runs sit at 25.2% and 35.5%."""
     assert [percent(lv) for lv in (0.3, 0.45, 0.355, 0.252, 0.2)] == ["30%", "45%", "35.5%", "25.2%", "20%"]
     assert load_results_table().percent is percent  # docs/results_table.py writes them as eval.py does
+
+
+def test_eval_table_columns_line_up_for_a_policy_name_longer_than_16():
+    from lab.eval import table
+    row = dict(level=0.3, pass_at_1=0.5, ci_crossed=(0.4, 0.6), seed_sd=0.01, items=0.8, peak_kv=1900.0,
+               families={"far": 0.5})
+    head, *lines = table([dict(row, policy="dynts"), dict(row, policy="dynts-keep-restated")]).splitlines()
+    budget_ends = head.index("budget") + len("budget")  # the budget column is right-aligned
+    assert [line.index("30%") + len("30%") for line in lines] == [budget_ends, budget_ends]
