@@ -9,10 +9,11 @@ usage: python docs/next/equal_mean_plot.py RESULTS.json.gz OUT.png"""
 
 import gzip
 import json
+import os
 import sys
 
 sys.path.insert(0, ".")
-from lab.stats import crossed_bootstrap, wilson  # noqa: E402
+from lab.eval import summarize  # noqa: E402
 
 SHOWN = {  # policy: (label, colour, marker)
     "dynts": ("DynTS", "tab:green", "o"),
@@ -23,49 +24,40 @@ SHOWN = {  # policy: (label, colour, marker)
 }
 
 
-def cells(records):
-    """{(policy, level): {(seed, problem): (correct, mean cache)}}"""
-    out = {}
-    for r in records:
-        out.setdefault((r["policy"], r.get("fraction")), {})[(r["model_seed"], r["problem"])] = (
-            r["correct"], r["mean_kv"])
-    return out
-
-
-def point(outcomes, seed):
-    """(mean cache, Pass@1 %, low, high) for one seed, or pooled over all of them (seed None)."""
-    picked = {k: v for k, v in outcomes.items() if seed is None or k[0] == seed}
-    correct = {k: c for k, (c, _) in picked.items()}
-    solved = sum(correct.values())
-    if seed is None:
-        low, high = crossed_bootstrap(correct)
-    else:
-        low, high = wilson(solved, len(correct))
-    mean_cache = sum(m for _, m in picked.values()) / len(picked)
-    return mean_cache, 100 * solved / len(picked), 100 * low, 100 * high
+def points(rows, policy):
+    """(mean cache, Pass@1 %, low, high, level) at each of a policy's levels, from eval.summarize's rows
+    (its crossed interval is a Wilson interval where the rows hold one seed)."""
+    rs = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["mean_kv"])
+    return [(r["mean_kv"], 100 * r["pass_at_1"], 100 * r["ci_crossed"][0], 100 * r["ci_crossed"][1], r["level"])
+            for r in rs]
 
 
 def main(path, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    by_cell = cells(json.load(gzip.open(path, "rt"))["records"])
-    panels = [(None, "pooled over three seeds")] + [(s, f"seed {s}") for s in (0, 1, 2)]
+    try:
+        records = json.load(gzip.open(path, "rt") if path.endswith(".gz") else open(path))["records"]
+    except (OSError, ValueError, KeyError) as e:  # no such file, not JSON, no records
+        sys.exit(f"equal_mean_plot.py: error: {path}: {type(e).__name__}: {e}")
+    if not os.path.isdir(os.path.dirname(out) or "."):
+        sys.exit(f"equal_mean_plot.py: error: OUT.png {out}: no such folder")
+    panels = [(summarize(records), "pooled over three seeds")]
+    panels += [(summarize([r for r in records if r["model_seed"] == s]), f"seed {s}") for s in (0, 1, 2)]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), sharey=True, sharex=True)
     axes = axes.flatten()
-    for ax, (seed, title) in zip(axes, panels):
-        full = point(by_cell[("full", None)], seed)
+    for ax, (rows, title) in zip(axes, panels):
+        full = points(rows, "full")[0]
         ax.axhline(full[1], color="black", ls="--", lw=1, label=f"Full (mean cache {full[0]:,.0f})")
         for policy, (label, colour, marker) in SHOWN.items():
-            levels = sorted(lv for p, lv in by_cell if p == policy)
-            pts = [point(by_cell[(policy, lv)], seed) for lv in levels]
+            pts = points(rows, policy)
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            errs = [[y - p[2] for y, p in zip(ys, pts)], [p[3] - y for y, p in zip(ys, pts)]]
+            errs = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
             ax.errorbar(xs, ys, yerr=errs, color=colour, marker=marker, capsize=3, lw=2 if policy == "dynts" else 1.2,
                         label=label)
-            for x, y, lv in zip(xs, ys, levels):
+            for x, y, *_, level in pts:
                 below = policy in ("dynts", "lexical")  # the others' labels go above their points
-                ax.annotate(f"{100 * lv:g}%", (x, y), textcoords="offset points", xytext=(5, -12 if below else 6),
+                ax.annotate(f"{100 * level:g}%", (x, y), textcoords="offset points", xytext=(5, -12 if below else 6),
                             fontsize=8, color=colour)
         ax.set_title(title)
         ax.grid(alpha=0.3)
