@@ -30,9 +30,9 @@ for r in records:
     key = (r["policy"], level if r["policy"] == "full" else r.get("fraction"))
     cells.setdefault(key, {})[(r.get("model_seed", 0), r["problem"])] = r["correct"]
     cache.setdefault(key, []).append(r["mean_kv"])
-for name, lv in {cell for pair_ in pairs for cell in pair_} - cells.keys():
-    if not present_only:
-        sys.exit(f"native_pairs.py: error: no records of {name} at {lv} in {path}")
+missing = sorted({cell for pair_ in pairs for cell in pair_} - cells.keys())
+if missing and not present_only:
+    sys.exit(f"native_pairs.py: error: no records of {missing[0][0]} at {missing[0][1]} in {path}")
 pairs = [(a, b) for a, b in pairs if a in cells and b in cells]
 
 

@@ -54,16 +54,15 @@ for name in names:
     for p, row in zip(problems, tokens.tolist()):
         text = enc.decode(row[:row.index(eot) + 1] if eot in row else row)
         start_of = dict(WALK.findall(p.thinking))  # where the reference trace starts each walk
-        written = text.split(END_THINK, 1)[0]
-        starts.update(letter for letter, node in WALK.findall(written) if start_of.get(letter) != node)
-        restated = RESTATED.findall(written)
+        thinking = text.split(END_THINK, 1)[0]  # the prompt too, where neither pattern occurs
+        starts.update(letter for letter, node in WALK.findall(thinking) if start_of.get(letter) != node)
+        restated = RESTATED.findall(thinking)
         starts["restated"] += len(restated)
         starts["restated wrong"] += sum(start_of.get(letter) != node for letter, node in restated)
         solved[name].append(task.check_answer(p, text))
         if solved[name][-1]:
             continue
         wrong += 1
-        thinking = text.split(END_THINK, 1)[0]
         got = dict(item.split("=", 1) for item in (task.answer_of(text) or "").split() if "=" in item)
         for item in p.answer.split():
             letter, truth = item.split("=", 1)
