@@ -20,7 +20,7 @@ sys.path[:0] = [here, os.path.dirname(os.path.dirname(here))]
 from dynts import ANSWER, DynTS  # noqa: E402
 from lab import policies  # noqa: E402
 
-PATTERN = torch.tensor(list(b"starts at "))  # a restatement's words before its node
+PATTERN = torch.tensor(list(b"starts at "))  # a restatement's words before its node (the tiny task's tokens are bytes)
 KEPT = ANSWER / 2  # above any predicted score, below the answer (ANSWER) and the prompt (+inf)
 
 
