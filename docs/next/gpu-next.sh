@@ -14,7 +14,8 @@
 # the 30% and 45% rows, the equal-mean pair at 30% and dynts-keep-restated; this file as of commits
 # 73d6487, 2db3c67 and ae5982d shows them.
 set -u
-out=$1 ck=out/paper-v3
+out=${1:?usage: bash docs/next/gpu-next.sh OUT_DIR} ck=out/paper-v3
+nvidia-smi -L > /dev/null 2>&1 || { echo "gpu-next.sh: no GPU here (nvidia-smi -L failed): run it on the device machine" >&2; exit 1; }
 mkdir -p "$out" "$ck"
 cp ckpt/tiny-reasoner.pt "$ck/seed0.pt"
 cp ckpt/tiny-reasoner-seed1.pt "$ck/seed1.pt"
